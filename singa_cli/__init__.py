@@ -1,0 +1,1 @@
+"""The `singa` command line: one module per verb, gathered in `main`."""
