@@ -28,6 +28,9 @@ class Param:
         self.version = 0
         self.last_version = -1
         self.owner: Param | None = None  # set by share_from
+        # False for state a layer keeps in a param but no updater may touch
+        # (batch norm's running statistics): never sent as an update
+        self.trainable = True
 
     @property
     def size(self) -> int:

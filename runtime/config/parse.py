@@ -1,0 +1,158 @@
+"""Parse job.conf text into a `JobProto` (protobuf text format, as SINGA).
+
+SINGA's text conventions all parse, because this is protobuf's own text
+parser: `#` comments, `field {` and `field: {`, `field < >`, trailing `;` or
+`,`, repeated fields written several times or as `[a, b]`, and `[ext] { }`
+extension fields (an extension this build does not know is skipped with a
+warning, as user code may register it).
+
+A syntax error raises `ConfigError` with one problem located at
+`PATH:LINE:COL` (lines and columns from 1), whose message says what was
+found, what was expected and, for a misspelt field or enum name, the closest
+valid names (including the names SINGA's docs use but its code does not).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+
+from google.protobuf import descriptor_pool, text_format
+
+from conf import job_pb2
+from runtime.config.locate import Locator
+from runtime.errors import ConfigError, Problem
+
+# Names SINGA's docs (or older versions) use that v0.3's job.proto does not.
+_DOC_NAMES = {
+    "kConst": "kConstant",
+    "AVE": "AVG",
+    "freq": "change_freq",
+    "checkpoint_frequency": "checkpoint_freq",
+    "checkpoint": "checkpoint_path",
+    "kCSVRecord": "kCSVInput",
+    "kMnistImage": "kMnist",
+    "mnistimage_conf": "mnist_conf",
+    "kBackPropagation": "kBP",
+    "kContrastiveDivergence": "kCD",
+    "nworkers_per_process": "nworkers_per_procs",
+    "nservers_per_process": "nservers_per_procs",
+    "pcd_k": "cd_k",
+    "display_frequency": "disp_freq",
+}
+_REMOVED = {
+    "kPrefetch": "kPrefetch was removed in SINGA v0.3: use a kRecordInput layer with "
+                 "store_conf { prefetching: true }",
+    "prefetch_conf": "prefetch_conf was removed in SINGA v0.3: use a kRecordInput layer with "
+                     "store_conf { prefetching: true }",
+    "location": "the layer field 'location' exists only in SINGA's docs; placement follows "
+                "partition_dim and the cluster block",
+}
+
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
+_NO_ENUM = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+_EXT_PATH = re.compile(r"(?:^|\.)\[([\w./]+)\]$")
+
+
+def parse_text(text: str, path: str = "<text>") -> tuple[job_pb2.JobProto, Locator]:
+    """Parse job.conf text; return the JobProto and its field-position index.
+
+    Raises `ConfigError` (one problem, `PATH:LINE:COL: message`) on a syntax
+    error. Missing required fields are not checked here (see validate).
+    """
+    proto = job_pb2.JobProto()
+    try:
+        text_format.Parse(text, proto, allow_unknown_extension=True)
+    except text_format.ParseError as e:
+        raise ConfigError([_syntax_problem(e, text, path)]) from None
+    return proto, Locator(text, proto.DESCRIPTOR, path)
+
+
+def unknown_extensions(locator: Locator) -> list[Problem]:
+    """Warnings for `[name] { }` extension fields this build does not know
+    (protobuf skips them; a user module may define them)."""
+    pool = descriptor_pool.Default()
+    out = []
+    for fpath, (line, col) in sorted(locator.positions.items(), key=lambda kv: kv[1]):
+        m = _EXT_PATH.search(fpath)
+        if not m:
+            continue
+        name = m.group(1)
+        try:
+            pool.FindExtensionByName(name)
+            continue
+        except KeyError:
+            pass
+        out.append(Problem(f"{locator.path}:{line}:{col}",
+                           f"extension field [{name}] is not defined by any loaded module; "
+                           "it is ignored", "warning"))
+    return out
+
+
+def _syntax_problem(e: text_format.ParseError, text: str, path: str) -> Problem:
+    line, col = e.GetLine(), e.GetColumn()
+    msg = str(e)
+    # str(e) is "L:C : message", and the tokenizer prefixes "'<the line>': "
+    head = f"{line}:{col} : "
+    if line is not None and msg.startswith(head):
+        msg = msg[len(head):]
+    lines = text.split("\n")
+    if line is not None and 0 < line <= len(lines):
+        quoted = f"'{lines[line - 1]}': "
+        if msg.startswith(quoted):
+            msg = msg[len(quoted):]
+    msg = msg.rstrip(".")
+    if line is not None and msg.startswith("Expected") and _at_end(lines, line, col):
+        msg = "unexpected end of file: " + msg[0].lower() + msg[1:]
+    msg += _hint(msg)
+    where = f"{path}:{line}:{col}" if line is not None else path
+    if line is None and text.count("\n") == 0:
+        where = f"{path}:1:1"
+    return Problem(where, msg)
+
+
+def _at_end(lines: list[str], line: int, col: int) -> bool:
+    """Whether only blanks and comments follow LINE:COL."""
+    rest = [lines[line - 1][col - 1:]] if 0 < line <= len(lines) else []
+    rest += lines[line:]
+    return all(not l.strip() or l.strip().startswith("#") for l in rest)
+
+
+def _close(word: str, choices: list[str]) -> list[str]:
+    return difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+
+
+def _hint(msg: str) -> str:
+    pool = descriptor_pool.Default()
+    m = _NO_FIELD.search(msg)
+    if m:
+        type_name, name = m.groups()
+        if name in _REMOVED:
+            return f"; {_REMOVED[name]}"
+        try:
+            desc = pool.FindMessageTypeByName(type_name)
+        except KeyError:
+            return ""
+        names = [f.name for f in desc.fields]
+        if name in _DOC_NAMES and _DOC_NAMES[name] in names:
+            return f"; did you mean '{_DOC_NAMES[name]}'? ('{name}' is a name from SINGA's docs)"
+        close = _close(name, names)
+        if close:
+            return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        return "; fields of " + desc.name + ": " + ", ".join(sorted(names))
+    m = _NO_ENUM.search(msg)
+    if m:
+        type_name, name = m.groups()
+        if name in _REMOVED:
+            return f"; {_REMOVED[name]}"
+        try:
+            desc = pool.FindEnumTypeByName(type_name)
+        except KeyError:
+            return ""
+        names = [v.name for v in desc.values]
+        if name in _DOC_NAMES and _DOC_NAMES[name] in names:
+            return f"; did you mean {_DOC_NAMES[name]}? ({name} is a name from SINGA's docs)"
+        close = _close(name, names)
+        if close:
+            return "; did you mean " + " or ".join(close) + "?"
+        return "; valid values: " + ", ".join(names)
+    return ""

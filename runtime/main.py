@@ -1,0 +1,46 @@
+"""The entry point of one runtime process (SINGA's `singa` binary).
+
+    python -m runtime.main JOB.conf [--resume] [--test]
+
+It loads and validates the job, then trains (or tests) it in this process.
+The CLI starts it as a child process, so that the BLAS thread count
+(`num_openblas_threads`) is set before numpy loads and so that the CLI never
+shares a process with training. Exit codes: 0 done, 2 bad input (message on
+stderr), 1 an unexpected failure (traceback on stderr, for the log).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runtime.main")
+    ap.add_argument("conf")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--test", action="store_true")
+    args = ap.parse_args(argv)
+
+    from runtime import driver
+    from runtime.config import load_job
+    from runtime.errors import UserError
+    from runtime.worker import log_to_stdout
+
+    try:
+        job = load_job(args.conf, submit=True).proto
+        if args.test:
+            if args.resume:
+                driver.setup_resume(job)
+            driver.test(job, log=log_to_stdout)
+        else:
+            driver.train(job, resume=args.resume, log=log_to_stdout)
+    except UserError as e:
+        print(f"singa: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

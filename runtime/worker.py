@@ -1,0 +1,251 @@
+"""Worker: runs the training loop of one worker of one worker group.
+
+As SINGA's `Worker::Run`, per step, in this order:
+    validation (if due) -> test (if due) -> checkpoint (if due) -> TrainOneBatch -> display (if due)
+and a final checkpoint at `train_steps`. Test, validation and display are
+done by worker 0 of group 0 only; checkpoints by group 0. Displayed metrics
+are averages over the batches since the last display.
+
+Subclasses are the TrainOneBatch algorithms (BP, CD, BPTT, user ones); they
+register in `alg_registry` keyed by `AlgType` and define
+`train_one_batch(step, net)` and `test_one_batch(step, phase, net)`.
+
+The worker talks to its parameter service through a `ParamChannel`:
+`put` (initial values), `update` (send a gradient), `collect` (wait for the
+fresh values). In one process the channel applies updates at once; in the
+distributed runtime it is the stub.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from conf import job_pb2
+from runtime import checkpoint
+from runtime.errors import UserError
+from runtime.neuralnet.layer import Layer
+from runtime.neuralnet.net import NeuralNet
+from runtime.param import Param
+from runtime.registry import Registry
+from runtime.trigger import Trigger
+
+alg_registry = Registry("algorithm", job_pb2.AlgType,
+                        required=("train_one_batch", "test_one_batch"))
+
+
+class ParamChannel(Protocol):
+    def put(self, param: Param) -> None: ...
+    def update(self, step: int, param: Param) -> None: ...
+    def collect(self, param: Param) -> None: ...
+    def state(self) -> dict[str, np.ndarray]: ...
+    def load_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def format_metrics(layer: Layer) -> str:
+    """A loss layer's metrics as SINGA prints them ("Loss = 0.5, accuracy = 0.8")."""
+    display = getattr(layer, "display", None)
+    if callable(display):
+        return display()
+    return ", ".join(f"{k} = {v:f}" for k, v in layer.metrics().items())
+
+
+class Worker:
+    """One worker: builds its nets, initialises params, runs the loop.
+
+    `job` is a validated JobProto with absolute paths. `log` receives each
+    progress line (the CLI streams them). `seed` seeds the random generators
+    (0 = fresh).
+    """
+
+    def __init__(self, job: job_pb2.JobProto, channel: ParamChannel, grp_id: int = 0,
+                 worker_id: int = 0, log: Callable[[str], None] | None = None):
+        self.job = job
+        self.channel = channel
+        self.grp_id = grp_id
+        self.id = worker_id
+        self.log = log or (lambda line: print(line, flush=True))
+        seed = job.seed or None
+        self.seed_seq = np.random.SeedSequence(seed)
+        init_ss, train_ss, test_ss = self.seed_seq.spawn(3)
+        self.init_rng = np.random.default_rng(init_ss)
+        self.train_rng = np.random.default_rng(train_ss)
+        self.test_rng = np.random.default_rng(test_ss)
+        self.train_net: NeuralNet | None = None
+        self.test_net: NeuralNet | None = None
+        self.val_net: NeuralNet | None = None
+        self.step = job.step
+        self.metrics_log: list[dict] = []  # every displayed/tested metric, for callers and tests
+
+    # ------------------------------------------------------------ set up ---
+    @property
+    def is_first(self) -> bool:
+        return self.grp_id == 0 and self.id == 0
+
+    def setup(self) -> None:
+        net = self.job.neuralnet
+        self.train_net = NeuralNet.create(net, job_pb2.kTrain)
+        self.train_net.set_rng(self.train_rng)
+        if self.is_first and self.job.test_steps > 0:
+            self.test_net = self._side_net(job_pb2.kTest)
+        if self.is_first and self.job.validate_steps > 0:
+            self.val_net = self._side_net(job_pb2.kVal)
+
+    def _side_net(self, phase: int) -> NeuralNet | None:
+        n = NeuralNet.create(self.job.neuralnet, phase)
+        n.share_params_from(self.train_net)
+        n.set_rng(self.test_rng)
+        return n
+
+    def owned_params(self) -> list[Param]:
+        return [p for p in self.train_net.params if p.owner is None]
+
+    def init_params(self, resume_state: dict | None = None) -> None:
+        """Load params from `checkpoint_path` (by name), initialise the rest,
+        and hand them to the parameter service (SINGA's InitNetParams)."""
+        loaded = checkpoint.load(list(self.job.checkpoint_path)) if self.job.checkpoint_path else {}
+        for p in self.owned_params():
+            if p.name in loaded:
+                version, values = loaded[p.name]
+                if tuple(values.shape) != p.shape and values.size == p.size:
+                    values = values.reshape(p.shape)
+                if tuple(values.shape) != p.shape:
+                    raise UserError(
+                        f"checkpoint param '{p.name}' has shape {list(values.shape)}, "
+                        f"the net expects {list(p.shape)}")
+                p.allocate()
+                p.data[...] = values
+                p.version = self.job.step if self.job.reset_param_version else version
+            else:
+                p.init_values(self.init_rng, version=self.job.step)
+        if resume_state is not None:
+            self._load_resume_state(resume_state)
+        for p in self.owned_params():
+            self.channel.put(p)
+
+    # ------------------------------------------------------------- loop ---
+    def run(self) -> None:
+        job = self.job
+        validate_now = Trigger(job.validate_freq, job.validate_after)
+        test_now = Trigger(job.test_freq, job.test_after)
+        checkpoint_now = Trigger(job.checkpoint_freq, job.checkpoint_after)
+        display_now = Trigger(job.disp_freq, job.disp_after)
+        step = self.step
+        last_disp = (step, time.perf_counter())
+        while step < job.train_steps:
+            if validate_now(step) and self.val_net is not None and job.validate_steps > 0:
+                self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
+            if test_now(step) and self.test_net is not None and job.test_steps > 0:
+                self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
+            if checkpoint_now(step) and self.grp_id == 0:
+                self.checkpoint(step)
+            self.train_one_batch(step, self.train_net)
+            if display_now(step) and self.is_first:
+                now = time.perf_counter()
+                batches = step + 1 - last_disp[0]
+                self.display(step, batches / max(now - last_disp[1], 1e-9))
+                last_disp = (step + 1, now)
+            step += 1
+        self.step = step
+        # Beyond SINGA: a test (validation) due at train_steps runs too, so a
+        # job ends with the metrics of its final params.
+        if validate_now(step) and self.val_net is not None and job.validate_steps > 0:
+            self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
+        if test_now(step) and self.test_net is not None and job.test_steps > 0:
+            self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
+        if self.grp_id == 0:
+            self.checkpoint(step)
+        self.close()
+
+    def test(self, step: int, nsteps: int, phase: int, net: NeuralNet, prefix: str) -> dict:
+        for p in self.owned_params():
+            self.channel.collect(p)
+        for layer in net.layers:
+            layer.reset_metrics()
+        for _ in range(nsteps):
+            self.test_one_batch(step, phase, net)
+        return self._report(f"{prefix} @ step {step}", step, prefix.lower(), net)
+
+    def display(self, step: int, batches_per_s: float = 0.0) -> dict:
+        return self._report(f"Train @ step {step}", step, "train", self.train_net)
+
+    def _report(self, prefix: str, step: int, phase: str, net: NeuralNet) -> dict:
+        parts, values = [], {}
+        for layer in net.layers:
+            m = layer.metrics()
+            if m:
+                parts.append(format_metrics(layer))
+                values.update(m)
+            layer.reset_metrics()
+        if parts:
+            self.log(f"{prefix}  " + ", ".join(parts))
+        rec = {"step": step, "phase": phase, **values}
+        self.metrics_log.append(rec)
+        return rec
+
+    # ------------------------------------------------------- checkpoints ---
+    def checkpoint(self, step: int) -> None:
+        ws = self.job.cluster.workspace
+        for p in self.owned_params():
+            self.channel.collect(p)
+        params = [(p.name, p.version, p.data) for p in self.owned_params()]
+        checkpoint.save(ws, step, self.id, params, self._resume_state(step))
+        self.job.step = step
+
+    def _resume_state(self, step: int) -> dict:
+        layers = {l.name: l.state() for l in self.train_net.layers if l.state()}
+        meta = {"step": step, "train_rng": self.train_rng.bit_generator.state,
+                "test_rng": self.test_rng.bit_generator.state, "layers": layers}
+        return {"meta": _jsonable(meta), "arrays": self.channel.state()}
+
+    def _load_resume_state(self, state: dict) -> None:
+        meta = state["meta"]
+        self.train_rng.bit_generator.state = meta["train_rng"]
+        self.test_rng.bit_generator.state = meta["test_rng"]
+        for l in self.train_net.layers:
+            if l.name in meta.get("layers", {}):
+                l.load_state(meta["layers"][l.name])
+        self.channel.load_state(state["arrays"])
+
+    # -------------------------------------------------------- algorithm ---
+    def train_one_batch(self, step: int, net: NeuralNet) -> None:
+        raise NotImplementedError
+
+    def test_one_batch(self, step: int, phase: int, net: NeuralNet) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for net in (self.train_net, self.test_net, self.val_net):
+            if net is not None:
+                net.close()
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+def create_worker(job: job_pb2.JobProto, channel: ParamChannel, grp_id: int = 0,
+                  worker_id: int = 0, log: Callable[[str], None] | None = None) -> Worker:
+    """The registered Worker subclass for the job's `train_one_batch`."""
+    import runtime.algorithms  # noqa: F401  (registers the built-in algorithms)
+
+    alg = job.train_one_batch
+    cls = alg_registry.lookup(alg.alg, alg.user_alg if alg.alg == job_pb2.kUserAlg else "")
+    return cls(job, channel, grp_id, worker_id, log)
+
+
+def log_to_stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
