@@ -27,7 +27,7 @@ A user method is a function `(proto, shape, rng) -> array of shape`:
     def orthogonal(proto, shape, rng): ...
 
 selected by `init { user_type: "Orthogonal" }` (user_type wins over type, as
-in SINGA). Only the config loader and user modules register methods.
+in SINGA). The built-in methods register below, where they are defined.
 """
 from __future__ import annotations
 

@@ -85,7 +85,8 @@ def mean_cmd(in_path: str, out: str) -> None:
 def fetch(source: str, dest: str, force: bool) -> None:
     """Import Fashion-MNIST (or any MNIST-format directory) for examples/mnist.
 
-    Does nothing for an output that exists and is newer than its inputs.
+    An output that exists and is newer than its inputs is left alone; after
+    pointing --source at other files older than the outputs, use --force.
     """
     src = Path(source)
     if not src.is_dir():
@@ -112,3 +113,11 @@ def fetch(source: str, dest: str, force: bool) -> None:
             continue
         n = import_idx(images, labels, out)
         click.echo(f"wrote {n} records to {out}")
+    # the per-pixel mean of the training set, as SINGA's CIFAR-10 example
+    # uses (examples/cifar10/job.conf reads it as mean_file)
+    train, mean = out_dir / "train_data.bin", out_dir / "image_mean.bin"
+    if force or not _is_fresh(mean, [train]):
+        compute_mean(str(train), str(mean))
+        click.echo(f"wrote the mean image to {mean}")
+    else:
+        click.echo(f"{mean} is up to date")

@@ -1,9 +1,63 @@
-"""`singa validate` (placeholder until the config module lands)."""
+"""`singa validate CONF [--json] [--strict]`: check a job.conf and say what the job is.
+
+Valid: exit 0 and print the layers of each phase with their output shapes,
+the params, algorithm, updater and learning-rate schedule, the triggers and
+the cluster plan (`--json`: the same as one JSON object), then the warnings.
+Invalid: exit 2 and print every problem, one per line, `PATH:LINE:COL: message`
+(errors first, then warnings). A data file that exists nowhere is a warning,
+since the data may live only on the job's hosts; `--strict` makes it an error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
 import click
+
+from runtime.errors import ConfigError, UserError
 
 
 @click.command()
-@click.argument("conf", type=click.Path())
-def validate(conf: str) -> None:
+@click.argument("conf", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--strict", is_flag=True,
+              help="Treat missing data files (and other data warnings) as errors.")
+def validate(conf: str, as_json: bool, strict: bool) -> None:
     """Check a job.conf and print what the job is."""
-    raise click.UsageError("not yet")
+    from runtime.config import load_job  # noqa: PLC0415 - keep `singa --help` fast
+    from runtime.config.describe import describe, render  # noqa: PLC0415
+
+    try:
+        job = load_job(conf, strict=strict)
+    except ConfigError as e:
+        warnings = getattr(e, "warnings", [])
+        if as_json:
+            click.echo(json.dumps({"valid": False, "path": conf,
+                                   "errors": [_problem(p) for p in e.problems],
+                                   "warnings": [_problem(p) for p in warnings]}, indent=2))
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        for p in warnings:
+            click.echo(str(p), err=True)
+        n = len(e.problems)
+        click.echo(f"{conf}: {n} error{'s' if n != 1 else ''}"
+                   + (f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+                      if warnings else ""), err=True)
+        sys.exit(2)
+    except UserError as e:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "path": conf,
+                                   "errors": [{"where": conf, "message": str(e),
+                                               "severity": "error"}],
+                                   "warnings": []}, indent=2))
+        click.echo(f"singa: {e}", err=True)
+        sys.exit(2)
+    d = describe(job)
+    if as_json:
+        click.echo(json.dumps({"valid": True, **d}, indent=2))
+    else:
+        click.echo(render(d))
+
+
+def _problem(p) -> dict:
+    return {"where": p.where, "message": p.message, "severity": p.severity}

@@ -100,7 +100,11 @@ def _syntax_problem(e: text_format.ParseError, text: str, path: str) -> Problem:
         quoted = f"'{lines[line - 1]}': "
         if msg.startswith(quoted):
             msg = msg[len(quoted):]
+        elif msg.startswith("'': "):  # the tokenizer ran past the last line
+            msg = msg[4:]
     msg = msg.rstrip(".")
+    if msg.endswith("found: ''"):
+        msg = "unexpected end of file: " + msg[0].lower() + msg[1:-len(" but found: ''")]
     if line is not None and msg.startswith("Expected") and _at_end(lines, line, col):
         msg = "unexpected end of file: " + msg[0].lower() + msg[1:]
     msg += _hint(msg)
@@ -111,8 +115,13 @@ def _syntax_problem(e: text_format.ParseError, text: str, path: str) -> Problem:
 
 
 def _at_end(lines: list[str], line: int, col: int) -> bool:
-    """Whether only blanks and comments follow LINE:COL."""
-    rest = [lines[line - 1][col - 1:]] if 0 < line <= len(lines) else []
+    """Whether only blanks and comments follow the token at LINE:COL (the
+    parser reports a premature end of file at the last token)."""
+    rest = []
+    if 0 < line <= len(lines):
+        tail = lines[line - 1][col - 1:]
+        m = text_format.Tokenizer._TOKEN.match(tail)  # noqa: SLF001 - the parser's own token rule
+        rest.append(tail[m.end() if m else 1:])
     rest += lines[line:]
     return all(not l.strip() or l.strip().startswith("#") for l in rest)
 

@@ -14,6 +14,10 @@ consumer, in consumer order, before `setup`; Slice piece k goes to the k-th
 consumer added. A consumer that was never added gets the next free index the
 first time it asks for its data or shape (so a hand-built chain works too).
 
+Split and Slice keep `grad` up to date as their consumers' gradients arrive
+(the sum, or the source-shaped array with the pieces received so far), so an
+algorithm that skips layers whose `grad` is None still runs their backward.
+
 Labels travel with the data: these layers expose `aux_data_for(dst)` (the
 labels that belong to the piece `dst` reads), which loss and output layers
 prefer over `aux_data` when it exists.
@@ -74,15 +78,22 @@ class SplitLayer(_Fanout):
         self.aux_data = aux_of(srclayers[0], self)
 
     def set_grad(self, dst: Layer, grad: np.ndarray) -> None:
-        self._grads[self.dst_index(dst)] = grad
+        """Keep `dst`'s gradient; `grad` is the running sum over consumers
+        (so the algorithm sees that a gradient arrived)."""
+        k = self.dst_index(dst)
+        g = np.asarray(grad, dtype=np.float32).reshape(self.shape)
+        if not self._grads:  # the first gradient of this backward pass
+            self.grad = g.copy()
+        elif k in self._grads:  # the same consumer again: replace its share
+            self.grad += g - self._grads[k]
+        else:
+            self.grad += g
+        self._grads[k] = g
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         # Consumers without a gradient (output layers) simply add nothing.
-        total = np.zeros(self.shape, dtype=np.float32)
-        for g in self._grads.values():
-            total += np.asarray(g, dtype=np.float32).reshape(self.shape)
+        total = self.grad if self._grads else np.zeros(self.shape, dtype=np.float32)
         self._grads.clear()
-        self.grad = total
         srclayers[0].set_grad(self, total)
 
 
@@ -112,7 +123,7 @@ class SliceLayer(_Fanout):
         self.shape = tuple(piece)
         self.pieces: list[np.ndarray] = []
         self._aux_pieces: list[np.ndarray | None] = []
-        self._grads: dict[int, np.ndarray] = {}
+        self._got: set[int] = set()  # consumers whose gradient arrived this pass
 
     def _index(self, dst: Layer) -> int:
         k = self.dst_index(dst)
@@ -137,14 +148,20 @@ class SliceLayer(_Fanout):
         return self._aux_pieces[self._index(dst)] if self._aux_pieces else None
 
     def set_grad(self, dst: Layer, grad: np.ndarray) -> None:
-        self._grads[self._index(dst)] = np.asarray(grad, dtype=np.float32).reshape(self.shape)
+        """Write `dst`'s gradient into its piece of `grad` (source-shaped)."""
+        k = self._index(dst)
+        if not self._got:  # the first piece of this backward pass
+            self.grad = np.zeros(self.src_shape, dtype=np.float32)
+        self._got.add(k)
+        step = self.shape[self.dim]
+        where = (slice(None),) * self.dim + (slice(k * step, (k + 1) * step),)
+        self.grad[where] = np.asarray(grad, dtype=np.float32).reshape(self.shape)
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
-        zero = np.zeros(self.shape, dtype=np.float32)
-        parts = [self._grads.get(k, zero) for k in range(self.num)]
-        self._grads.clear()
-        self.grad = np.concatenate(parts, axis=self.dim)
-        srclayers[0].set_grad(self, self.grad)
+        # A piece whose consumer sent no gradient stays zero.
+        grad = self.grad if self._got else np.zeros(self.src_shape, dtype=np.float32)
+        self._got.clear()
+        srclayers[0].set_grad(self, grad)
 
 
 @layer_registry.register(job_pb2.kConcate)

@@ -3,6 +3,7 @@ truncated files, append after a partial record, and the backend registry."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_directory_without_shard_dat(tmp_path):
 
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "nope.bin"
-    with pytest.raises(UserError, match=f"{path}.*does not exist"):
+    with pytest.raises(UserError, match=re.escape(f"'{path}' does not exist")):
         open_store(path)
 
 

@@ -1,0 +1,271 @@
+"""What a job is, in words: the summary `singa validate` prints.
+
+`describe(job)` turns a validated `JobConf` into a JSON-able dict; `render(d)`
+prints that dict as text, so `--json` and the text always say the same:
+
+- the job's name and conf path;
+- for each phase the job uses (train, validation, test): its layers in
+  conf order with type, srclayers, output shape (batch first) and params;
+- total params of the training net and their bytes (float32), counting a
+  shared param once;
+- the algorithm, the updater (type, momentum, weight decay, clipping) and
+  the learning-rate schedule as a formula;
+- the triggers (display, test, validation, checkpoint) as SINGA fires them;
+- the cluster plan: process counts by SINGA's formulas and, per process, the
+  worker (group, id) and server (group, id) pairs it hosts;
+- the workspace (and whether it was defaulted), and every warning.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conf import job_pb2
+from runtime.cluster import Cluster
+from runtime.config.validate import PHASE_NAMES
+
+# A plan listing this many processes or more is shortened in the text output.
+MAX_PROCS_SHOWN = 64
+
+
+def _num(x: float) -> str:
+    """A float32 proto value as written (0.001, not 0.0010000000474974513)."""
+    return f"{float(np.float32(x)):.7g}"
+
+
+def lr_formula(lr: job_pb2.LRGenProto) -> str:
+    """The learning-rate schedule in words, e.g. 'kStep: 0.001 * 0.997^(step // 60)'."""
+    if lr.user_type:
+        return f"user generator {lr.user_type!r} (base_lr {_num(lr.base_lr)})"
+    t = lr.type
+    name = job_pb2.ChangeMethod.Name(t)
+    b = _num(lr.base_lr)
+    if t == job_pb2.kFixed:
+        body = b
+    elif t == job_pb2.kStep:
+        c = lr.step_conf
+        body = f"{b} * {_num(c.gamma)}^(step // {c.change_freq})"
+    elif t == job_pb2.kFixedStep:
+        c = lr.fixedstep_conf
+        body = ", ".join(f"{_num(r)} from step {s}" for s, r in zip(c.step, c.step_lr))
+    elif t == job_pb2.kInverse:
+        c = lr.inverse_conf
+        body = f"{b} * (1 + {_num(c.gamma)} * step)^-{_num(c.pow)}"
+    elif t == job_pb2.kInverseT:
+        body = f"{b} / (1 + step / {_num(lr.inverset_conf.final_lr)})"
+    elif t == job_pb2.kExponential:
+        body = f"{b} / 2^(step / {lr.exponential_conf.change_freq})"
+    elif t == job_pb2.kLinear:
+        c = lr.linear_conf
+        body = (f"(1 - step/{c.change_freq}) * {b} + (step/{c.change_freq}) * "
+                f"{_num(c.final_lr)}")
+    else:
+        body = f"base_lr {b}"
+    return f"{name}: {body}"
+
+
+def _type(layer: job_pb2.LayerProto) -> str:
+    return layer.user_type or job_pb2.LayerType.Name(layer.type)
+
+
+def _phase(job, phase: int) -> dict[str, Any]:
+    from runtime.neuralnet.net import filter_phase  # noqa: PLC0415
+
+    net = job.nets.get(phase)
+    built = {}
+    if net is not None:
+        for l in net.layers:
+            built.setdefault(l.name, l)
+    rows = []
+    count = 0
+    for _, proto in filter_phase(job.proto.neuralnet, phase):
+        layer = built.get(proto.name)
+        params = []
+        for k, pp in enumerate(proto.param):
+            p = layer.params[k] if layer is not None and k < len(layer.params) else None
+            shape = list(p.shape) if p is not None else None
+            size = p.size if p is not None else None
+            shared = pp.share_from or None
+            params.append({"name": pp.name, "shape": shape, "size": size, "share_from": shared})
+            if size is not None and not shared:
+                count += size
+        rows.append({
+            "name": proto.name,
+            "type": _type(proto),
+            "srclayers": list(proto.srclayers),
+            "shape": list(layer.shape) if layer is not None else None,
+            "params": params,
+        })
+    inserted = [l.name for l in net.layers if l.name not in {r["name"] for r in rows}] \
+        if net is not None else []
+    return {"layers": rows, "inserted": inserted, "params": count, "bytes": 4 * count}
+
+
+def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
+    t: dict[str, Any] = {}
+    if p.disp_freq > 0:
+        t["display"] = {"every": p.disp_freq, "after": p.disp_after}
+    if p.test_freq > 0 and p.test_steps > 0:
+        t["test"] = {"every": p.test_freq, "steps": p.test_steps, "after": p.test_after}
+    if p.validate_freq > 0 and p.validate_steps > 0:
+        t["validation"] = {"every": p.validate_freq, "steps": p.validate_steps,
+                           "after": p.validate_after}
+    ck = {"final_step": p.train_steps}
+    if p.checkpoint_freq > 0:
+        ck.update(every=p.checkpoint_freq, after=p.checkpoint_after)
+    t["checkpoint"] = ck
+    return t
+
+
+def describe(job) -> dict[str, Any]:
+    """The summary of a validated `JobConf` as a JSON-able dict."""
+    p = job.proto
+    phases = {}
+    val = job.validation
+    for ph in (val.phases if val is not None else [job_pb2.kTrain]):
+        phases[PHASE_NAMES[ph]] = _phase(job, ph)
+    train = phases.get("train", {"params": 0, "bytes": 0})
+    alg = p.train_one_batch
+    alg_d: dict[str, Any] = {"alg": alg.user_alg or job_pb2.AlgType.Name(alg.alg)}
+    if alg.alg == job_pb2.kCD:
+        alg_d["cd_k"] = alg.cd_conf.cd_k
+    u = p.updater
+    upd = {
+        "type": u.user_type or job_pb2.UpdaterType.Name(u.type),
+        "momentum": float(np.float32(u.momentum)),
+        "weight_decay": float(np.float32(u.weight_decay)),
+        "learning_rate": {
+            "type": u.learning_rate.user_type or job_pb2.ChangeMethod.Name(u.learning_rate.type),
+            "base_lr": float(np.float32(u.learning_rate.base_lr)),
+            "schedule": lr_formula(u.learning_rate),
+        },
+    }
+    if u.clip_high > u.clip_low:
+        upd["clip"] = [float(np.float32(u.clip_low)), float(np.float32(u.clip_high))]
+    c = Cluster.from_proto(p.cluster)
+    cluster = {
+        "nworker_groups": c.nworker_groups, "nworkers_per_group": c.nworkers_per_group,
+        "nserver_groups": c.nserver_groups, "nservers_per_group": c.nservers_per_group,
+        "nworkers_per_procs": c.nworkers_per_procs, "nservers_per_procs": c.nservers_per_procs,
+        "server_worker_separate": c.server_worker_separate, "share_memory": c.share_memory,
+        "nworker_procs": c.nworker_procs, "nserver_procs": c.nserver_procs, "nprocs": c.nprocs,
+        "procs": [{"procs": e["procs"], "workers": [list(w) for w in e["workers"]],
+                   "servers": [list(s) for s in e["servers"]]} for e in c.plan()],
+    }
+    return {
+        "name": p.name,
+        "path": job.path,
+        "phases": phases,
+        "params": {"count": train["params"], "bytes": train["bytes"]},
+        "algorithm": alg_d,
+        "train_steps": p.train_steps,
+        "updater": upd,
+        "triggers": _triggers(p),
+        "cluster": cluster,
+        "workspace": {"path": p.cluster.workspace,
+                      "default": bool(job.paths.workspace_defaulted) if job.paths else False},
+        "checkpoint_path": list(p.checkpoint_path),
+        "warnings": [str(w) for w in job.warnings],
+    }
+
+
+# ------------------------------------------------------------------- text ---
+
+def _shape(s) -> str:
+    return "x".join(str(d) for d in s) if s is not None else "?"
+
+
+def _params_cell(params: list[dict]) -> str:
+    if not params:
+        return "-"
+    parts = []
+    for q in params:
+        if q["share_from"]:
+            parts.append(f"{q['name']}=shares {q['share_from']}")
+        elif q["size"] is None:
+            parts.append(f"{q['name']}")
+        else:
+            parts.append(f"{q['name']} {_shape(q['shape'])}")
+    return ", ".join(parts)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:.2f} MB"
+
+
+def render(d: dict[str, Any]) -> str:
+    """The text `singa validate` prints for the dict `describe` made."""
+    out = [f"job '{d['name'] or '(no name)'}' ({d['path']}): valid"]
+    for pname, ph in d["phases"].items():
+        out.append("")
+        out.append(f"{pname} net: {len(ph['layers'])} layers, {ph['params']:,} params "
+                   f"({_mb(ph['bytes'])})")
+        rows = [["layer", "type", "srclayers", "output shape", "params"]]
+        for r in ph["layers"]:
+            rows.append([r["name"], r["type"], ",".join(r["srclayers"]) or "-",
+                         _shape(r["shape"]), _params_cell(r["params"])])
+        out += _table(rows)
+        if ph["inserted"]:
+            out.append("  (inserted by the net builder: " + ", ".join(ph["inserted"]) + ")")
+    out.append("")
+    out.append(f"params: {d['params']['count']:,} ({_mb(d['params']['bytes'])} as float32)")
+    alg = d["algorithm"]
+    out.append(f"algorithm: {alg['alg']}" + (f" (cd_k {alg['cd_k']})" if "cd_k" in alg else "")
+               + f", train_steps {d['train_steps']}")
+    u = d["updater"]
+    line = f"updater: {u['type']}, momentum {u['momentum']:g}, weight_decay {u['weight_decay']:g}"
+    if "clip" in u:
+        line += f", gradients clipped to [{u['clip'][0]:g}, {u['clip'][1]:g}]"
+    out.append(line)
+    out.append(f"  learning rate: {u['learning_rate']['schedule']}")
+    t = d["triggers"]
+    trig = []
+    if "display" in t:
+        trig.append(f"display every {t['display']['every']} steps"
+                    + (f" from step {t['display']['after']}" if t["display"]["after"] else ""))
+    for k in ("test", "validation"):
+        if k in t:
+            trig.append(f"{k} every {t[k]['every']} steps x {t[k]['steps']} batches"
+                        + (f" from step {t[k]['after']}" if t[k]["after"] else ""))
+    ck = t["checkpoint"]
+    if "every" in ck:
+        trig.append(f"checkpoint every {ck['every']} steps"
+                    + (f" from step {ck['after']}" if ck["after"] else "")
+                    + f" and at step {ck['final_step']}")
+    else:
+        trig.append(f"checkpoint at step {ck['final_step']}")
+    out.append("triggers: " + "; ".join(trig))
+    if d["checkpoint_path"]:
+        out.append("params loaded from: " + ", ".join(d["checkpoint_path"]))
+    c = d["cluster"]
+    out.append(f"cluster: {c['nworker_groups']} worker group(s) x {c['nworkers_per_group']} "
+               f"worker(s), {c['nserver_groups']} server group(s) x {c['nservers_per_group']} "
+               "server(s); servers "
+               + ("in separate processes" if c["server_worker_separate"]
+                  else "in the worker processes"))
+    out.append(f"  {c['nprocs']} process(es): {c['nworker_procs']} with workers "
+               f"({c['nworkers_per_procs']} per process), {c['nserver_procs']} with servers "
+               f"({c['nservers_per_procs']} per process)")
+    procs = c["procs"]
+    shown = procs if len(procs) < MAX_PROCS_SHOWN else procs[:MAX_PROCS_SHOWN // 2]
+    for e in shown:
+        w = " ".join(f"(g{g},w{i})" for g, i in e["workers"]) or "none"
+        s = " ".join(f"(g{g},s{i})" for g, i in e["servers"]) or "none"
+        out.append(f"  procs {e['procs']}: workers {w}; servers {s}")
+    if len(shown) < len(procs):
+        out.append(f"  ... {len(procs) - len(shown)} more (see --json)")
+    ws = d["workspace"]
+    out.append(f"workspace: {ws['path']}"
+               + (" (cluster.workspace is not set: this default is created)" if ws["default"]
+                  else ""))
+    if d["warnings"]:
+        out.append("")
+        out.append(f"{len(d['warnings'])} warning(s):")
+        out += [f"  {w}" for w in d["warnings"]]
+    return "\n".join(out)
