@@ -76,6 +76,10 @@ T = TypeVar("T")
 # (it scales g by grad_scale / wd), so a temporary is used instead.
 _TINY_WD = 1e-30
 
+# Elements per block when a large array is updated block by block (64K
+# float32 = 256 KB, so a block and its history fit in L2).
+_BLOCK = 1 << 16
+
 
 @dataclass
 class History:
@@ -133,6 +137,21 @@ class Updater:
         hist.t += 1
         lr = self.lr_gen.get(step) * lr_scale
         wd = self.weight_decay * wd_scale
+        if data.size <= _BLOCK or not (data.flags.c_contiguous and grad.flags.c_contiguous):
+            self._apply_block(data, grad, lr, wd, grad_scale, hist)
+            return
+        # Large arrays go block by block, so that the prologue's and the rule's
+        # passes over a block hit the cache: main memory is then read and
+        # written about once per array instead of once per pass.
+        w, g = data.reshape(-1), grad.reshape(-1)
+        flat = {k: v.reshape(-1) for k, v in hist.arrays.items()}
+        for start in range(0, w.size, _BLOCK):
+            sl = slice(start, start + _BLOCK)
+            view = History({k: v[sl] for k, v in flat.items()}, hist.t)
+            self._apply_block(w[sl], g[sl], lr, wd, grad_scale, view)
+
+    def _apply_block(self, data: np.ndarray, grad: np.ndarray, lr: float, wd: float,
+                     grad_scale: float, hist: History) -> None:
         g = self._scratch(0, data.shape)
         src = grad
         if self.clips and self.clip_high > self.clip_low:

@@ -4,12 +4,14 @@ Valid: exit 0 and print the layers of each phase with their output shapes,
 the params, algorithm, updater and learning-rate schedule, the triggers and
 the cluster plan (`--json`: the same as one JSON object), then the warnings.
 Invalid: exit 2 and print every problem, one per line, `PATH:LINE:COL: message`
-(errors first, then warnings). A data file that exists nowhere is a warning,
+(errors first, then warnings). A bug in singa itself exits 1 with a one-line
+message (`SINGA_DEBUG=1` shows the traceback). A data file that exists nowhere is a warning,
 since the data may live only on the job's hosts; `--strict` makes it an error.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -29,6 +31,8 @@ def validate(conf: str, as_json: bool, strict: bool) -> None:
 
     try:
         job = load_job(conf, strict=strict)
+        d = describe(job)
+        text = json.dumps({"valid": True, **d}, indent=2) if as_json else render(d)
     except ConfigError as e:
         warnings = getattr(e, "warnings", [])
         if as_json:
@@ -52,11 +56,13 @@ def validate(conf: str, as_json: bool, strict: bool) -> None:
                                    "warnings": []}, indent=2))
         click.echo(f"singa: {e}", err=True)
         sys.exit(2)
-    d = describe(job)
-    if as_json:
-        click.echo(json.dumps({"valid": True, **d}, indent=2))
-    else:
-        click.echo(render(d))
+    except Exception as e:  # noqa: BLE001 - a bug here must still not end in a traceback
+        if os.environ.get("SINGA_DEBUG"):
+            raise
+        click.echo(f"singa: internal error while validating {conf}: {type(e).__name__}: {e} "
+                   "(a bug in singa; set SINGA_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+    click.echo(text)
 
 
 def _problem(p) -> dict:

@@ -51,7 +51,7 @@ def read_text(path: str) -> str:
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory, expected a job.conf file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM is not text
             return f.read()
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text job.conf (byte {e.start} is not UTF-8)") from None
@@ -63,7 +63,8 @@ def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobCon
     """Parse and validate the job.conf at `path`.
 
     Raises `ConfigError` listing every error (syntax errors stop at the
-    first, since the text cannot be read further). Missing data files are
+    first, since the text cannot be read further); its `warnings` attribute
+    holds the warnings found on the way. Missing data files are
     warnings unless `strict` or `submit`; layer types, algorithms and
     updaters that are not implemented yet are warnings unless `submit`.
     """

@@ -23,7 +23,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.cluster import Cluster
-from runtime.config.validate import PHASE_NAMES
+from runtime.config.validate import PHASE_NAMES, phase_layers
 
 # A plan listing this many processes or more is shortened in the text output.
 MAX_PROCS_SHOWN = 64
@@ -70,8 +70,6 @@ def _type(layer: job_pb2.LayerProto) -> str:
 
 
 def _phase(job, phase: int) -> dict[str, Any]:
-    from runtime.neuralnet.net import filter_phase  # noqa: PLC0415
-
     net = job.nets.get(phase)
     built = {}
     if net is not None:
@@ -79,7 +77,7 @@ def _phase(job, phase: int) -> dict[str, Any]:
             built.setdefault(l.name, l)
     rows = []
     count = 0
-    for _, proto in filter_phase(job.proto.neuralnet, phase):
+    for _, proto in phase_layers(job.proto.neuralnet, phase):
         layer = built.get(proto.name)
         params = []
         for k, pp in enumerate(proto.param):
@@ -99,7 +97,9 @@ def _phase(job, phase: int) -> dict[str, Any]:
         })
     inserted = [l.name for l in net.layers if l.name not in {r["name"] for r in rows}] \
         if net is not None else []
-    return {"layers": rows, "inserted": inserted, "params": count, "bytes": 4 * count}
+    unknown = sum(1 for r in rows if r["shape"] is None)
+    return {"layers": rows, "inserted": inserted, "params": count, "bytes": 4 * count,
+            "not_set_up": unknown}
 
 
 def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
@@ -111,6 +111,9 @@ def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
     if p.validate_freq > 0 and p.validate_steps > 0:
         t["validation"] = {"every": p.validate_freq, "steps": p.validate_steps,
                            "after": p.validate_after}
+    if p.train_steps <= 0:
+        t["test_only"] = {"steps": p.test_steps}
+        return t
     ck = {"final_step": p.train_steps}
     if p.checkpoint_freq > 0:
         ck.update(every=p.checkpoint_freq, after=p.checkpoint_after)
@@ -125,13 +128,14 @@ def describe(job) -> dict[str, Any]:
     val = job.validation
     for ph in (val.phases if val is not None else [job_pb2.kTrain]):
         phases[PHASE_NAMES[ph]] = _phase(job, ph)
-    train = phases.get("train", {"params": 0, "bytes": 0})
+    # the training net's params (a test-only job: its first net's)
+    train = phases.get("train") or next(iter(phases.values()), {"params": 0, "bytes": 0})
     alg = p.train_one_batch
     alg_d: dict[str, Any] = {"alg": alg.user_alg or job_pb2.AlgType.Name(alg.alg)}
     if alg.alg == job_pb2.kCD:
         alg_d["cd_k"] = alg.cd_conf.cd_k
     u = p.updater
-    upd = {
+    upd: dict[str, Any] | None = {
         "type": u.user_type or job_pb2.UpdaterType.Name(u.type),
         "momentum": float(np.float32(u.momentum)),
         "weight_decay": float(np.float32(u.weight_decay)),
@@ -143,6 +147,8 @@ def describe(job) -> dict[str, Any]:
     }
     if u.clip_high > u.clip_low:
         upd["clip"] = [float(np.float32(u.clip_low)), float(np.float32(u.clip_high))]
+    if not p.HasField("updater"):
+        upd = None  # a test-only job
     c = Cluster.from_proto(p.cluster)
     cluster = {
         "nworker_groups": c.nworker_groups, "nworkers_per_group": c.nworkers_per_group,
@@ -157,7 +163,8 @@ def describe(job) -> dict[str, Any]:
         "name": p.name,
         "path": job.path,
         "phases": phases,
-        "params": {"count": train["params"], "bytes": train["bytes"]},
+        "params": {"count": train["params"], "bytes": train["bytes"],
+                   "complete": not train.get("not_set_up")},
         "algorithm": alg_d,
         "train_steps": p.train_steps,
         "updater": upd,
@@ -214,16 +221,23 @@ def render(d: dict[str, Any]) -> str:
         if ph["inserted"]:
             out.append("  (inserted by the net builder: " + ", ".join(ph["inserted"]) + ")")
     out.append("")
-    out.append(f"params: {d['params']['count']:,} ({_mb(d['params']['bytes'])} as float32)")
+    main = d["phases"].get("train") or next(iter(d["phases"].values()), {})
+    nots = main.get("not_set_up", 0)
+    out.append(f"params: {d['params']['count']:,} ({_mb(d['params']['bytes'])} as float32"
+               + (f"; the {nots} layer(s) with shape ? are not counted" if nots else "") + ")")
     alg = d["algorithm"]
     out.append(f"algorithm: {alg['alg']}" + (f" (cd_k {alg['cd_k']})" if "cd_k" in alg else "")
                + f", train_steps {d['train_steps']}")
     u = d["updater"]
-    line = f"updater: {u['type']}, momentum {u['momentum']:g}, weight_decay {u['weight_decay']:g}"
-    if "clip" in u:
-        line += f", gradients clipped to [{u['clip'][0]:g}, {u['clip'][1]:g}]"
-    out.append(line)
-    out.append(f"  learning rate: {u['learning_rate']['schedule']}")
+    if u is None:
+        out.append("updater: none (this job only tests)")
+    else:
+        line = (f"updater: {u['type']}, momentum {u['momentum']:g}, "
+                f"weight_decay {u['weight_decay']:g}")
+        if "clip" in u:
+            line += f", gradients clipped to [{u['clip'][0]:g}, {u['clip'][1]:g}]"
+        out.append(line)
+        out.append(f"  learning rate: {u['learning_rate']['schedule']}")
     t = d["triggers"]
     trig = []
     if "display" in t:
@@ -233,8 +247,10 @@ def render(d: dict[str, Any]) -> str:
         if k in t:
             trig.append(f"{k} every {t[k]['every']} steps x {t[k]['steps']} batches"
                         + (f" from step {t[k]['after']}" if t[k]["after"] else ""))
-    ck = t["checkpoint"]
-    if "every" in ck:
+    ck = t.get("checkpoint")
+    if ck is None:
+        trig.append(f"one test pass of {t['test_only']['steps']} batches (singa test)")
+    elif "every" in ck:
         trig.append(f"checkpoint every {ck['every']} steps"
                     + (f" from step {ck['after']}" if ck["after"] else "")
                     + f" and at step {ck['final_step']}")

@@ -120,7 +120,7 @@ def resolve_paths(job: job_pb2.JobProto, conf_path: str, cwd: str | None = None)
     cwd = cwd or os.getcwd()
     rep = PathReport()
 
-    def do_input(fpath: str, msg, name: str, value: str, index: int | None) -> str:
+    def do_input(fpath: str, value: str, index: int | None) -> str:
         resolved, tried, ok = resolve_input(value, conf_dir, cwd)
         if not ok:
             rep.missing.append(PathIssue(fpath, value, tried, index))
@@ -130,7 +130,7 @@ def resolve_paths(job: job_pb2.JobProto, conf_path: str, cwd: str | None = None)
     for i, layer in enumerate(job.neuralnet.layer):
         base = f"neuralnet.layer[{i}]"
         for rel, msg, name in input_fields(layer):
-            setattr(msg, name, do_input(f"{base}.{rel}", msg, name, getattr(msg, name), i))
+            setattr(msg, name, do_input(f"{base}.{rel}", getattr(msg, name), i))
         if layer.type in OUTPUT_LAYERS and layer.HasField("store_conf") \
                 and layer.store_conf.HasField("path"):
             out = resolve_output(layer.store_conf.path, conf_dir, cwd)
@@ -138,7 +138,7 @@ def resolve_paths(job: job_pb2.JobProto, conf_path: str, cwd: str | None = None)
             layer.store_conf.path = out
 
     for k, value in enumerate(list(job.checkpoint_path)):
-        job.checkpoint_path[k] = do_input(f"checkpoint_path[{k}]", None, "", value, None)
+        job.checkpoint_path[k] = do_input(f"checkpoint_path[{k}]", value, None)
 
     if job.cluster.workspace:
         job.cluster.workspace = resolve_output(job.cluster.workspace, conf_dir, cwd)

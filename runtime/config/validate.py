@@ -142,10 +142,6 @@ def _sort_key(p: Problem) -> tuple:
     return (0, int(m.group(1)), int(m.group(2))) if m else (1, 0, 0)
 
 
-def _type_name(layer: job_pb2.LayerProto) -> str:
-    return layer.user_type or job_pb2.LayerType.Name(layer.type)
-
-
 class _Checker:
     def __init__(self, job, locator, path, strict, submit, paths):
         self.job = job
@@ -159,7 +155,13 @@ class _Checker:
         self.reported: set[str] = set()         # field paths already reported
         self.where_to_layer: dict[str, int] = {}
         self.layers = list(job.neuralnet.layer)
+        # a conf for `singa test` only (SINGA's -test mode, e.g. char-rnn's
+        # sample.conf): no train_steps, but test_steps and params to load
+        self.test_only = (not submit and not job.HasField("train_steps")
+                          and job.test_steps > 0 and bool(job.checkpoint_path))
         self.nets: dict[int, Any] = {}
+        self.cycle_layers: set[str] = set()
+        self.net_problem_keys: set[tuple[str, str]] = set()
 
     # -------------------------------------------------------------- where ---
     def where(self, fpath: str, fallback: str | None = None) -> str:
@@ -267,7 +269,10 @@ class _Checker:
             self.add(self.where("neuralnet", self.path),
                      "the job has no layers: neuralnet { layer { name: ... type: ... } ... } "
                      "is required")
-        if not job.HasField("train_steps"):
+        if self.test_only:
+            self.add(self.path, "train_steps is not set, so this job only tests the params of "
+                     "checkpoint_path (singa test); set train_steps to train", "warning")
+        elif not job.HasField("train_steps"):
             self.add(self.path, "train_steps is not set; set the number of mini-batches to "
                      "train, e.g. train_steps: 1000")
         elif job.train_steps <= 0:
@@ -327,11 +332,13 @@ class _Checker:
     def updater(self) -> None:
         job = self.job
         if not job.HasField("updater"):
-            self.add(self.path, "updater is not set; e.g. updater { type: kSGD learning_rate "
-                     "{ type: kFixed base_lr: 0.01 } }; built-in types: "
-                     + ", ".join(_enum_names(job_pb2.UpdaterType, job_pb2.kUserUpdater)))
+            if not self.test_only:
+                self.add(self.path, "updater is not set; e.g. updater { type: kSGD "
+                         "learning_rate { type: kFixed base_lr: 0.01 } }; built-in types: "
+                         + ", ".join(_enum_names(job_pb2.UpdaterType, job_pb2.kUserUpdater)))
             return
         upd = job.updater
+        n_before = len(self.problems)
         builtin = _enum_names(job_pb2.UpdaterType, job_pb2.kUserUpdater)
         reg = _registry("runtime.updater", "updater_registry")
         fpath = self.first_written("updater", "type", "user_type")
@@ -382,7 +389,8 @@ class _Checker:
                         self.add(self.where(f"updater.{conf}.{n}"),
                                  f"updater.{conf}.{n} must be in [0, 1), got {v:g}")
         self.learning_rate(upd)
-        self._fallback("updater", "runtime.updater", "create_updater", upd)
+        if not any(p.severity == "error" for p in self.problems[n_before:]):
+            self._fallback("updater", "runtime.updater", "create_updater", upd)
 
     def learning_rate(self, upd: job_pb2.UpdaterProto) -> None:
         builtin = _enum_names(job_pb2.ChangeMethod, job_pb2.kUserChange)
@@ -452,7 +460,7 @@ class _Checker:
             self.add(self.where(self.first_written(base, "base_lr")),
                      f"learning_rate.base_lr is {lr.base_lr:g}; the params will not learn "
                      "(or will move uphill)", "warning")
-        if len(self.problems) == n_before:
+        if not any(p.severity == "error" for p in self.problems[n_before:]):
             self._fallback(base, "runtime.lr", "create_lr", lr)
 
     def _fallback(self, fpath: str, module: str, fn: str, proto) -> None:
@@ -485,7 +493,7 @@ class _Checker:
     # -------------------------------------------------------------- phases ---
     def phases_used(self) -> tuple[list[int], list[int]]:
         """(phases the job runs, phases only named by include:)."""
-        used = [job_pb2.kTrain] if self.layers else []
+        used = [job_pb2.kTrain] if self.layers and not self.test_only else []
         unused = []
         for ph in (job_pb2.kVal, job_pb2.kTest):
             if getattr(self.job, STEPS_FIELD[ph]) > 0:
@@ -513,12 +521,10 @@ class _Checker:
                                            "net is built for; use kTrain, kVal or kTest")
 
     def duplicate_layers(self, phases: list[int]) -> None:
-        from runtime.neuralnet.net import filter_phase  # noqa: PLC0415 - heavy import
-
         dups: dict[tuple[int, int], list[str]] = {}
         for ph in phases:
             first: dict[str, int] = {}
-            for i, l in filter_phase(self.job.neuralnet, ph):
+            for i, l in phase_layers(self.job.neuralnet, ph):
                 if not l.name:
                     continue
                 if l.name in first:
@@ -540,13 +546,14 @@ class _Checker:
         seen: set[frozenset] = set()
         for ph in phases:
             by_name: dict[str, tuple[int, job_pb2.LayerProto]] = {}
-            for i, l in _phase_layers(self.job.neuralnet, ph):
+            for i, l in phase_layers(self.job.neuralnet, ph):
                 by_name.setdefault(l.name, (i, l))
             for name, (i, l) in by_name.items():
                 for k, s in enumerate(l.srclayers):
                     if s == name:
                         self.layer_problem(i, f"srclayers[{k}]",
                                            f"layer '{name}' lists itself as a srclayer (a cycle)")
+                        self.cycle_layers.add(name)
                         continue
                     if s not in by_name or name not in by_name[s][1].srclayers:
                         continue
@@ -557,6 +564,7 @@ class _Checker:
                     j, other = by_name[s]
                     if l.user_type or other.user_type or (l.type in rbm and other.type in rbm):
                         continue
+                    self.cycle_layers.update((name, s))
                     a, b = sorted((i, j))
                     k2 = list(self.layers[b].srclayers).index(self.layers[a].name)
                     self.layer_problem(b, f"srclayers[{k2}]",
@@ -762,8 +770,6 @@ class _Checker:
 
     # -------------------------------------------------------------- params ---
     def params(self, phases: list[int]) -> None:
-        from runtime.neuralnet.net import filter_phase  # noqa: PLC0415
-
         layer_reg = _registry("runtime.neuralnet", "layer_registry")
         init_reg = _registry("runtime.param_init", "init_registry")
         init_builtin = _enum_names(job_pb2.InitMethod, job_pb2.kUserInit)
@@ -824,7 +830,7 @@ class _Checker:
 
         # names: unique in the training net; share_from names a param of the net
         for ph in phases:
-            protos = filter_phase(self.job.neuralnet, ph)
+            protos = list(phase_layers(self.job.neuralnet, ph))
             first: dict[str, tuple[int, int]] = {}
             for i, l in protos:
                 for k, p in enumerate(l.param):
@@ -882,7 +888,7 @@ class _Checker:
                      "warning")
             return
         pname = PHASE_NAMES[phase]
-        if not any(True for _ in _phase_layers(self.job.neuralnet, phase)):
+        if not any(True for _ in phase_layers(self.job.neuralnet, phase)):
             if not unused:
                 self.add(self.where(STEPS_FIELD.get(phase, "neuralnet"), self.path),
                          f"no layer is in the {pname} net (every layer's include/exclude leaves "
@@ -890,6 +896,8 @@ class _Checker:
                          f"{getattr(self.job, STEPS_FIELD.get(phase, 'train_steps'))}")
             return
         locate: Callable[[int, str], str] = self.layer_where
+        missing_data = {m.layer_index for m in (self.paths.missing if self.paths else [])
+                        if m.layer_index is not None}
         problems: list[Problem] = []
         net = None
         try:
@@ -911,7 +919,17 @@ class _Checker:
                 continue  # a setup error of a layer already reported in this module's words
             if "shares from unknown param" in p.message:
                 continue  # checked from the protos in params()
+            if p.message.startswith("cycle among layers") and \
+                    set(re.findall(r"'([^']*)'", p.message)) <= self.cycle_layers:
+                continue  # reported by mutual_edges() in more words
             msg, sev = p.message, p.severity
+            if i is not None and i in missing_data and p.where == self.layer_where(i) \
+                    and sev == "error":
+                # the layer reads its data to learn its shape; the missing file
+                # itself is reported by data_files()
+                msg = ("its output shape is not known without its data file, so the "
+                       "layers fed by it are not checked")
+                sev = "warning"
             if i is not None:
                 name = self.layers[i].name
                 if f"'{name}'" not in msg:
@@ -922,6 +940,12 @@ class _Checker:
                 sev = "warning"
                 msg = (f"in the {pname} net, which the job does not use "
                        f"({STEPS_FIELD[phase]} is 0): {msg}")
+            # the same problem seen from another phase's net: report it once
+            key = (p.where, re.sub(r"the (train|test|validation) net", "the net",
+                                   msg).split(";")[0])
+            if key in self.net_problem_keys:
+                continue
+            self.net_problem_keys.add(key)
             self.problems.append(Problem(p.where, msg, sev))
         if phase == job_pb2.kTrain and net is not None:
             self.loss_check(net)
@@ -958,7 +982,7 @@ class _Checker:
             return
         # layers that were not built (not implemented) may be the loss
         built = {l.name for l in net.layers}
-        for _, l in _phase_layers(self.job.neuralnet, job_pb2.kTrain):
+        for _, l in phase_layers(self.job.neuralnet, job_pb2.kTrain):
             if l.name not in built:
                 return
         self.add(self.where("neuralnet", self.path),
@@ -971,7 +995,7 @@ class _Checker:
             return
         used: set[int] = set()
         for ph in phases:
-            used.update(i for i, _ in _phase_layers(self.job.neuralnet, ph))
+            used.update(i for i, _ in phase_layers(self.job.neuralnet, ph))
         sev = "error" if (self.strict or self.submit) else "warning"
         note = "" if sev == "error" else (
             "; it may exist only on the job's hosts (singa validate --strict makes this an error)")
@@ -988,7 +1012,9 @@ class _Checker:
             self.add(w, prefix + issue.message(what) + note, sev)
 
 
-def _phase_layers(net: job_pb2.NetProto, phase: int):
+def phase_layers(net: job_pb2.NetProto, phase: int):
+    """(index, layer) of the layers in `phase` by include/exclude, as the
+    builder's `filter_phase` (without copying or filling defaults)."""
     for i, l in enumerate(net.layer):
         if l.include and phase not in l.include:
             continue

@@ -1,13 +1,17 @@
 """Convolution layers (kConvolution, kCConvolution, kCudnnConv) and the
 im2col / col2im helpers they are built on.
 
-Layout: inside im2col the image is held as [C, H, W, N] (batch innermost), so
-that every kernel offset copies runs of OW*N contiguous floats instead of
-runs of OW, and `col` is [C*kh*kw, OH*OW*N] with rows ordered (c, i, j) as
-the weight's columns and columns ordered (oh, ow, n). The whole batch then
-goes through ONE matmul `W @ col`; the NCHW <-> CHWN moves are blocked 2-D
-transposes (a plain numpy transpose of these shapes thrashes the cache and
-costs more than the matmul).
+The whole batch goes through ONE matmul: out[F, cols] = W[F, C*kh*kw] @
+col[C*kh*kw, cols], where col's rows are ordered (c, i, j) like W's columns
+and its columns are the output positions of every instance. im2col fills col
+with one strided copy per kernel offset (i, j), col2im accumulates back with
+one add per offset. Two column orders, picked per layer by the output width:
+- batch outer, (n, oh, ow): each copy moves runs of OW floats, and NCHW
+  output is a cheap swap of the F and N axes. Good for wide outputs.
+- batch inner, (oh, ow, n): the image is held as [C, H, W, N], so each copy
+  moves runs of OW*N floats; the price is 2-D transposes NCHW <-> CHWN of
+  input and output, done in cache-sized blocks (a plain numpy transpose of
+  these shapes costs more than the matmul). Good for narrow outputs.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    F32, NeuronLayer, Scratch, as_f32, check_param_count, partitioned, positive_field,
+    NeuronLayer, Scratch, as_f32, check_param_count, partitioned, positive_field,
     set_param_grad, type_name, wants_grad)
 
 # Bytes of one transpose block: it should stay in L1.
@@ -92,43 +96,72 @@ def conv_output_size(layer: Layer, h: int, w: int, kh: int, kw: int, ph: int, pw
 
 
 # --------------------------------------------------------- im2col/col2im --
-def _windows(a: np.ndarray, i: int, j: int, oh: int, ow: int, sh: int, sw: int) -> np.ndarray:
-    """The [C, OH, OW, N] view of a [C, Hp, Wp, N] array seen by kernel offset (i, j)."""
-    return a[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+def _windows(a: np.ndarray, axis: int, i: int, j: int, oh: int, ow: int, sh: int,
+             sw: int) -> np.ndarray:
+    """The view of padded array `a` (height at `axis`, width at `axis + 1`) that
+    kernel offset (i, j) reads: OH x OW positions in place of Hp x Wp."""
+    idx = [slice(None)] * a.ndim
+    idx[axis] = slice(i, i + sh * (oh - 1) + 1, sh)
+    idx[axis + 1] = slice(j, j + sw * (ow - 1) + 1, sw)
+    return a[tuple(idx)]
+
+
+def batch_inner_layout(ow: int) -> bool:
+    """Whether im2col should put the batch innermost (see `im2col`).
+
+    Each kernel offset copies runs of OW floats (batch outer) or OW*N (batch
+    inner); numpy's per-run cost makes short rows slow, while batch-inner
+    needs full 2-D transposes of the input and output. Measured on LeNet and
+    cifar10 shapes (OW 8, 16: inner; 24, 32: outer), batch-inner wins below ~20.
+    """
+    return ow < BATCH_INNER_BELOW
+
+
+BATCH_INNER_BELOW = 20
 
 
 def im2col(x: np.ndarray, kernel: tuple[int, int], pad: tuple[int, int],
-           stride: tuple[int, int], scratch: Scratch | None = None) -> np.ndarray:
-    """x [N, C, H, W] -> col [C*kh*kw, OH*OW*N] (float32).
+           stride: tuple[int, int], scratch: Scratch | None = None,
+           batch_inner: bool = False) -> np.ndarray:
+    """x [N, C, H, W] -> col [C*kh*kw, N*OH*OW] (float32).
 
-    col[(c, i, j), (oh, ow, n)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw],
-    zero where that falls in the padding. The result lives in `scratch`
-    (if given) and is overwritten by the next call with the same scratch.
+    Rows are ordered (c, i, j), as the weight's columns; columns (n, oh, ow),
+    or (oh, ow, n) when `batch_inner`:
+    col[(c, i, j), column(n, oh, ow)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw],
+    zero where that falls in the padding. The result lives in `scratch` (if
+    given) and is overwritten by the next call with the same scratch.
     """
     s = scratch if scratch is not None else Scratch()
     n, c, h, w = x.shape
     (kh, kw), (ph, pw), (sh, sw) = kernel, pad, stride
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    # the padding border is zeroed once, when the array is made
-    xc = s.get("im2col.x", (c, h + 2 * ph, w + 2 * pw, n), fill=0)
-    x2 = as_f32(x).reshape(n, c * h * w)
-    if ph or pw:
-        t = s.get("im2col.t", (c, h, w, n))
-        transpose_into(t.reshape(c * h * w, n), x2)
-        xc[:, ph:ph + h, pw:pw + w] = t
-    else:
-        transpose_into(xc.reshape(c * h * w, n), x2)
-    col = s.get("im2col.col", (c, kh, kw, oh, ow, n))
+    x = as_f32(x)
+    # The padded image; its border is zeroed once, when the array is made.
+    if batch_inner:  # [C, Hp, Wp, N]
+        xc = s.get("im2col.x", (c, h + 2 * ph, w + 2 * pw, n), fill=0)
+        if ph or pw:
+            t = s.get("im2col.t", (c, h, w, n))
+            transpose_into(t.reshape(c * h * w, n), x.reshape(n, c * h * w))
+            xc[:, ph:ph + h, pw:pw + w] = t
+        else:
+            transpose_into(xc.reshape(c * h * w, n), x.reshape(n, c * h * w))
+        col = s.get("im2col.col", (c, kh, kw, oh, ow, n))
+        axis = 1
+    else:  # [C, N, Hp, Wp]
+        xc = s.get("im2col.x", (c, n, h + 2 * ph, w + 2 * pw), fill=0)
+        xc[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+        col = s.get("im2col.col", (c, kh, kw, n, oh, ow))
+        axis = 2
     for i in range(kh):
         for j in range(kw):
-            col[:, i, j] = _windows(xc, i, j, oh, ow, sh, sw)
-    return col.reshape(c * kh * kw, oh * ow * n)
+            col[:, i, j] = _windows(xc, axis, i, j, oh, ow, sh, sw)
+    return col.reshape(c * kh * kw, n * oh * ow)
 
 
 def col2im(col: np.ndarray, x_shape: Sequence[int], kernel: tuple[int, int],
            pad: tuple[int, int], stride: tuple[int, int],
-           scratch: Scratch | None = None) -> np.ndarray:
-    """The adjoint of `im2col`: col [C*kh*kw, OH*OW*N] -> x-shaped [N, C, H, W].
+           scratch: Scratch | None = None, batch_inner: bool = False) -> np.ndarray:
+    """The adjoint of `im2col` (same layout): col -> x-shaped [N, C, H, W].
 
     Each input position receives the sum of the col entries that read it
     (accumulated over the kh*kw kernel offsets); padding entries are dropped.
@@ -137,16 +170,25 @@ def col2im(col: np.ndarray, x_shape: Sequence[int], kernel: tuple[int, int],
     n, c, h, w = x_shape
     (kh, kw), (ph, pw), (sh, sw) = kernel, pad, stride
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    g6 = col.reshape(c, kh, kw, oh, ow, n)
-    gxc = s.zeros("col2im.x", (c, h + 2 * ph, w + 2 * pw, n))
+    gx = s.get("col2im.out", (n, c, h, w))
+    if batch_inner:
+        g6 = col.reshape(c, kh, kw, oh, ow, n)
+        gxc = s.zeros("col2im.x", (c, h + 2 * ph, w + 2 * pw, n))
+        axis = 1
+    else:
+        g6 = col.reshape(c, kh, kw, n, oh, ow)
+        gxc = s.zeros("col2im.x", (c, n, h + 2 * ph, w + 2 * pw))
+        axis = 2
     for i in range(kh):
         for j in range(kw):
-            _windows(gxc, i, j, oh, ow, sh, sw)[...] += g6[:, i, j]
+            _windows(gxc, axis, i, j, oh, ow, sh, sw)[...] += g6[:, i, j]
+    if not batch_inner:
+        np.copyto(gx.transpose(1, 0, 2, 3), gxc[:, :, ph:ph + h, pw:pw + w])
+        return gx
     if ph or pw:
         t = s.get("col2im.t", (c, h, w, n))
         np.copyto(t, gxc[:, ph:ph + h, pw:pw + w])
         gxc = t
-    gx = s.get("col2im.out", (n, c, h, w))
     transpose_into(gx.reshape(n, c * h * w), gxc.reshape(c * h * w, n))
     return gx
 
@@ -181,36 +223,45 @@ class ConvolutionLayer(NeuronLayer):
         self.weight = self.make_param(0, (self.num_filters, self.c * kh * kw))
         self.bias = self.make_param(1, (self.num_filters,)) if nparams == 2 else None
         self.shape = (self.n, self.num_filters, self.oh, self.ow)
+        self.batch_inner = batch_inner_layout(self.ow)
+        self.col: np.ndarray | None = None  # im2col of the last forward input
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.n, self.c, self.h, self.w)
-        col = im2col(x, self.kernel, self.pad, self.stride, self.buf)
-        f, p = self.num_filters, self.oh * self.ow
-        out = self.buf.get("out", (f, p * self.n))
-        np.matmul(self.weight.data, col, out=out)
+        self.col = im2col(x, self.kernel, self.pad, self.stride, self.buf, self.batch_inner)
+        n, f, p = self.n, self.num_filters, self.oh * self.ow
+        out = self.buf.get("out", (f, n * p))
+        np.matmul(self.weight.data, self.col, out=out)
         if self.bias is not None:
             out += self.bias.data[:, None]
         y = self.buf.get("y", self.shape)
-        transpose_into(y.reshape(self.n, f * p), out.reshape(f * p, self.n))
+        if self.batch_inner:  # out is [F, OH, OW, N]
+            transpose_into(y.reshape(n, f * p), out.reshape(f * p, n))
+        else:  # out is [F, N, OH, OW]
+            np.copyto(y.reshape(n, f, p).transpose(1, 0, 2), out.reshape(f, n, p))
         self.data = y
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         src = srclayers[0]
-        f, p = self.num_filters, self.oh * self.ow
-        g = as_f32(self.grad).reshape(self.n, f * p)
-        gt = self.buf.get("gt", (f * p, self.n))
-        transpose_into(gt, g)
-        g2 = gt.reshape(f, p * self.n)
-        col = self.buf.get("im2col.col", (self.c, *self.kernel, self.oh, self.ow, self.n))
-        col = col.reshape(-1, p * self.n)
-        set_param_grad(self.weight, g2 @ col.T, flag)
+        n, f, p = self.n, self.num_filters, self.oh * self.ow
+        g = as_f32(self.grad)
+        gt = self.buf.get("gt", (f, n * p))  # the gradient in the layout of `out`
+        if self.batch_inner:
+            transpose_into(gt.reshape(f * p, n), g.reshape(n, f * p))
+        else:
+            np.copyto(gt.reshape(f, n, p), g.reshape(n, f, p).transpose(1, 0, 2))
+        # gW = gt @ col.T, computed transposed: OpenBLAS is ~25% faster at
+        # this orientation of these long-and-thin products
+        gwt = self.buf.get("gwt", (self.col.shape[0], f))
+        np.matmul(self.col, gt.T, out=gwt)
+        set_param_grad(self.weight, gwt.T, flag)
         if self.bias is not None:
-            set_param_grad(self.bias, g2.sum(axis=1), flag)
+            set_param_grad(self.bias, gt.sum(axis=1), flag)
         if wants_grad(src):
-            gcol = self.buf.get("gcol", col.shape)
-            np.matmul(self.weight.data.T, g2, out=gcol)
-            gx = col2im(gcol, (self.n, self.c, self.h, self.w), self.kernel, self.pad,
-                        self.stride, self.buf)
+            gcol = self.buf.get("gcol", self.col.shape)
+            np.matmul(self.weight.data.T, gt, out=gcol)
+            gx = col2im(gcol, (n, self.c, self.h, self.w), self.kernel, self.pad,
+                        self.stride, self.buf, self.batch_inner)
             src.set_grad(self, gx.reshape(self.src_shape))
 
 

@@ -83,6 +83,15 @@ def set_param_grad(param: Param, value: np.ndarray, flag: int) -> None:
         np.copyto(param.grad, value.reshape(param.shape))
 
 
+def matmul_param_grad(param: Param, a: np.ndarray, b: np.ndarray, flag: int) -> None:
+    """`set_param_grad(param, a @ b, flag)`, written straight into the grad when it can."""
+    if (param.grad is not None and not has(flag, job_pb2.kAggGrad)
+            and param.grad.shape == (a.shape[0], b.shape[1])):
+        np.matmul(a, b, out=param.grad)
+    else:
+        set_param_grad(param, a @ b, flag)
+
+
 def wants_grad(src: Layer) -> bool:
     """Input layers have no gradient; skip computing theirs."""
     return not getattr(src, "is_input", False)
@@ -155,7 +164,9 @@ class InnerProductLayer(NeuronLayer):
         self.batch = src_shape[0]
         self.in_dim = int(np.prod(src_shape[1:], dtype=np.int64))
         check_param_count(self, (2,), "weight, bias")
-        wshape = (self.in_dim, self.num_output) if self.transpose else (self.num_output, self.in_dim)
+        wshape = (self.num_output, self.in_dim)
+        if self.transpose:
+            wshape = wshape[::-1]
         self.weight = self.make_param(0, wshape)
         self.bias = self.make_param(1, (self.num_output,))
         self.shape = (self.batch, self.num_output)
@@ -173,8 +184,10 @@ class InnerProductLayer(NeuronLayer):
         x = self.src_data(srclayers).reshape(self.batch, self.in_dim)
         g = as_f32(self.grad).reshape(self.shape)
         w = self.weight.data
-        gw = x.T @ g if self.transpose else g.T @ x
-        set_param_grad(self.weight, gw, flag)
+        if self.transpose:
+            matmul_param_grad(self.weight, x.T, g, flag)
+        else:
+            matmul_param_grad(self.weight, g.T, x, flag)
         set_param_grad(self.bias, g.sum(axis=0), flag)
         if wants_grad(src):
             gx = self.buf.get("gx", (self.batch, self.in_dim))

@@ -159,8 +159,11 @@ class BatchNormLayer(NeuronLayer):
         gscale = (g * xhat).sum(axis=self.axes, keepdims=True)
         set_param_grad(self.scale, gscale, flag)
         set_param_grad(self.bias, gbias, flag)
-        for p in (self.mean, self.var):
-            set_param_grad(p, np.zeros(p.shape, F32), flag)
+        for p in (self.mean, self.var):  # statistics: grad 0 always, even with kAggGrad
+            if p.grad is None:
+                p.grad = np.zeros(p.shape, F32)
+            else:
+                p.grad.fill(0)
         if not wants_grad(src):
             return
         gx = self.buf.get("gx", self.shape)

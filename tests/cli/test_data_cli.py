@@ -92,7 +92,7 @@ def test_fetch_imports_and_is_idempotent(tmp_path, gz):
     again = run("data", "fetch", "--source", str(src), "--dest", str(dest))
     assert again.exit_code == 0
     assert "wrote" not in again.output
-    assert again.output.count("is up to date") == 2
+    assert again.output.count("is up to date") == 3  # two splits and the mean image
 
     # a newer input is imported again; the other split is left alone
     labels = next(src.glob("t10k-labels*"))
@@ -103,7 +103,8 @@ def test_fetch_imports_and_is_idempotent(tmp_path, gz):
     assert f"{dest / 'train_data.bin'} is up to date" in third.output
 
     forced = run("data", "fetch", "--source", str(src), "--dest", str(dest), "--force")
-    assert forced.output.count("wrote") == 2
+    assert forced.output.count("wrote") == 3
+    assert f"wrote the mean image to {dest / 'image_mean.bin'}" in forced.output
 
 
 def test_fetch_accepts_mnist_dotted_names(tmp_path):

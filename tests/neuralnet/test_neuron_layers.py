@@ -96,7 +96,8 @@ def test_inner_product_bad_num_output(conf, message):
                                           "got 3")])
 def test_inner_product_needs_exactly_two_params(params, got):
     with pytest.raises(LayerError) as e:
-        make(f"type: kInnerProduct innerproduct_conf {{num_output: 2}} {params}", [np.zeros((2, 3))])
+        make(f"type: kInnerProduct innerproduct_conf {{num_output: 2}} {params}",
+             [np.zeros((2, 3))])
     assert "a kInnerProduct layer takes 2 params (weight, bias)" in str(e.value)
     assert got in str(e.value)
 
@@ -167,6 +168,7 @@ def test_activation_registrations():
     assert layer_registry.get(job_pb2.kReLU) is ReLULayer
     assert layer_registry.get(job_pb2.kSigmoid) is SigmoidLayer
     assert layer_registry.get(job_pb2.kSTanh) is STanhLayer
+    assert layer_registry.get(job_pb2.kDropout) is DropoutLayer
 
 
 # ---------------------------------------------------------------- dropout --

@@ -1,0 +1,172 @@
+"""`singa validate`: the broken-conf corpus, the valid-conf corpus, output formats.
+
+Each `tests/config/broken/*.conf` starts with `# expect: LINE:COL: <message
+substring>` (or `# expect: <where substring>: <message substring>`): run with
+`--strict`, it must exit 2, print a problem at that location containing that
+message, and never a traceback. Each `tests/config/valid/*.conf` (SINGA v0.3
+style) must exit 0. Both run from an empty directory, so that relative data
+paths resolve against the conf's directory only.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from singa_cli.main import cli
+
+HERE = Path(__file__).resolve().parent.parent / "config"
+BROKEN = sorted((HERE / "broken").glob("*.conf"))
+VALID = sorted((HERE / "valid").glob("*.conf"))
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["validate", *args])
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def _expectation(path: Path) -> tuple[str | None, str]:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: ...'"
+    spec = first[len("# expect: "):]
+    m = re.match(r"^(\d+:\d+): (.*)$", spec)
+    if m:
+        return m.group(1), m.group(2)
+    where, _, msg = spec.partition(": ")
+    return where, msg
+
+
+def test_corpus_is_large_enough():
+    assert len(BROKEN) >= 35
+    assert len(VALID) >= 10
+
+
+@pytest.mark.parametrize("conf", BROKEN, ids=lambda p: p.stem)
+def test_broken_conf_is_caught_at_its_location(conf: Path):
+    r = run("--strict", str(conf))
+    out = r.output  # stdout and stderr, interleaved
+    assert "Traceback" not in out
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, out
+    where, msg = _expectation(conf)
+    lines = [l for l in out.splitlines() if msg in l]
+    assert lines, f"no problem line contains {msg!r}:\n{out}"
+    if re.match(r"^\d+:\d+$", where):
+        want = f"{conf}:{where}: "
+        assert any(l.startswith(want) for l in lines), f"expected at {want!r}:\n{out}"
+    else:
+        assert any(where in l.split(msg)[0] for l in lines), f"expected at {where!r}:\n{out}"
+
+
+@pytest.mark.parametrize("conf", VALID, ids=lambda p: p.stem)
+def test_valid_conf_passes(conf: Path):
+    r = run(str(conf))
+    assert "Traceback" not in r.output
+    assert r.exit_code == 0, r.output
+    assert "valid" in r.output.splitlines()[0]
+
+
+# ---------------------------------------------------------------- output ---
+
+MLP = """
+name: "tiny"
+train_steps: 100
+test_steps: 5
+test_freq: 50
+disp_freq: 10
+train_one_batch { alg: kBP }
+updater { type: kSGD momentum: 0.9 weight_decay: 0.0005
+          learning_rate { type: kStep base_lr: 0.001 step_conf { change_freq: 60 gamma: 0.997 } } }
+neuralnet {
+  layer { name: "data" type: kDummy dummy_conf { input: true shape: 8 shape: 4 } }
+  layer { name: "act" type: kDummy srclayers: "data" }
+}
+cluster { nworker_groups: 2 nworkers_per_group: 2 nservers_per_group: 2 }
+"""
+
+
+def test_text_output_describes_the_job(tmp_path):
+    conf = tmp_path / "job.conf"
+    conf.write_text(MLP)
+    r = run(str(conf))
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "job 'tiny'" in out
+    assert re.search(r"^train net: 2 layers", out, re.M)
+    assert re.search(r"^\s+data\s+kDummy\s+-\s+8x4\s", out, re.M)
+    assert re.search(r"^\s+act\s+kDummy\s+data\s+8x4\s", out, re.M)
+    assert "kStep: 0.001 * 0.997^(step // 60)" in out
+    assert "momentum 0.9" in out and "weight_decay 0.0005" in out
+    assert "test every 50 steps x 5 batches" in out
+    assert "procs 0: workers (g0,w0); servers (g0,s0)" in out
+    assert "procs 1: workers (g0,w1); servers (g0,s1)" in out
+    assert "procs 3: workers (g1,w1); servers none" in out
+    assert "(cluster.workspace is not set: this default is created)" in out
+
+
+def test_json_output_is_the_same_summary(tmp_path):
+    conf = tmp_path / "job.conf"
+    conf.write_text(MLP)
+    r = run("--json", str(conf))
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["valid"] is True and d["name"] == "tiny"
+    layers = d["phases"]["train"]["layers"]
+    assert [(l["name"], l["shape"]) for l in layers] == [("data", [8, 4]), ("act", [8, 4])]
+    assert d["updater"]["learning_rate"]["schedule"] == "kStep: 0.001 * 0.997^(step // 60)"
+    assert d["cluster"]["nprocs"] == 4
+    assert d["cluster"]["procs"][2] == {"procs": 2, "workers": [[1, 0]], "servers": []}
+    assert d["workspace"] == {"path": str(tmp_path / "workspace"), "default": True}
+
+
+def test_invalid_prints_every_problem_one_per_line(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(MLP.replace("train_steps: 100", "train_steps: 0")
+                    .replace('srclayers: "data"', 'srclayers: "nope"')
+                    .replace("nworker_groups: 2", "nworker_groups: 3 nserver_groups: 2"))
+    r = run(str(conf))
+    assert r.exit_code == 2
+    errors = [l for l in r.output.splitlines() if l.startswith(f"{conf}:") and "warning" not in l
+              and not l.endswith("errors")]
+    assert len(errors) == 3, r.output
+    assert any(":3:1: train_steps must be > 0" in l for l in errors)
+    assert any("unknown srclayer 'nope'" in l for l in errors)
+    assert any("nworker_groups (3) must be a multiple of nserver_groups (2)" in l for l in errors)
+    assert r.output.rstrip().endswith("3 errors")
+
+
+def test_invalid_json(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(MLP.replace("train_steps: 100", "train_steps: -1"))
+    r = run("--json", str(conf))
+    assert r.exit_code == 2
+    d = json.loads(r.stdout)
+    assert d["valid"] is False
+    assert d["errors"][0]["where"] == f"{conf}:3:1"
+
+
+def test_missing_file_exits_2_with_the_path(tmp_path):
+    r = run(str(tmp_path / "nope.conf"))
+    assert r.exit_code == 2
+    assert "nope.conf" in r.output and "Traceback" not in r.output
+
+
+def test_missing_data_is_a_warning_unless_strict(tmp_path):
+    conf = tmp_path / "job.conf"
+    conf.write_text(MLP.replace(
+        'type: kDummy dummy_conf { input: true shape: 8 shape: 4 }',
+        'type: kRecordInput store_conf { path: "data/train.bin" batchsize: 8 shape: 4 }'))
+    r = run(str(conf))
+    assert r.exit_code == 0, r.output
+    assert "warning: layer 'data': store_conf.path: data file 'data/train.bin' not found" in r.output
+    assert str(tmp_path / "data" / "train.bin") in r.output
+    r = run("--strict", str(conf))
+    assert r.exit_code == 2
+    assert f"{conf}:11:" in r.output and "data file 'data/train.bin' not found" in r.output

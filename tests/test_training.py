@@ -1,0 +1,218 @@
+"""Single-process training end to end: the loop's order and log lines, exact
+resume, fine-tuning through checkpoint_path, test mode with a prediction
+chain, and `singa submit` as a user runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conf import common_pb2
+from runtime import checkpoint, driver
+from runtime.config import load_job
+from runtime.io.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_data(path: Path, n: int, seed: int) -> None:
+    """n records of 4x4 float data whose label is decided by the data."""
+    rng = np.random.default_rng(seed)
+    with open_store(str(path), "kvfile", "w") as st:
+        for i in range(n):
+            label = int(rng.integers(0, 3))
+            x = rng.standard_normal(16).astype(np.float32) * 0.5
+            x[label * 4:(label + 1) * 4] += 1.0
+            rec = common_pb2.RecordProto(shape=[4, 4], label=label, data=x.tolist())
+            st.write(b"%08d" % i, rec.SerializeToString())
+
+
+CONF = """
+name: "tiny"
+train_steps: {steps}
+test_steps: 5
+test_freq: {test_freq}
+disp_freq: 5
+checkpoint_freq: {ckpt_freq}
+seed: 7
+train_one_batch {{ alg: kBP }}
+updater {{
+  type: {updater}
+  momentum: 0.9
+  weight_decay: 0.001
+  learning_rate {{ type: kStep base_lr: 0.05 step_conf {{ change_freq: 7 gamma: 0.9 }} }}
+}}
+neuralnet {{
+  layer {{
+    name: "data" type: kRecordInput
+    store_conf {{ backend: "kvfile" path: "train.bin" batchsize: 8 shape: 16
+                 random_skip: 20 prefetching: true std_value: 2 }}
+    include: kTrain
+  }}
+  layer {{
+    name: "data" type: kRecordInput
+    store_conf {{ backend: "kvfile" path: "test.bin" batchsize: 10 shape: 16 std_value: 2 }}
+    include: kTest
+  }}
+  layer {{
+    name: "ip1" type: kInnerProduct srclayers: "data"
+    innerproduct_conf {{ num_output: 12 }}
+    param {{ name: "w1" init {{ type: kUniform low: -0.3 high: 0.3 }} }}
+    param {{ name: "b1" init {{ type: kConstant value: 0 }} }}
+  }}
+  layer {{ name: "relu1" type: kReLU srclayers: "ip1" }}
+  layer {{ name: "drop1" type: kDropout srclayers: "relu1" dropout_conf {{ dropout_ratio: 0.2 }} }}
+  layer {{
+    name: "ip2" type: kInnerProduct srclayers: "drop1"
+    innerproduct_conf {{ num_output: 3 }}
+    param {{ name: "w2" init {{ type: kGaussian std: 0.1 }} }}
+    param {{ name: "b2" lr_scale: 2 wd_scale: 0 init {{ type: kConstant value: 0 }} }}
+  }}
+  layer {{ name: "loss" type: kSoftmaxLoss srclayers: "ip2" srclayers: "data" }}
+  {extra}
+}}
+cluster {{ workspace: "{workspace}" }}
+"""
+
+
+def make_conf(tmp: Path, name: str = "job.conf", steps: int = 20, test_freq: int = 10,
+              ckpt_freq: int = 0, updater: str = "kSGD", workspace: str = "ws",
+              extra: str = "") -> Path:
+    if not (tmp / "train.bin").exists():
+        write_data(tmp / "train.bin", 200, 1)
+        write_data(tmp / "test.bin", 50, 2)
+    path = tmp / name
+    path.write_text(CONF.format(steps=steps, test_freq=test_freq, ckpt_freq=ckpt_freq,
+                                updater=updater, workspace=workspace, extra=extra))
+    return path
+
+
+def run(path: Path, resume: bool = False):
+    lines: list[str] = []
+    job = load_job(str(path), submit=True).proto
+    worker = driver.train(job, resume=resume, log=lines.append)
+    return worker, lines
+
+
+def params_of(worker) -> dict[str, np.ndarray]:
+    return {p.name: p.data.copy() for p in worker.owned_params()}
+
+
+def test_loop_order_log_lines_and_checkpoints(tmp_path):
+    worker, lines = run(make_conf(tmp_path, steps=20, test_freq=10, ckpt_freq=10))
+    tests = [l for l in lines if l.startswith("Test @")]
+    trains = [l for l in lines if l.startswith("Train @")]
+    # step-0 test, a test every 10 steps, and one at train_steps
+    assert [l.split("  ")[0] for l in tests] == ["Test @ step 0", "Test @ step 10", "Test @ step 20"]
+    assert [l.split("  ")[0] for l in trains] == [f"Train @ step {s}" for s in (0, 5, 10, 15)]
+    assert "Loss = " in trains[0] and ", accuracy = " in trains[0]
+    # the step-0 test comes before the first training line
+    assert lines.index(tests[0]) < lines.index(trains[0])
+    files = sorted(f.name for f in (tmp_path / "ws" / "checkpoint").iterdir())
+    assert files == ["step0-worker0", "step0-worker0.resume", "step10-worker0",
+                     "step10-worker0.resume", "step20-worker0", "step20-worker0.resume"]
+    saved = checkpoint.load([str(tmp_path / "ws/checkpoint/step20-worker0")])
+    assert set(saved) == {"w1", "b1", "w2", "b2"}
+    assert saved["w1"][1].shape == (12, 16)
+    np.testing.assert_array_equal(saved["w1"][1], worker.train_net.param("w1").data)
+    # every param was updated 20 times
+    assert saved["w1"][0] == 20
+
+
+@pytest.mark.parametrize("updater", ["kSGD", "kAdam"])
+def test_resume_is_exact(tmp_path, updater):
+    """2N steps in one go == N steps, then --resume for N more."""
+    full, _ = run(make_conf(tmp_path, "full.conf", steps=24, updater=updater, workspace="ws_full"))
+    make_conf(tmp_path, "half.conf", steps=12, updater=updater, workspace="ws_half")
+    run(tmp_path / "half.conf")
+    cont = make_conf(tmp_path, "cont.conf", steps=24, updater=updater, workspace="ws_half")
+    resumed, lines = run(cont, resume=True)
+    assert lines[0] == "Resumed from step 12"
+    a, b = params_of(full), params_of(resumed)
+    for name in a:
+        assert np.max(np.abs(a[name] - b[name])) <= 1e-6, name
+
+
+def test_fine_tune_loads_params_by_name(tmp_path):
+    first, _ = run(make_conf(tmp_path, "a.conf", steps=10, workspace="ws_a"))
+    ckpt = tmp_path / "ws_a" / "checkpoint" / "step10-worker0"
+    conf = make_conf(tmp_path, "b.conf", steps=0, workspace="ws_b")
+    text = conf.read_text().replace('name: "tiny"', f'name: "tiny"\ncheckpoint_path: "{ckpt}"')
+    conf.write_text(text.replace("train_steps: 0", "train_steps: 1"))
+    job = load_job(str(conf), submit=True).proto
+    from runtime.local_server import LocalServer
+    from runtime.updater import create_updater
+    from runtime.worker import create_worker
+
+    w = create_worker(job, LocalServer(create_updater(job.updater)), log=lambda l: None)
+    w.setup()
+    w.init_params()
+    for name, values in params_of(first).items():
+        np.testing.assert_array_equal(w.train_net.param(name).data, values)
+        # versions reset to job.step for fine-tuning (reset_param_version)
+        assert w.train_net.param(name).version == 0
+    w.close()
+
+
+def test_test_mode_prediction_chain_writes_csv(tmp_path):
+    run(make_conf(tmp_path, "a.conf", steps=10, workspace="ws_a"))
+    ckpt = tmp_path / "ws_a" / "checkpoint" / "step10-worker0"
+    out = tmp_path / "pred.csv"
+    extra = f'''
+  layer {{ name: "softmax" type: kSoftmax srclayers: "ip2" include: kTest }}
+  layer {{ name: "argsort" type: kArgSort srclayers: "softmax" argsort_conf {{ topk: 2 }} include: kTest }}
+  layer {{ name: "out" type: kCSVOutput srclayers: "argsort" store_conf {{ path: "{out}" }} include: kTest }}'''
+    conf = make_conf(tmp_path, "t.conf", steps=10, workspace="ws_a", extra=extra)
+    job = load_job(str(conf), submit=True).proto
+    job.checkpoint_path.append(str(ckpt))
+    lines: list[str] = []
+    metrics = driver.test(job, log=lines.append)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and lines[0].startswith("Test @ step 0  Loss = ")
+    rows = out.read_text().splitlines()
+    assert len(rows) == 5 * 10  # test_steps x batch
+    first, second = rows[0].split(",")  # top-2 class indices (softmax carries no labels)
+    assert {int(first), int(second)} <= {0, 1, 2} and first != second
+
+
+def test_tiny_net_learns(tmp_path):
+    worker, lines = run(make_conf(tmp_path, steps=150, test_freq=150))
+    final = worker.metrics_log[-1]
+    assert final["phase"] == "test" and final["step"] == 150
+    assert final["accuracy"] >= 0.9, lines[-1]
+
+
+def _singa(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "singa_cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_submit_runs_in_the_foreground_and_test_mode(tmp_path):
+    conf = make_conf(tmp_path, steps=10, test_freq=5)
+    r = _singa("submit", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Test @ step 0  Loss = " in r.stdout and "Train @ step 5  Loss = " in r.stdout
+    assert (tmp_path / "ws" / "checkpoint" / "step10-worker0").exists()
+    # SINGA's spelling and -test on the latest checkpoint
+    r = _singa("test", "-conf", str(conf), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Test @ step 10  Loss = ")
+
+
+def test_submit_bad_conf_exits_2_without_traceback(tmp_path):
+    conf = make_conf(tmp_path)
+    conf.write_text(conf.read_text().replace("num_output: 12", "num_output: -1"))
+    r = _singa("submit", str(conf), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "num_output" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    conf = make_conf(tmp_path)
+    r = _singa("submit", str(conf), "--resume", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "--resume: no checkpoint in" in r.stderr and "Traceback" not in r.stderr
