@@ -25,10 +25,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--no-server-thread", action="store_true",
+                    help="apply updates in the worker's thread (no overlap)")
     return ap.parse_args()
 
 
 ARGS = parse()
+THREADED = not ARGS.no_server_thread
 # BLAS reads its thread count when it loads: set it before numpy is imported.
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
@@ -43,16 +46,12 @@ def peak_rss_mb() -> float:
 def time_singa(conf: str) -> float:
     """Seconds per training step of the conf's train net (batch from the conf)."""
     from runtime.config import load_job
-    from runtime.local_server import LocalServer
-    from runtime.updater import create_updater
-    from runtime.worker import create_worker
+    from runtime.driver import build
 
     job = load_job(str(ROOT / conf), submit=True).proto
-    server = LocalServer(create_updater(job.updater))
-    worker = create_worker(job, server, log=lambda line: None)
     job.test_steps = 0
-    worker.setup()
-    server.register(worker.train_net.params)
+    job.num_openblas_threads = ARGS.threads
+    worker, server = build(job, log=lambda line: None, threaded=THREADED)
     worker.init_params()
     net = worker.train_net
     for s in range(ARGS.warmup):
@@ -62,6 +61,7 @@ def time_singa(conf: str) -> float:
         worker.train_one_batch(ARGS.warmup + s, net)
     dt = (time.perf_counter() - t) / ARGS.steps
     net.close()
+    server.close()
     return dt
 
 

@@ -46,19 +46,37 @@ def setup_resume(job: job_pb2.JobProto) -> dict | None:
     return checkpoint.load_resume_state(files[0])
 
 
+def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
+          threaded: bool = True) -> tuple[Worker, LocalServer]:
+    """The worker of a single-process job and its parameter service, set up
+    (nets built, params registered) but not initialised."""
+    updater = create_updater(job.updater)
+    # the updater's elementwise work uses as many threads as BLAS does
+    updater.threads = max(1, job.num_openblas_threads)
+    server = LocalServer(updater, threaded=threaded)
+    worker = create_worker(job, server, log=log)
+    try:
+        worker.setup()
+    except BaseException:
+        server.close()
+        raise
+    server.register(worker.train_net.params)
+    return worker, server
+
+
 def train(job: job_pb2.JobProto, resume: bool = False,
           log: Callable[[str], None] | None = None) -> Worker:
     """Train the job in this process; returns the finished worker."""
     _prepare_workspace(job)
     resume_state = setup_resume(job) if resume else None
-    server = LocalServer(create_updater(job.updater))
-    worker = create_worker(job, server, log=log)
-    worker.setup()
-    server.register(worker.train_net.params)
-    worker.init_params(resume_state)
-    if resume:
-        worker.log(f"Resumed from step {job.step}")
-    worker.run()
+    worker, server = build(job, log)
+    try:
+        worker.init_params(resume_state)
+        if resume:
+            worker.log(f"Resumed from step {job.step}")
+        worker.run()
+    finally:
+        server.close()
     return worker
 
 

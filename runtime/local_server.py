@@ -1,27 +1,47 @@
 """LocalServer: the parameter service of a single-process, single-worker job.
 
-It plays SINGA's stub and server for one worker in one process: `update`
-applies the updater as soon as every param sharing the same values has
-reported its gradient (their gradients are summed, as SINGA's stub sums the
-grads of params that share memory), and `collect` has nothing to wait for.
+It plays SINGA's stub and server for one worker in one process. Updates run
+in a server thread, as in SINGA, so that applying the updater to one layer's
+params overlaps the worker's backward pass through the layers below it;
+`collect` waits until a param's pending update has been applied (SINGA's
+`Collect`: version > last_version).
 
-Contract: `put` every owned param once before training; then per step each
-trainable param (owner or sharer) calls `update` exactly once.
+Params that share values (`share_from`) report separate gradients; the
+update is applied once all of them have reported, on their sum (as SINGA's
+stub sums the grads of params sharing memory).
+
+Contract: `register` the net's params and `put` every owned param before
+training; then per step each trainable param calls `update` exactly once, and
+must not touch its `grad` again until `collect` has returned for it (BP's
+forward pass collects every param before the backward pass writes grads).
 """
 from __future__ import annotations
+
+import queue
+import threading
 
 import numpy as np
 
 from runtime.param import Param
 from runtime.updater import Updater
 
+_STOP = object()
+
 
 class LocalServer:
-    def __init__(self, updater: Updater | None):
+    def __init__(self, updater: Updater | None, threaded: bool = True):
         self.updater = updater
-        self._replicas: dict[str, int] = {}      # owner name -> params sharing its values
+        self._replicas: dict[str, int] = {}      # owner name -> params reporting grads for it
         self._pending: dict[str, list[Param]] = {}
         self._sum: dict[str, np.ndarray] = {}
+        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if threaded and updater is not None:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, name="server", daemon=True)
+            self._thread.start()
 
     def register(self, params: list[Param]) -> None:
         """Count, for each owner, how many trainable params report grads for it."""
@@ -33,16 +53,68 @@ class LocalServer:
 
     def put(self, param: Param) -> None:
         param.allocate()
-
-    def collect(self, param: Param) -> None:
-        pass
+        param.last_version = param.version - 1
 
     def update(self, step: int, param: Param) -> None:
+        owner = param.owner or param
+        if owner.last_version < owner.version:
+            owner.last_version = owner.version  # an update is pending from here on
+        if self._queue is None:
+            self._receive(step, param)
+        else:
+            self._queue.put((step, param))
+
+    def collect(self, param: Param) -> None:
+        owner = param.owner or param
+        if owner.version > owner.last_version:
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: owner.version > owner.last_version or self._error is not None)
+        if self._error is not None:
+            raise self._error
+
+    def state(self) -> dict[str, np.ndarray]:
+        self._drain()
+        return self.updater.state() if self.updater is not None else {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.updater.load_state(state)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    # ------------------------------------------------------------ server ---
+    def _serve(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._receive(*item)
+            except BaseException as e:  # surfaces in the worker's next collect
+                with self._cond:
+                    self._error = e
+                    self._cond.notify_all()
+                return
+
+    def _drain(self) -> None:
+        if self._queue is None:
+            return
+        done = threading.Event()
+        self._queue.put((None, done))
+        done.wait()
+
+    def _receive(self, step, param) -> None:
+        if isinstance(param, threading.Event):  # a drain marker
+            param.set()
+            return
         owner = param.owner or param
         n = self._replicas.get(owner.name, 1)
         if n == 1:
             self._apply(step, owner, param.grad)
-            owner.version += 1
             return
         pending = self._pending.setdefault(owner.name, [])
         pending.append(param)
@@ -54,15 +126,11 @@ class LocalServer:
         np.copyto(acc, pending[0].grad)
         for q in pending[1:]:
             acc += q.grad
-        self._apply(step, owner, acc)
-        owner.version += 1
         pending.clear()
+        self._apply(step, owner, acc)
 
     def _apply(self, step: int, owner: Param, grad: np.ndarray) -> None:
         self.updater.apply(step, owner.name, owner.data, grad, owner.lr_scale, owner.wd_scale)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self.updater.state()
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self.updater.load_state(state)
+        with self._cond:
+            owner.version += 1
+            self._cond.notify_all()

@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Hashable, TypeVar
 
 import numpy as np
 
 from conf import job_pb2
+from runtime import blas
 from runtime.errors import UserError
 from runtime.lr import LRGen, create_lr
 from runtime.registry import Registry
@@ -116,6 +118,10 @@ class Updater:
         self._hist: dict[str, History] = {}
         self._hist_lock = threading.Lock()
         self._local = threading.local()
+        #: threads that share the elementwise work of one large update
+        self.threads = 1
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
 
     # --- the rule a subclass defines ------------------------------------
     def rule(self, w: np.ndarray, g: np.ndarray, lr: float, hist: History) -> None:
@@ -137,18 +143,47 @@ class Updater:
         hist.t += 1
         lr = self.lr_gen.get(step) * lr_scale
         wd = self.weight_decay * wd_scale
+        if self._fused(data, grad, lr, wd, grad_scale, hist):
+            return
         if data.size <= _BLOCK or not (data.flags.c_contiguous and grad.flags.c_contiguous):
             self._apply_block(data, grad, lr, wd, grad_scale, hist)
             return
         # Large arrays go block by block, so that the prologue's and the rule's
         # passes over a block hit the cache: main memory is then read and
-        # written about once per array instead of once per pass.
+        # written about once per array instead of once per pass. With
+        # `threads` > 1 the blocks are shared out over that many threads
+        # (numpy releases the GIL in its loops), as PyTorch's optimizers
+        # spread their elementwise work over its intra-op threads.
         w, g = data.reshape(-1), grad.reshape(-1)
         flat = {k: v.reshape(-1) for k, v in hist.arrays.items()}
-        for start in range(0, w.size, _BLOCK):
-            sl = slice(start, start + _BLOCK)
-            view = History({k: v[sl] for k, v in flat.items()}, hist.t)
-            self._apply_block(w[sl], g[sl], lr, wd, grad_scale, view)
+        starts = range(0, w.size, _BLOCK)
+
+        def run(part: range) -> None:
+            for start in part:
+                sl = slice(start, start + _BLOCK)
+                view = History({k: v[sl] for k, v in flat.items()}, hist.t)
+                self._apply_block(w[sl], g[sl], lr, wd, grad_scale, view)
+
+        n = min(self.threads, len(starts))
+        if n <= 1:
+            run(starts)
+            return
+        pool = self._pool()
+        futures = [pool.submit(run, starts[i::n]) for i in range(1, n)]
+        run(starts[0::n])
+        for f in futures:
+            f.result()
+
+    def _fused(self, data: np.ndarray, grad: np.ndarray, lr: float, wd: float,
+               grad_scale: float, hist: History) -> bool:
+        """A rule may apply itself with fused BLAS calls; True when it did."""
+        return False
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None or self._executor_size != self.threads - 1:
+            self._executor = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="updater")
+            self._executor_size = self.threads - 1
+        return self._executor
 
     def _apply_block(self, data: np.ndarray, grad: np.ndarray, lr: float, wd: float,
                      grad_scale: float, hist: History) -> None:
@@ -320,6 +355,23 @@ class SGDUpdater(Updater):
         super().__init__(proto)
         # Plain SGD keeps no history, so its state (and checkpoint) is empty.
         self.slots = ("history",) if self.momentum > 0 else ()
+
+    def _fused(self, data, grad, lr, wd, grad_scale, hist) -> bool:
+        # The same rule in one to three BLAS passes (see runtime.blas):
+        #   momentum: h = m*h - lr*gs*grad [- lr*wd*w]; w += h
+        #   plain:    w = (1 - lr*wd)*w - lr*gs*grad
+        if (self.clip_high > self.clip_low or data.size <= _BLOCK
+                or not blas.usable(data, grad, *hist.arrays.values())):
+            return False
+        if self.momentum > 0:
+            h = hist.arrays["history"]
+            blas.saxpby(-lr * grad_scale, grad, self.momentum, h)
+            if wd > 0:
+                blas.saxpy(-lr * wd, data, h)
+            blas.saxpy(1.0, h, data)
+        else:
+            blas.saxpby(-lr * grad_scale, grad, 1.0 - lr * wd, data)
+        return True
 
     def rule(self, w: np.ndarray, g: np.ndarray, lr: float, hist: History) -> None:
         # g is lr*g here (fold_lr)
