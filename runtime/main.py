@@ -1,6 +1,6 @@
 """The entry point of one runtime process (SINGA's `singa` binary).
 
-    python -m runtime.main JOB.conf [--resume] [--test]
+    python -m runtime.main JOB.conf [--resume] [--test] [--module M ...]
 
 It loads and validates the job, then trains (or tests) it in this process.
 The CLI starts it as a child process, so that the BLAS thread count
@@ -19,14 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("conf")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--test", action="store_true")
+    ap.add_argument("--module", action="append", default=[])
     args = ap.parse_args(argv)
 
-    from runtime import driver
+    from runtime import driver, plugins
     from runtime.config import load_job
     from runtime.errors import UserError
     from runtime.worker import log_to_stdout
 
     try:
+        plugins.load(args.module)
         job = load_job(args.conf, submit=True).proto
         if args.test:
             if args.resume:

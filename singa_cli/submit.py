@@ -13,10 +13,12 @@ import sys
 
 import click
 
+from runtime import plugins
 from runtime.config import load_job
 
 
-def _run(conf: str, resume: bool, test: bool) -> int:
+def _run(conf: str, resume: bool, test: bool, modules: tuple[str, ...] = ()) -> int:
+    plugins.load(modules)
     job = load_job(conf, submit=True)
     for w in job.warnings:
         click.echo(str(w), err=True)
@@ -28,6 +30,8 @@ def _run(conf: str, resume: bool, test: bool) -> int:
         cmd.append("--resume")
     if test:
         cmd.append("--test")
+    for m in modules:
+        cmd += ["--module", os.path.abspath(m) if m.endswith(".py") else m]
     return subprocess.call(cmd, env=env)
 
 
@@ -43,15 +47,22 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
 @click.option("-conf", "conf_opt", type=click.Path(), help="The job.conf, as SINGA's singa-run.sh takes it.")
 @click.option("--resume", "-resume", is_flag=True, help="Continue from the latest checkpoint in the workspace.")
 @click.option("--test", "-test", is_flag=True, help="Test mode: load checkpoint_path and run test_steps batches.")
-def submit(conf: str | None, conf_opt: str | None, resume: bool, test: bool) -> None:
+@click.option("--module", "modules", multiple=True, metavar="MODULE",
+              help="Import a module (dotted name or .py file) that registers user layers, "
+                   "updaters or algorithms; repeatable.")
+def submit(conf: str | None, conf_opt: str | None, resume: bool, test: bool,
+           modules: tuple[str, ...]) -> None:
     """Validate JOB.conf and run it, streaming its progress."""
-    sys.exit(_run(_conf_arg(conf, conf_opt), resume, test))
+    sys.exit(_run(_conf_arg(conf, conf_opt), resume, test, modules))
 
 
 @click.command()
 @click.argument("conf", required=False, type=click.Path())
 @click.option("-conf", "conf_opt", type=click.Path(), help="The job.conf.")
 @click.option("--resume", "-resume", is_flag=True, help="Test the latest checkpoint of the workspace.")
-def test(conf: str | None, conf_opt: str | None, resume: bool) -> None:
+@click.option("--module", "modules", multiple=True, metavar="MODULE",
+              help="Import a module (dotted name or .py file) that registers user layers, "
+                   "updaters or algorithms; repeatable.")
+def test(conf: str | None, conf_opt: str | None, resume: bool, modules: tuple[str, ...]) -> None:
     """Test a trained model: load checkpoint_path, run test_steps test batches."""
-    sys.exit(_run(_conf_arg(conf, conf_opt), resume, True))
+    sys.exit(_run(_conf_arg(conf, conf_opt), resume, True, modules))

@@ -24,12 +24,17 @@ from runtime.errors import ConfigError, UserError
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--strict", is_flag=True,
               help="Treat missing data files (and other data warnings) as errors.")
-def validate(conf: str, as_json: bool, strict: bool) -> None:
+@click.option("--module", "modules", multiple=True, metavar="MODULE",
+              help="Import a module (dotted name or .py file) that registers user layers, "
+                   "updaters or algorithms first; repeatable.")
+def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...]) -> None:
     """Check a job.conf and print what the job is."""
+    from runtime import plugins  # noqa: PLC0415
     from runtime.config import load_job  # noqa: PLC0415 - keep `singa --help` fast
     from runtime.config.describe import describe, render  # noqa: PLC0415
 
     try:
+        plugins.load(modules)
         job = load_job(conf, strict=strict)
         d = describe(job)
         text = json.dumps({"valid": True, **d}, indent=2) if as_json else render(d)

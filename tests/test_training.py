@@ -216,3 +216,38 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     r = _singa("submit", str(conf), "--resume", cwd=tmp_path)
     assert r.returncode == 2
     assert "--resume: no checkpoint in" in r.stderr and "Traceback" not in r.stderr
+
+
+USER_LAYER = '''
+"""A user's own layer, registered by user_type from outside the package."""
+import numpy as np
+from runtime.neuralnet.layer import Layer, layer_registry
+
+
+@layer_registry.register("Scale2")
+class Scale2(Layer):
+    def compute_feature(self, flag, srclayers):
+        self.data = 2.0 * srclayers[0].data_for(self)
+
+    def compute_gradient(self, flag, srclayers):
+        srclayers[0].set_grad(self, 2.0 * self.grad)
+'''
+
+
+def test_user_layer_from_a_module_file(tmp_path):
+    (tmp_path / "mylayers.py").write_text(USER_LAYER)
+    conf = make_conf(tmp_path, steps=6, test_freq=6)
+    text = conf.read_text().replace('srclayers: "drop1"', 'srclayers: "scale"')
+    text = text.replace('  layer { name: "loss"',
+                        '  layer { name: "scale" user_type: "Scale2" srclayers: "drop1" }\n  layer { name: "loss"')
+    conf.write_text(text)
+    r = _singa("validate", str(conf), cwd=tmp_path)
+    assert r.returncode == 2 and "Scale2" in r.stderr
+    r = _singa("validate", "--module", "mylayers.py", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Scale2" in r.stdout
+    r = _singa("submit", "--module", "mylayers.py", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Test @ step 6  Loss = " in r.stdout
+    r = _singa("submit", "--module", "nosuchmodule", str(conf), cwd=tmp_path)
+    assert r.returncode == 2 and "--module nosuchmodule: No module named 'nosuchmodule'" in r.stderr
