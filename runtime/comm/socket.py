@@ -1,0 +1,89 @@
+"""ZeroMQ sockets for the runtime: bind where the OS picks, send and receive
+`Msg`s without copies, drop what is not ours.
+
+- `bind(sock, transport, host)` binds a socket to `inproc://`, `ipc://` (a
+  fresh path under a private temp directory) or `tcp://host:*` (a port the OS
+  picks) and returns the endpoint actually bound, to be published to peers.
+  There are no fixed ports, so jobs never clash.
+- `send(sock, msg, to=None)` sends a Msg (with a ROUTER identity frame when
+  `to` is given); array frames go without copying.
+- `recv(sock)` returns `(identity, Msg)` (identity None on a DEALER), or None
+  for frames that are not a message of this protocol: those are logged and
+  dropped, so a foreign or broken peer cannot crash a process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import zmq
+
+from runtime.comm.msg import Msg, MsgError
+
+log = logging.getLogger(__name__)
+
+_ipc_dir: str | None = None
+
+
+def _ipc_path(name: str) -> str:
+    global _ipc_dir
+    if _ipc_dir is None:
+        _ipc_dir = tempfile.mkdtemp(prefix="singa-ipc-")
+    return os.path.join(_ipc_dir, f"{name}-{os.getpid()}")
+
+
+def bind(sock: zmq.Socket, transport: str, host: str = "127.0.0.1", name: str = "stub") -> str:
+    """Bind and return the endpoint peers should connect to."""
+    if transport == "inproc":
+        endpoint = f"inproc://{name}-{id(sock)}"
+        sock.bind(endpoint)
+        return endpoint
+    if transport == "ipc":
+        endpoint = f"ipc://{_ipc_path(name)}"
+        sock.bind(endpoint)
+        return endpoint
+    if transport == "tcp":
+        sock.bind(f"tcp://{host}:*")
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    raise ValueError(f"unknown transport {transport!r}; known: inproc, ipc, tcp")
+
+
+def router(ctx: zmq.Context) -> zmq.Socket:
+    """A ROUTER that errors on unknown peers instead of dropping silently."""
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    s.setsockopt(zmq.LINGER, 0)
+    return s
+
+
+def dealer(ctx: zmq.Context, identity: bytes | None = None) -> zmq.Socket:
+    s = ctx.socket(zmq.DEALER)
+    if identity is not None:
+        s.setsockopt(zmq.IDENTITY, identity)
+    s.setsockopt(zmq.LINGER, 0)
+    return s
+
+
+def send(sock: zmq.Socket, msg: Msg, to: bytes | None = None) -> None:
+    frames = msg.to_frames()
+    if to is not None:
+        frames = [to, *frames]
+    sock.send_multipart(frames, copy=False)
+
+
+def recv(sock: zmq.Socket, router: bool = False) -> tuple[bytes | None, Msg] | None:
+    """One message, or None when the frames were not a valid Msg (logged)."""
+    frames = sock.recv_multipart(copy=False)
+    ident = None
+    if router:
+        if len(frames) < 2:
+            log.warning("dropped a frame list of length %d from a peer", len(frames))
+            return None
+        ident, frames = frames[0].bytes, frames[1:]
+    try:
+        return ident, Msg.from_frames(frames)
+    except MsgError as e:
+        log.warning("dropped a message that is not ours%s: %s",
+                    f" from {ident!r}" if ident else "", e)
+        return None
