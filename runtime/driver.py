@@ -22,7 +22,7 @@ from runtime.updater import create_updater
 from runtime.worker import Worker, create_worker
 
 
-def _prepare_workspace(job: job_pb2.JobProto) -> None:
+def prepare_workspace(job: job_pb2.JobProto) -> None:
     ws = job.cluster.workspace
     if not ws:
         raise UserError("cluster.workspace is not set")
@@ -67,7 +67,7 @@ def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
 def train(job: job_pb2.JobProto, resume: bool = False,
           log: Callable[[str], None] | None = None) -> Worker:
     """Train the job in this process; returns the finished worker."""
-    _prepare_workspace(job)
+    prepare_workspace(job)
     resume_state = setup_resume(job) if resume else None
     worker, server = build(job, log)
     try:

@@ -23,13 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from runtime import driver, plugins
+    from runtime.cluster import Cluster
     from runtime.config import load_job
+    from runtime.jobs.local import launch
     from runtime.errors import UserError
     from runtime.worker import log_to_stdout
 
     try:
         plugins.load(args.module)
         job = load_job(args.conf, submit=True).proto
+        cluster = Cluster.from_proto(job.cluster)
+        if cluster.nworkers > 1 or cluster.nservers > 1 or cluster.nprocs > 1:
+            if args.resume or args.test:
+                raise UserError("--resume and --test of a job with several workers or servers "
+                                "are not implemented yet")
+            driver.prepare_workspace(job)
+            return launch(job, tuple(args.module))
         if args.test:
             if args.resume:
                 driver.setup_resume(job)

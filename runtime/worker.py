@@ -84,6 +84,12 @@ class Worker:
     def is_first(self) -> bool:
         return self.grp_id == 0 and self.id == 0
 
+    @property
+    def writes_checkpoints(self) -> bool:
+        # SINGA: group 0 writes. The workers of a group hold replicas of the
+        # same params (batch partitions), so its first worker writes them.
+        return self.is_first
+
     def setup(self) -> None:
         net = self.job.neuralnet
         self.train_net = NeuralNet.create(net, job_pb2.kTrain)
@@ -139,7 +145,7 @@ class Worker:
                 self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
             if test_now(step) and self.test_net is not None and job.test_steps > 0:
                 self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
-            if checkpoint_now(step) and self.grp_id == 0:
+            if checkpoint_now(step) and self.writes_checkpoints:
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
             if display_now(step) and self.is_first:
@@ -155,7 +161,7 @@ class Worker:
             self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
         if test_now(step) and self.test_net is not None and job.test_steps > 0:
             self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
-        if self.grp_id == 0:
+        if self.writes_checkpoints:
             self.checkpoint(step)
         self.close()
 

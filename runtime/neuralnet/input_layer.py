@@ -243,14 +243,27 @@ class ReaderLayer(InputLayer):
         pending, self._pending = self._pending, None
         if pending is not None and pending["skipped"]:
             self._reader.seek(int(pending["position"]))
-        elif self.random_skip > 0:
-            self._reader.skip(int(self.rng.integers(0, self.random_skip, endpoint=True)))
+        else:
+            if self.random_skip > 0:
+                self._reader.skip(int(self.rng.integers(0, self.random_skip, endpoint=True)))
+            self._reader.skip(self._interleave()[0])
         self._skipped = True
         self._position = self._reader.pos
+
+    def _interleave(self) -> tuple[int, int]:
+        """(records to skip first, records to skip after each batch) for a
+        batch partition: partition p of n reads records p*b .. p*b+b-1 of
+        every n*b, so n workers together read the records one worker with
+        batch n*b would (the same data order)."""
+        n = self.proto.num_partitions
+        if n <= 1 or self.proto.partition_dim != 0 or len(self.proto.store_conf.batchsize) > 1:
+            return 0, 0
+        return self.proto.partition_id * self.batchsize, (n - 1) * self.batchsize
 
     def _next_batch(self, deploy: bool):
         values, numbers = self._reader.read_n(self.batchsize)
         data, labels = self.parse(values, numbers, deploy)
+        self._reader.skip(self._interleave()[1])
         return data, labels, self._reader.pos
 
     # -- prefetching --

@@ -15,7 +15,8 @@ the LayerType enum but has no implementation registered is reported as a
 warning when only shapes are wanted (`allocate=False`, as `singa validate`
 does), so a valid SINGA conf is not rejected for a missing layer here.
 
-Not here (yet): unrolling for BPTT and partitioning into `npartitions`.
+Not here (yet): unrolling for BPTT, and partitioning by feature
+(`partition_dim: 1`) with its connection layers.
 """
 from __future__ import annotations
 
@@ -79,10 +80,18 @@ class NeuralNet:
     @classmethod
     def create(cls, net: job_pb2.NetProto, phase: int, npartitions: int = 1,
                locate: Locate | None = None, allocate: bool = True) -> "NeuralNet":
-        if npartitions != 1:
-            raise UserError("partitioning a net over several workers is not implemented yet")
         self = cls(phase)
         protos = filter_phase(net, phase)
+        if npartitions > 1:
+            # Batch partitioning of every layer (data parallelism inside a
+            # group): each worker's net is partition 0's shape. Partitioning
+            # by feature, with its connection layers, comes later.
+            for _, p in protos:
+                if p.partition_dim != 0:
+                    raise UserError(
+                        f"layer '{p.name}' has partition_dim {p.partition_dim}: partitioning "
+                        "by feature over several workers is not implemented yet")
+                p.num_partitions, p.partition_id = npartitions, 0
         locate = locate or _default_locate({i: p.name for i, p in protos})
         pname = PHASE_NAMES.get(phase, str(phase))
         problems: list[Problem] = []

@@ -1,0 +1,81 @@
+"""The distributed runtime end to end, as real processes on this host:
+sync training in a group equals one worker with the whole batch, slicing
+over servers changes nothing, async groups train."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import checkpoint, driver
+from runtime.config import load_job
+from tests.test_training import make_conf
+
+NO_DROPOUT = ('layer {{ name: "drop1" type: kDropout srclayers: "relu1" '
+              'dropout_conf {{ dropout_ratio: 0.2 }} }}')
+
+
+def conf_with(tmp: Path, name: str, cluster: str, steps: int = 20, updater: str = "kSGD") -> Path:
+    p = make_conf(tmp, name, steps=steps, test_freq=steps, updater=updater, workspace=name + ".ws")
+    text = p.read_text()
+    # no dropout: its random masks would differ between partitions
+    text = text.replace('layer { name: "drop1" type: kDropout srclayers: "relu1" '
+                        'dropout_conf { dropout_ratio: 0.2 } }', "")
+    text = text.replace('srclayers: "drop1"', 'srclayers: "relu1"')
+    text = text.replace("random_skip: 20 prefetching: true", "")
+    text = text.replace(f'cluster {{ workspace: "{name}.ws" }}',
+                        f'cluster {{ workspace: "{name}.ws" {cluster} }}')
+    p.write_text(text)
+    return p
+
+
+def submit(conf: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
+                          cwd=conf.parent, capture_output=True, text=True, timeout=300)
+
+
+def final_params(conf: Path, steps: int = 20) -> dict[str, np.ndarray]:
+    ws = conf.parent / (conf.stem + ".conf.ws")
+    return {k: v for k, (_, v) in checkpoint.load([str(ws / "checkpoint" / f"step{steps}-worker0")]).items()}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    conf = conf_with(tmp, "one.conf", "")
+    worker = driver.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
+    return tmp, {p.name: p.data.copy() for p in worker.owned_params()}
+
+
+def test_sync_group_of_two_equals_one_worker(single):
+    tmp, ref = single
+    conf = conf_with(tmp, "sync.conf", "nworkers_per_group: 2")
+    r = submit(conf)
+    assert r.returncode == 0, r.stderr
+    assert "Test @ step 20  Loss = " in r.stdout
+    got = final_params(conf)
+    for name, values in ref.items():
+        assert np.max(np.abs(got[name] - values)) <= 1e-5, name
+
+
+@pytest.mark.parametrize("nservers", [2, 3])
+def test_slicing_over_servers_gives_the_same_params(single, nservers):
+    tmp, ref = single
+    conf = conf_with(tmp, f"sliced{nservers}.conf", f"nservers_per_group: {nservers}")
+    r = submit(conf)
+    assert r.returncode == 0, r.stderr
+    got = final_params(conf)
+    for name, values in ref.items():
+        assert np.max(np.abs(got[name] - values)) <= 1e-5, name
+
+
+def test_async_groups_train_and_report_staleness(tmp_path):
+    conf = conf_with(tmp_path, "async.conf", "nworker_groups: 2", steps=60)
+    r = submit(conf)
+    assert r.returncode == 0, r.stderr
+    tests = [l for l in r.stdout.splitlines() if l.startswith("Test @ step 60")]
+    acc = float(tests[0].split("accuracy = ")[1])
+    assert acc >= 0.8, r.stdout
