@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 
@@ -112,9 +113,13 @@ class Node:
         try:
             server.run(sock)
         finally:
-            stats = server.stats()
-            log.info("server (%d,%d) stats: %s", server.grp, server.sid, stats)
             sock.close()
+            stats = server.stats()
+            groups = "; ".join(f"group {g}: {v['updates']} updates, staleness mean "
+                               f"{v['mean_staleness']:.2f} max {v['max_staleness']}"
+                               for g, v in sorted(stats.get("groups", {}).items()))
+            print(f"Server ({server.grp},{server.sid}): {stats['updates']} updates"
+                  + (f" ({groups})" if groups else ""), flush=True)
 
     def _work(self, g: int, w: int, ready) -> None:
         channel = None
@@ -158,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", default="ipc", choices=["ipc", "tcp"])
     ap.add_argument("--module", action="append", default=[])
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    level = logging.INFO if os.environ.get("SINGA_DEBUG") else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s procs{args.procs} %(name)s %(levelname)s %(message)s")
     from runtime import plugins
 

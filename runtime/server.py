@@ -16,7 +16,7 @@ slice's size; meta frames are little-endian structs):
 | kPut            | [values, PUT_META "<iff"                 | the slice | create the slice; no reply. A second Put  |
 |                 |  (num_total, lr_scale, wd_scale)]        | version   | of a slice is logged and ignored.         |
 | kGet            | []                                       | v wanted  | kRGet [values] (version = the slice's)    |
-|                 |                                          |           | once the slice's version >= v; held until |
+|                 |                                          |           | once the slice's version >= v             |
 | kUpdate         | [grad, UPDATE_META "<ii"                 | the step  | see below; kRUpdate [values] (version =   |
 |                 |  (num_update, base_version)]             |           | the new version) to every sender          |
 | kSyncRequest    | [delta]                                  | sender's  | master: cur += delta; kSyncResponse       |

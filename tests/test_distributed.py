@@ -14,10 +14,6 @@ from runtime import checkpoint, driver
 from runtime.config import load_job
 from tests.test_training import make_conf
 
-NO_DROPOUT = ('layer {{ name: "drop1" type: kDropout srclayers: "relu1" '
-              'dropout_conf {{ dropout_ratio: 0.2 }} }}')
-
-
 def conf_with(tmp: Path, name: str, cluster: str, steps: int = 20, updater: str = "kSGD") -> Path:
     p = make_conf(tmp, name, steps=steps, test_freq=steps, updater=updater, workspace=name + ".ws")
     text = p.read_text()
@@ -79,3 +75,7 @@ def test_async_groups_train_and_report_staleness(tmp_path):
     tests = [l for l in r.stdout.splitlines() if l.startswith("Test @ step 60")]
     acc = float(tests[0].split("accuracy = ")[1])
     assert acc >= 0.8, r.stdout
+    # the server reports each group's updates and their staleness
+    line = next(l for l in r.stdout.splitlines() if l.startswith("Server (0,0): "))
+    # 4 param slices x 60 steps per group
+    assert "group 0: 240 updates, staleness mean" in line and "group 1: 240 updates" in line, line

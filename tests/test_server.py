@@ -313,6 +313,8 @@ def test_a_slice_of_another_server_is_refused():
     s = Server(0, 0, sgd(), plan)
     assert s.handle(put(Addr.worker(0, 0), s.addr, 1, 2, [1, 1])) == []
     assert s.stats()["dropped"] == 1 and s.stats()["slices"] == 0
+    with pytest.raises(ValueError, match=r"server \(0, 2\) is not in this cluster \(1 groups of 2\)"):
+        Server(0, 2, sgd(), plan)
 
 
 # ------------------------------------------------------------ checkpoint ---
@@ -393,16 +395,26 @@ def test_run_serves_a_dealer_survives_garbage_and_stops():
         stub.close(0)
 
 
-def test_request_stop_ends_an_idle_run():
+def test_run_on_a_router_answers_the_peer_and_request_stop_ends_it():
     ctx = zmq.Context.instance()
-    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    a.bind("inproc://test-server-idle")
-    b.connect("inproc://test-server-idle")
+    sock, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    sock.bind("inproc://test-server-router")
+    client.connect("inproc://test-server-router")
     s = Server(0, 0, sgd(), SlicePlan([("w", 4)], Cluster(poll_time=10)))
-    thread = threading.Thread(target=s.run, args=(b,), daemon=True)
+    thread = threading.Thread(target=s.run, args=(sock,), daemon=True)
     thread.start()
-    s.request_stop()
-    thread.join(5)
-    assert not thread.is_alive()
-    a.close(0)
-    b.close(0)
+    try:
+        wk = Addr.worker(0, 0)
+        client.send_multipart(put(wk, s.addr, 0, 0, [1, 2, 3, 4]).to_frames())
+        client.send_multipart(get(wk, s.addr, 0, 0, 0).to_frames())
+        assert client.poll(5000), "no reply from the server"
+        reply = Msg.from_frames(client.recv_multipart())
+        assert (reply.type, reply.dst, reply.array(0).tolist()) == (pb.kRGet, wk, [1, 2, 3, 4])
+        s.request_stop()
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        s.request_stop()
+        thread.join(5)
+        sock.close(0)
+        client.close(0)

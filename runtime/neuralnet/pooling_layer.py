@@ -11,13 +11,22 @@ The backward routes a MAX gradient to the first maximum of each window
 
 SINGA's kPooling ignores `pad`; here both kPooling and kCPooling honour it.
 
-Pooling is separable, so it runs as two 1-D passes: along the width (one
-step per kernel column, on [N, C, H, OW]) and then along the height (one step
-per kernel row); each step is one vectorised operation over the whole batch.
-For MAX each pass keeps the first argmax along its axis: the height pass
-picks the first row holding the window's maximum and the width pass the
-first column of that row, which is the first maximum in row-major order.
-Fewer, longer memory runs than a loop over the kh*kw offsets.
+How it runs (no loop over pixels or batch items):
+- Polyphase split: the padded input is cut into its stride phases, plane
+  (a, b) holding rows a, a + sh, ... and columns b, b + sw, ... (one strided
+  copy per phase), each plane [N*C, R, Q] with R = OH + (kh-1)//sh rows and
+  Q = OW + (kw-1)//sw columns. Tap (i, j) of every window is then plane
+  (i % sh, j % sw) shifted by i // sh rows and j // sw columns, and on the
+  flattened planes a shift is an offset: each tap is one contiguous 1-D
+  slice, so every step is one long vectorised operation (strided views with
+  rows as short as OW are several times slower). Outputs live on the same
+  [N*C, R, Q] grid; its gutter (the last R - OH rows and Q - OW columns of
+  each plane) holds values no valid output reads, and is dropped at the end.
+- Separable: a width pass (kw taps, per row phase), then a height pass (kh
+  taps). For MAX each pass keeps the first argmax along its axis (int8): the
+  height pass picks the first row holding the window's maximum and the width
+  pass the first column of that row, which is the first maximum in row-major
+  order. The backward runs the adjoint passes in reverse order.
 """
 from __future__ import annotations
 
@@ -91,125 +100,197 @@ class PoolingLayer(NeuronLayer):
         if self.method == AVG:
             self.inv_size = 1.0 / np.outer(avg_pool_sizes(h, oh, kh, ph, sh),
                                            avg_pool_sizes(w, ow, kw, pw, sw))
+        self._plan()
 
-    def _frame(self, x: np.ndarray) -> np.ndarray:
-        if not self.framed:
-            return x
+    def _plan(self) -> None:
+        """The polyphase grid, and what each phase plane copies from the input."""
         n, c, h, w = self.dims
-        ph, pw = self.pad
-        fill = -np.inf if self.method == MAX else 0.0
-        # the border is filled once, when the array is made; the interior each call
-        xf = self.buf.get("frame", (n, c, *self.frame), fill=fill)
-        xf[:, :, ph:ph + h, pw:pw + w] = x
-        return xf
-
-    def _passes(self):
-        """(name, axis, kernel, stride, outputs) of the width pass, then the height pass."""
         _, _, oh, ow = self.shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        return ("w", 3, kw, sw, ow), ("h", 2, kh, sh, oh)
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        self.grid = (n * c, oh + (kh - 1) // sh, ow + (kw - 1) // sw)
+        nc, rows, cols = self.grid
+        self.size = nc * rows * cols
+        self.nphase = (min(sh, kh), min(sw, kw))
+        row_spans = [_phase_span(a, h, ph, sh, rows) for a in range(self.nphase[0])]
+        col_spans = [_phase_span(b, w, pw, sw, cols) for b in range(self.nphase[1])]
+        self.phases = [(a, b, row_spans[a], col_spans[b])
+                       for a in range(self.nphase[0]) for b in range(self.nphase[1])]
+        # whether the phases hold every input position (else the gradient is zeroed first)
+        self.covered = (self.nphase == (sh, sw) and all(s[-1] for s in row_spans)
+                        and all(s[-1] for s in col_spans))
+        # the grid is the output itself: no gutter to drop
+        self.exact = self.grid[1:] == (oh, ow)
+        # flat positions each pass computes: the last tap's shift must stay in the grid
+        self.count_w = self.size - (kw - 1) // sw
+        self.count_h = self.count_w - (kh - 1) // sh * cols
+        self.argtype = np.int8
+
+    def _taps(self, k: int, s: int, unit: int) -> list[tuple[int, int]]:
+        """(phase, flat offset) of each tap along one axis (`unit`: the flat step of one grid row/col)."""
+        return [(j % s, (j // s) * unit) for j in range(k)]
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
-        x = self._frame(self.src_data(srclayers).reshape(self.dims))
-        n, c = self.dims[:2]
-        hf = self.frame[0]
+        n, c, h, w = self.dims
         _, _, oh, ow = self.shape
-        mw = self.buf.get("mw", (n, c, hf, ow))  # after the width pass
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        nc, rows, cols = self.grid
+        x = self.src_data(srclayers).reshape(nc, h, w)
+        fill = -np.inf if self.method == MAX else 0.0
+        # the padding and gutter are filled once, when the array is made
+        planes = self.buf.get("planes", (*self.nphase, self.size), fill=fill)
+        for a, b, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) in self.phases:
+            planes[a, b].reshape(self.grid)[:, r0:r1, q0:q1] = x[:, y0:y1:sh, x0:x1:sw]
+        is_max = self.method == MAX
+        # width pass, per row phase
+        if kw == 1:
+            mw = planes[:, 0]
+        else:
+            mw = self.buf.get("mw", (self.nphase[0], self.size), fill=0)
+            taps = self._taps(kw, sw, 1)
+            for a in range(self.nphase[0]):
+                srcs = [planes[a, b, off:off + self.count_w] for b, off in taps]
+                out = mw[a, :self.count_w]
+                if is_max:
+                    self._max(srcs, out, self.buf.get("argw", (self.nphase[0], self.size),
+                                                      dtype=self.argtype)[a, :self.count_w])
+                else:
+                    _sum(srcs, out)
+        # height pass
         y = self.buf.get("y", self.shape)
-        for (name, axis, k, s, count), src, out in zip(self._passes(), (x, mw), (mw, y)):
-            if self.method == MAX:
-                self._max_pass(name, src, out, axis, k, s, count)
-            elif k == 1:
-                np.copyto(out, _taps(src, axis, 0, s, count))
-            else:
-                np.add(_taps(src, axis, 0, s, count), _taps(src, axis, 1, s, count), out=out)
-                for j in range(2, k):
-                    out += _taps(src, axis, j, s, count)
+        yg = y.reshape(-1) if self.exact else self.buf.get("yg", (self.size,), fill=0)
+        srcs = [mw[a, off:off + self.count_h] for a, off in self._taps(kh, sh, cols)]
+        out = yg[:self.count_h]
+        if is_max:
+            self._max(srcs, out, self.buf.get("argh", (self.size,), dtype=self.argtype)[:self.count_h])
+        else:
+            _sum(srcs, out)
+        valid = yg.reshape(self.grid)[:, :oh, :ow]
         if self.method == AVG:
-            y *= self.inv_size
+            if self.exact:
+                y *= self.inv_size
+            else:
+                np.multiply(valid, self.inv_size, out=y.reshape(nc, oh, ow))
+        elif not self.exact:
+            np.copyto(y.reshape(nc, oh, ow), valid)
         self.data = y
 
-    def _max_pass(self, name: str, src: np.ndarray, out: np.ndarray, axis: int, k: int,
-                  s: int, count: int) -> None:
-        """out = max of the k taps; arg_<name> = index of the first maximum.
+    def _max(self, srcs: list[np.ndarray], out: np.ndarray, arg: np.ndarray) -> None:
+        """out = max of the taps; arg = index of the first maximum.
 
         Branch-free: masked copies (copyto where=) are 10x slower on random
         masks. mask_j marks positions where tap j beats all earlier taps, so
         the first maximum is the largest such j.
         """
-        arg = self.buf.get("arg" + name, out.shape, dtype=np.int8)
-        first = _taps(src, axis, 0, s, count)
-        if k == 1:
+        first = srcs[0]
+        if len(srcs) == 1:
             np.copyto(out, first)
             arg.fill(0)
             return
-        v = _taps(src, axis, 1, s, count)
-        np.greater(v, first, out=arg)  # strict: the first maximum wins ties
-        np.maximum(first, v, out=out)
-        for j in range(2, k):
-            v = _taps(src, axis, j, s, count)
-            mask = self.buf.get("mask" + name, out.shape, dtype=bool)
-            tmp = self.buf.get("tmp" + name, out.shape, dtype=np.int8)
-            np.greater(v, out, out=mask)
-            np.multiply(mask, np.int8(j), out=tmp)
-            np.maximum(arg, tmp, out=arg)
-            np.maximum(out, v, out=out)
+        m = out.size
+        np.greater(srcs[1], first, out=arg.view(np.bool_))  # strict: the first maximum wins ties
+        np.maximum(first, srcs[1], out=out)
+        if len(srcs) > 2:
+            mask = self.buf.get("mask", (self.size,), dtype=np.bool_)[:m]
+            tmp = self.buf.get("tmp8", (self.size,), dtype=self.argtype)[:m]
+            for j in range(2, len(srcs)):
+                np.greater(srcs[j], out, out=mask)
+                np.maximum(out, srcs[j], out=out)
+                np.multiply(mask.view(self.argtype), self.argtype(j), out=tmp)
+                np.maximum(arg, tmp, out=arg)
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         src = srclayers[0]
         if not wants_grad(src):
             return
         n, c, h, w = self.dims
-        ph, pw = self.pad
-        hf, wf = self.frame
         _, _, oh, ow = self.shape
-        g = as_f32(self.grad).reshape(self.shape)
-        if self.method == AVG:
-            g = np.multiply(g, self.inv_size, out=self.buf.get("gscaled", self.shape))
-        gh = self.buf.get("gmw", (n, c, hf, ow))  # the gradient after the width pass
-        gf = self.buf.get("gframe", (n, c, hf, wf))
-        (_, _, kw, sw, _), (_, _, kh, sh, _) = self._passes()
-        self._spread("h", g, gh, 2, kh, sh, oh)
-        self._spread("w", gh, gf, 3, kw, sw, ow)
-        if self.framed:
-            gx = self.buf.get("gx", self.dims)
-            np.copyto(gx, gf[:, :, ph:ph + h, pw:pw + w])
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        nc, rows, cols = self.grid
+        g = as_f32(self.grad).reshape(nc, oh, ow)
+        # the gradient on the output grid, zero in the gutter
+        if self.exact:
+            gg = self.buf.get("gg", self.grid)
         else:
-            gx = gf
+            gg = self.buf.get("gg", self.grid, fill=0)[:, :oh, :ow]
+        if self.method == AVG:
+            np.multiply(g, self.inv_size, out=gg)
+        else:
+            np.copyto(gg, g)
+        gg = self.buf.get("gg", self.grid).reshape(-1)
+        is_max = self.method == MAX
+        # adjoint of the height pass
+        if kw == 1:
+            gmw = self.buf.get("gplanes", (*self.nphase, self.size))[:, 0]
+        else:
+            gmw = self.buf.get("gmw", (self.nphase[0], self.size))
+        argh = self.buf.get("argh", (self.size,), dtype=self.argtype) if is_max else None
+        self._spread(gg, argh, gmw, self._taps(kh, sh, cols), self.count_h)
+        # adjoint of the width pass
+        gplanes = self.buf.get("gplanes", (*self.nphase, self.size))
+        if kw > 1:
+            argw = (self.buf.get("argw", (self.nphase[0], self.size), dtype=self.argtype)
+                    if is_max else None)
+            taps = self._taps(kw, sw, 1)
+            for a in range(self.nphase[0]):
+                self._spread(gmw[a], None if argw is None else argw[a], gplanes[a], taps,
+                             self.count_w)
+        # back from the phases to the input
+        gx = self.buf.get("gx", (nc, h, w))
+        if not self.covered:
+            gx.fill(0)
+        for a, b, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) in self.phases:
+            gx[:, y0:y1:sh, x0:x1:sw] = gplanes[a, b].reshape(self.grid)[:, r0:r1, q0:q1]
         src.set_grad(self, gx.reshape(self.src_shape))
 
-    def _spread(self, name: str, g: np.ndarray, dst: np.ndarray, axis: int, k: int, s: int,
-                count: int) -> None:
-        """The adjoint of one pass: hand g to the taps (MAX: only the argmax tap)."""
-        disjoint = s >= k
-        if not (s == k and dst.shape[axis] == count * s):
-            dst.fill(0)  # unless the taps cover every element exactly once
-        if self.method == MAX and k == 2 and disjoint:
-            # arg is 0 or 1: tap 1 gets g * arg, tap 0 the rest
-            arg = self.buf.get("arg" + name, g.shape, dtype=np.int8)
-            np.multiply(g, arg, out=_taps(dst, axis, 1, s, count))
-            np.subtract(g, _taps(dst, axis, 1, s, count), out=_taps(dst, axis, 0, s, count))
-            return
-        mask = self.buf.get("bmask" + name, g.shape, dtype=bool) if self.method == MAX else None
-        for j in range(k):
-            view = _taps(dst, axis, j, s, count)
-            if mask is not None:
-                np.equal(self.buf.get("arg" + name, g.shape, dtype=np.int8), j, out=mask)
-                if disjoint:
+    def _spread(self, g: np.ndarray, arg: np.ndarray | None, dst: np.ndarray,
+                taps: list[tuple[int, int]], m: int) -> None:
+        """The adjoint of one pass: tap j = (phase, offset) hands g[:m] (MAX:
+        where arg == j) to dst[phase] at that offset. A phase's first tap has
+        offset 0 and writes it (zeroing the rest); later taps add."""
+        g = g[:m]
+        if arg is not None:
+            arg = arg[:m]
+            mask = self.buf.get("bmask", (self.size,), dtype=np.bool_)[:m]
+            tmp = self.buf.get("btmp", (self.size,))[:m]
+        seen: set[int] = set()
+        for j, (phase, off) in enumerate(taps):
+            view = dst[phase, off:off + m]
+            if arg is not None:
+                np.equal(arg, j, out=mask)
+            if phase not in seen:
+                seen.add(phase)
+                if arg is not None:
                     np.multiply(g, mask, out=view)
                 else:
-                    view += g * mask
-            elif disjoint:
-                np.copyto(view, g)
+                    np.copyto(view, g)
+                dst[phase, off + m:].fill(0)
+            elif arg is not None:
+                np.multiply(g, mask, out=tmp)
+                view += tmp
             else:
                 view += g
 
 
-def _taps(a: np.ndarray, axis: int, j: int, s: int, count: int) -> np.ndarray:
-    """The view of `a` that tap j of `count` windows with stride s reads along `axis`."""
-    idx = [slice(None)] * a.ndim
-    idx[axis] = slice(j, j + s * (count - 1) + 1, s)
-    return a[tuple(idx)]
+def _sum(srcs: list[np.ndarray], out: np.ndarray) -> None:
+    """out = the taps added in order."""
+    if len(srcs) == 1:
+        np.copyto(out, srcs[0])
+        return
+    np.add(srcs[0], srcs[1], out=out)
+    for v in srcs[2:]:
+        out += v
+
+
+def _phase_span(phase: int, size: int, pad: int, stride: int,
+                planes: int) -> tuple[int, int, int, int, bool]:
+    """Along one axis, the plane positions [p0, p1) of a stride phase that hold
+    input (input positions start:stop:stride), and whether they reach the
+    phase's last input position."""
+    first = max(0, -((phase - pad) // stride))   # ceil((pad - phase) / stride)
+    end = -((phase - pad - size) // stride)        # ceil((size + pad - phase) / stride)
+    stop = max(first, min(planes, end))
+    start = phase + stride * first - pad
+    return first, stop, start, start + stride * (stop - first), stop == end or end <= first
 
 
 @layer_registry.register(job_pb2.kCPooling)
