@@ -14,9 +14,11 @@ master says stop, the servers stop and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -70,6 +72,7 @@ class Node:
         self.plan = SlicePlan([(p.name, p.size) for p in owned], self.cluster)
         self.stub.plan = self.plan
         self.errors: list[BaseException] = []
+        self._linked = threading.Event()
 
     def rendezvous(self) -> None:
         me = Addr.stub(self.procs)
@@ -98,7 +101,15 @@ class Node:
         for t in threads:
             t.start()
         if ready is not None:
-            ready.wait()  # every local worker registered its params
+            try:
+                ready.wait()  # every local worker registered its params
+            except threading.BrokenBarrierError:
+                e = self.errors[0]
+                if isinstance(e, UserError):
+                    raise e
+                raise RuntimeError(f"a worker failed to start: {e!r}") from e
+            self.stub.link()
+            self._linked.set()
         self.stub.on_workers_done = self._workers_done
         self.stub.watch.append((self.master, self._from_master))
         if not local:
@@ -118,8 +129,10 @@ class Node:
             groups = "; ".join(f"group {g}: {v['updates']} updates, staleness mean "
                                f"{v['mean_staleness']:.2f} max {v['max_staleness']}"
                                for g, v in sorted(stats.get("groups", {}).items()))
+            syncs = (f"; syncs sent {stats['sync_sent']}, served {stats['sync_served']}"
+                     if stats.get("sync_sent") or stats.get("sync_served") else "")
             print(f"Server ({server.grp},{server.sid}): {stats['updates']} updates"
-                  + (f" ({groups})" if groups else ""), flush=True)
+                  + (f" ({groups})" if groups else "") + syncs, flush=True)
 
     def _work(self, g: int, w: int, ready) -> None:
         channel = None
@@ -131,12 +144,13 @@ class Node:
             worker.setup()
             owned = worker.owned_params()
             channel.bind_params(owned)
-            self.stub.register(g, owned, num_total=self.cluster.nworkers_per_group)
+            self.stub.register(g, w, owned, num_total=self.cluster.nworkers_per_group)
         except BaseException as e:
             self.errors.append(e)
             ready.abort()
-            raise
+            return
         ready.wait()
+        self._linked.wait()
         try:
             worker.init_params()
             worker.run()
@@ -167,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s procs{args.procs} %(name)s %(levelname)s %(message)s")
     from runtime import plugins
+
+    # `kill -USR1 <pid>` prints every thread's stack: what a hung process waits on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     try:
         plugins.load(args.module)

@@ -62,6 +62,7 @@ class ParamEntry:
     grad_sum: np.ndarray | None = None
     base_version: int = 0
     next_get: int = -1            # the highest version already asked for (dedupe)
+    wids: list[int] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -88,6 +89,7 @@ class Stub:
         self.peers: dict[int, str] = {}            # procs -> endpoint (the address book)
         self._dealers: dict[int, zmq.Socket] = {}  # lazily connected to other stubs
         self.entries: dict[tuple[int, int], ParamEntry] = {}
+        self._reg_lock = threading.Lock()
         self.plan: SlicePlan | None = None
         self.local_workers = list(cluster.workers_of_procs(procs))
         self.local_servers = list(cluster.servers_of_procs(procs))
@@ -100,19 +102,29 @@ class Stub:
         self.watch: list[tuple[zmq.Socket, object]] = []
 
     # ------------------------------------------------------------ setup ---
-    def register(self, grp: int, params: list[Param], num_total: int) -> None:
-        """Register one local worker's owned params (same order in every worker)."""
-        if self.plan is None:
-            self.plan = SlicePlan([(p.name, p.size) for p in params], self.cluster)
-        for pid, p in enumerate(params):
-            key = (grp, pid)
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = ParamEntry(grp, pid, [p], num_total)
-            else:
-                # local replicas of one group share values, as SINGA's partitions do
-                p.data = entry.owner.data
+    def register(self, grp: int, wid: int, params: list[Param], num_total: int) -> None:
+        """Register one local worker's owned params (same order in every worker).
+        Thread-safe; call `link()` once every local worker has registered."""
+        with self._reg_lock:
+            if self.plan is None:
+                self.plan = SlicePlan([(p.name, p.size) for p in params], self.cluster)
+            for pid, p in enumerate(params):
+                key = (grp, pid)
+                entry = self.entries.get(key)
+                if entry is None:
+                    self.entries[key] = entry = ParamEntry(grp, pid, [], num_total)
                 entry.shares.append(p)
+                entry.wids.append(wid)
+
+    def link(self) -> None:
+        """Make the local replicas of each param share the values of the
+        lowest worker id's (as SINGA's partitions share partition 0's)."""
+        for entry in self.entries.values():
+            order = sorted(range(len(entry.shares)), key=entry.wids.__getitem__)
+            entry.shares = [entry.shares[i] for i in order]
+            entry.wids = [entry.wids[i] for i in order]
+            for q in entry.shares[1:]:
+                q.data = entry.owner.data
 
     def channel(self, grp: int, wid: int) -> "StubChannel":
         return StubChannel(self, grp, wid)
@@ -289,15 +301,20 @@ class StubChannel:
     def _send(self, mtype: int, p: Param, version: int) -> None:
         S.send(self.sock, Msg(self.addr, self.stub.addr, mtype, self.pids[id(p)], 0, version))
 
+    def needs_init(self, p: Param) -> bool:
+        """Only the first worker of an initialising group fills values (and
+        Puts them); the others share memory with it or get the servers'."""
+        return self.stub.cluster.initialises_params(self.addr.grp) and self.addr.id == 0
+
     def put(self, p: Param) -> None:
-        """Initial values: the first worker of an initialising group sends them;
-        every worker then asks for the server's values."""
-        c = self.stub.cluster
+        """Initial values: sent by the first worker of an initialising group;
+        then every worker asks for the servers' values and waits for them."""
         version = p.version
-        # as SINGA: partition 0's params are the owners the servers start from
-        if c.initialises_params(self.addr.grp) and self.addr.id == 0:
-            self._send(C.kPut, p, version)
+        # mark the values unknown before any message goes out: the reply to
+        # another replica's Get may set the version at any time from here on
         p.version, p.last_version = -1, -1
+        if self.needs_init(p):
+            self._send(C.kPut, p, version)
         self._send(C.kGet, p, version)
 
     def update(self, step: int, p: Param) -> None:

@@ -112,8 +112,12 @@ class Worker:
         """Load params from `checkpoint_path` (by name), initialise the rest,
         and hand them to the parameter service (SINGA's InitNetParams)."""
         loaded = checkpoint.load(list(self.job.checkpoint_path)) if self.job.checkpoint_path else {}
+        needs_init = getattr(self.channel, "needs_init", lambda p: True)
         for p in self.owned_params():
-            if p.name in loaded:
+            if not needs_init(p):
+                p.allocate()  # the values come from the parameter service
+                p.version = self.job.step
+            elif p.name in loaded:
                 version, values = loaded[p.name]
                 if tuple(values.shape) != p.shape and values.size == p.size:
                     values = values.reshape(p.shape)

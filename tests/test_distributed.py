@@ -46,9 +46,12 @@ def single(tmp_path_factory):
     return tmp, {p.name: p.data.copy() for p in worker.owned_params()}
 
 
-def test_sync_group_of_two_equals_one_worker(single):
+@pytest.mark.parametrize("per_procs", [1, 2])
+def test_sync_group_of_two_equals_one_worker(single, per_procs):
+    """Two workers (batch 4 + 4), in two processes or in one, against one worker (batch 8)."""
     tmp, ref = single
-    conf = conf_with(tmp, "sync.conf", "nworkers_per_group: 2")
+    conf = conf_with(tmp, f"sync{per_procs}.conf",
+                     f"nworkers_per_group: 2 nworkers_per_procs: {per_procs}")
     r = submit(conf)
     assert r.returncode == 0, r.stderr
     assert "Test @ step 20  Loss = " in r.stdout

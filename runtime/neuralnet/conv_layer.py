@@ -1,17 +1,9 @@
-"""Convolution layers (kConvolution, kCConvolution, kCudnnConv) and the
-im2col / col2im helpers they are built on.
+"""Convolution layers (kConvolution, kCConvolution, kCudnnConv).
 
-The whole batch goes through ONE matmul: out[F, cols] = W[F, C*kh*kw] @
-col[C*kh*kw, cols], where col's rows are ordered (c, i, j) like W's columns
-and its columns are the output positions of every instance. im2col fills col
-with one strided copy per kernel offset (i, j), col2im accumulates back with
-one add per offset. Two column orders, picked per layer by the output width:
-- batch outer, (n, oh, ow): each copy moves runs of OW floats, and NCHW
-  output is a cheap swap of the F and N axes. Good for wide outputs.
-- batch inner, (oh, ow, n): the image is held as [C, H, W, N], so each copy
-  moves runs of OW*N floats; the price is 2-D transposes NCHW <-> CHWN of
-  input and output, done in cache-sized blocks (a plain numpy transpose of
-  these shapes costs more than the matmul). Good for narrow outputs.
+The convolution is lowered to matmuls by `runtime.neuralnet.im2col`: full
+im2col (one matmul) for layers with few input channels, row taps (one
+matmul per kernel row, on a kh times smaller buffer) for the others; see
+that module for the layouts and `lowering_for` for the choice.
 """
 from __future__ import annotations
 
@@ -20,27 +12,17 @@ from typing import Sequence
 import numpy as np
 
 from conf import job_pb2
+from runtime import blas
 from runtime.errors import LayerError
+from runtime.neuralnet.im2col import RowTaps, col2im, im2col, transpose_into
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    NeuronLayer, Scratch, as_f32, check_param_count, partitioned, positive_field,
+    NeuronLayer, as_f32, check_param_count, partitioned, positive_field,
     set_param_grad, type_name, wants_grad)
 
-# Bytes of one transpose block: it should stay in L1.
-_BLOCK_FLOATS = 8192
-
-
-def transpose_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst[B, A] = src[A, B].T, copied in cache-sized blocks."""
-    a, b = src.shape
-    if a >= b:
-        step = max(16, _BLOCK_FLOATS // max(b, 1))
-        for s in range(0, a, step):
-            dst[:, s:s + step] = src[s:s + step].T
-    else:
-        step = max(16, _BLOCK_FLOATS // max(a, 1))
-        for s in range(0, b, step):
-            dst[s:s + step] = src[:, s:s + step].T
+__all__ = ["ConvolutionLayer", "CConvolutionLayer", "col2im", "im2col", "transpose_into",
+           "window_geometry", "spatial_input", "conv_output_size", "batch_inner_layout",
+           "lowering_for"]
 
 
 # ------------------------------------------------------------- geometry --
@@ -95,19 +77,9 @@ def conv_output_size(layer: Layer, h: int, w: int, kh: int, kw: int, ph: int, pw
     return oh, ow
 
 
-# --------------------------------------------------------- im2col/col2im --
-def _windows(a: np.ndarray, axis: int, i: int, j: int, oh: int, ow: int, sh: int,
-             sw: int) -> np.ndarray:
-    """The view of padded array `a` (height at `axis`, width at `axis + 1`) that
-    kernel offset (i, j) reads: OH x OW positions in place of Hp x Wp."""
-    idx = [slice(None)] * a.ndim
-    idx[axis] = slice(i, i + sh * (oh - 1) + 1, sh)
-    idx[axis + 1] = slice(j, j + sw * (ow - 1) + 1, sw)
-    return a[tuple(idx)]
-
-
+# ------------------------------------------------------------- lowering --
 def batch_inner_layout(ow: int) -> bool:
-    """Whether im2col should put the batch innermost (see `im2col`).
+    """Whether full im2col should put the batch innermost (see `im2col`).
 
     Each kernel offset copies runs of OW floats (batch outer) or OW*N (batch
     inner); numpy's per-run cost makes short rows slow, while batch-inner
@@ -119,78 +91,13 @@ def batch_inner_layout(ow: int) -> bool:
 
 BATCH_INNER_BELOW = 20
 
-
-def im2col(x: np.ndarray, kernel: tuple[int, int], pad: tuple[int, int],
-           stride: tuple[int, int], scratch: Scratch | None = None,
-           batch_inner: bool = False) -> np.ndarray:
-    """x [N, C, H, W] -> col [C*kh*kw, N*OH*OW] (float32).
-
-    Rows are ordered (c, i, j), as the weight's columns; columns (n, oh, ow),
-    or (oh, ow, n) when `batch_inner`:
-    col[(c, i, j), column(n, oh, ow)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw],
-    zero where that falls in the padding. The result lives in `scratch` (if
-    given) and is overwritten by the next call with the same scratch.
-    """
-    s = scratch if scratch is not None else Scratch()
-    n, c, h, w = x.shape
-    (kh, kw), (ph, pw), (sh, sw) = kernel, pad, stride
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    x = as_f32(x)
-    # The padded image; its border is zeroed once, when the array is made.
-    if batch_inner:  # [C, Hp, Wp, N]
-        xc = s.get("im2col.x", (c, h + 2 * ph, w + 2 * pw, n), fill=0)
-        if ph or pw:
-            t = s.get("im2col.t", (c, h, w, n))
-            transpose_into(t.reshape(c * h * w, n), x.reshape(n, c * h * w))
-            xc[:, ph:ph + h, pw:pw + w] = t
-        else:
-            transpose_into(xc.reshape(c * h * w, n), x.reshape(n, c * h * w))
-        col = s.get("im2col.col", (c, kh, kw, oh, ow, n))
-        axis = 1
-    else:  # [C, N, Hp, Wp]
-        xc = s.get("im2col.x", (c, n, h + 2 * ph, w + 2 * pw), fill=0)
-        xc[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
-        col = s.get("im2col.col", (c, kh, kw, n, oh, ow))
-        axis = 2
-    for i in range(kh):
-        for j in range(kw):
-            col[:, i, j] = _windows(xc, axis, i, j, oh, ow, sh, sw)
-    return col.reshape(c * kh * kw, n * oh * ow)
+#: Row taps need K = C*kw of at least this for BLAS to stay efficient
+ROW_TAPS_MIN_K = 32
 
 
-def col2im(col: np.ndarray, x_shape: Sequence[int], kernel: tuple[int, int],
-           pad: tuple[int, int], stride: tuple[int, int],
-           scratch: Scratch | None = None, batch_inner: bool = False) -> np.ndarray:
-    """The adjoint of `im2col` (same layout): col -> x-shaped [N, C, H, W].
-
-    Each input position receives the sum of the col entries that read it
-    (accumulated over the kh*kw kernel offsets); padding entries are dropped.
-    """
-    s = scratch if scratch is not None else Scratch()
-    n, c, h, w = x_shape
-    (kh, kw), (ph, pw), (sh, sw) = kernel, pad, stride
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    gx = s.get("col2im.out", (n, c, h, w))
-    if batch_inner:
-        g6 = col.reshape(c, kh, kw, oh, ow, n)
-        gxc = s.zeros("col2im.x", (c, h + 2 * ph, w + 2 * pw, n))
-        axis = 1
-    else:
-        g6 = col.reshape(c, kh, kw, n, oh, ow)
-        gxc = s.zeros("col2im.x", (c, n, h + 2 * ph, w + 2 * pw))
-        axis = 2
-    for i in range(kh):
-        for j in range(kw):
-            _windows(gxc, axis, i, j, oh, ow, sh, sw)[...] += g6[:, i, j]
-    if not batch_inner:
-        np.copyto(gx.transpose(1, 0, 2, 3), gxc[:, :, ph:ph + h, pw:pw + w])
-        return gx
-    if ph or pw:
-        t = s.get("col2im.t", (c, h, w, n))
-        np.copyto(t, gxc[:, ph:ph + h, pw:pw + w])
-        gxc = t
-    transpose_into(gx.reshape(n, c * h * w), gxc.reshape(c * h * w, n))
-    return gx
+def lowering_for(c: int, kh: int, kw: int) -> str:
+    """"rows" (row taps) or "full" (im2col) for C input channels and a kh x kw kernel."""
+    return "rows" if kh > 1 and c * kw >= ROW_TAPS_MIN_K else "full"
 
 
 # ------------------------------------------------------------------ layer --
@@ -223,15 +130,34 @@ class ConvolutionLayer(NeuronLayer):
         self.weight = self.make_param(0, (self.num_filters, self.c * kh * kw))
         self.bias = self.make_param(1, (self.num_filters,)) if nparams == 2 else None
         self.shape = (self.n, self.num_filters, self.oh, self.ow)
-        self.batch_inner = batch_inner_layout(self.ow)
-        self.col: np.ndarray | None = None  # im2col of the last forward input
+        self.lowering = lowering_for(self.c, kh, kw)
+        if self.lowering == "rows":
+            self.rows = RowTaps((self.n, self.c, self.h, self.w), self.kernel, self.pad,
+                                self.stride, self.buf)
+            self.batch_inner = True
+        else:
+            self.batch_inner = batch_inner_layout(self.ow)
+        self.col: np.ndarray | None = None  # the lowered input of the last forward
+
+    def _row_weights(self) -> np.ndarray:
+        """W as [kh, F, C*kw]: the matrix each kernel row multiplies."""
+        f, c, (kh, kw) = self.num_filters, self.c, self.kernel
+        wr = self.buf.get("wr", (kh, f, c * kw))
+        np.copyto(wr.reshape(kh, f, c, kw), self.weight.data.reshape(f, c, kh, kw).transpose(2, 0, 1, 3))
+        return wr
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.n, self.c, self.h, self.w)
-        self.col = im2col(x, self.kernel, self.pad, self.stride, self.buf, self.batch_inner)
         n, f, p = self.n, self.num_filters, self.oh * self.ow
         out = self.buf.get("out", (f, n * p))
-        np.matmul(self.weight.data, self.col, out=out)
+        if self.lowering == "rows":
+            self.col = self.rows.lower(x)
+            wr = self._row_weights()
+            for i in range(self.kernel[0]):
+                blas.sgemm(wr[i], self.rows.window(self.col, i), out, beta=0.0 if i == 0 else 1.0)
+        else:
+            self.col = im2col(x, self.kernel, self.pad, self.stride, self.buf, self.batch_inner)
+            np.matmul(self.weight.data, self.col, out=out)
         if self.bias is not None:
             out += self.bias.data[:, None]
         y = self.buf.get("y", self.shape)
@@ -250,19 +176,43 @@ class ConvolutionLayer(NeuronLayer):
             transpose_into(gt.reshape(f * p, n), g.reshape(n, f * p))
         else:
             np.copyto(gt.reshape(f, n, p), g.reshape(n, f, p).transpose(1, 0, 2))
+        if self.bias is not None:
+            set_param_grad(self.bias, gt.sum(axis=1), flag)
+        if self.lowering == "rows":
+            self._row_gradient(src, gt, flag)
+            return
         # gW = gt @ col.T, computed transposed: OpenBLAS is ~25% faster at
         # this orientation of these long-and-thin products
         gwt = self.buf.get("gwt", (self.col.shape[0], f))
         np.matmul(self.col, gt.T, out=gwt)
         set_param_grad(self.weight, gwt.T, flag)
-        if self.bias is not None:
-            set_param_grad(self.bias, gt.sum(axis=1), flag)
         if wants_grad(src):
             gcol = self.buf.get("gcol", self.col.shape)
             np.matmul(self.weight.data.T, gt, out=gcol)
             gx = col2im(gcol, (n, self.c, self.h, self.w), self.kernel, self.pad,
                         self.stride, self.buf, self.batch_inner)
             src.set_grad(self, gx.reshape(self.src_shape))
+
+    def _row_gradient(self, src: Layer, gt: np.ndarray, flag: int) -> None:
+        f, c, (kh, kw) = self.num_filters, self.c, self.kernel
+        rows = self.rows
+        # gW row i (transposed, as above) = window_i @ gt.T
+        gwt = self.buf.get("gwt", (kh, c * kw, f))
+        for i in range(kh):
+            blas.sgemm(rows.window(self.col, i), gt, gwt[i], trans_b=True)
+        set_param_grad(self.weight, gwt.reshape(kh, c, kw, f).transpose(3, 1, 0, 2), flag)
+        if not wants_grad(src):
+            return
+        wr = self.buf.get("wr", (kh, f, c * kw))  # this step's weights, from the forward
+        gbuf = rows.grad_buffer()
+        for i in range(kh):
+            # a phase's first window starts at its row 0: written, not added
+            first = i < rows.nphase
+            blas.sgemm(wr[i], gt, rows.window(gbuf, i), beta=0.0 if first else 1.0, trans_a=True)
+            if first:
+                rows.clear_tail(gbuf, i)
+        gx = rows.raise_(gbuf)
+        src.set_grad(self, gx.reshape(self.src_shape))
 
 
 @layer_registry.register(job_pb2.kCConvolution)

@@ -43,6 +43,9 @@ from runtime.neuralnet.neuron_layer import F32, NeuronLayer, as_f32, type_name, 
 
 MAX, AVG = job_pb2.PoolingProto.MAX, job_pb2.PoolingProto.AVG
 
+#: floats of one plane-sized work array per block (blocks stay in L2)
+POOL_BLOCK_FLOATS = 1 << 15
+
 
 def pooled_size(size: int, kernel: int, pad: int, stride: int) -> int:
     """Caffe's pooled output size along one axis."""
@@ -91,10 +94,6 @@ class PoolingLayer(NeuronLayer):
         self.dims = (n, c, h, w)
         self.kernel, self.pad, self.stride = (kh, kw), (ph, pw), (sh, sw)
         self.shape = (n, c, oh, ow)
-        # The padded frame: big enough for every window and for the input.
-        self.frame = (max((oh - 1) * sh + kh, ph + h), max((ow - 1) * sw + kw, pw + w))
-        # Without padding or overhang the source itself is the frame.
-        self.framed = ph or pw or self.frame != (h, w)
         if max(kh, kw) > 127:  # argmax indices are int8
             raise LayerError(f"{type_name(self)}: kernel {kh}x{kw} is too large (at most 127)")
         if self.method == AVG:
@@ -103,13 +102,13 @@ class PoolingLayer(NeuronLayer):
         self._plan()
 
     def _plan(self) -> None:
-        """The polyphase grid, and what each phase plane copies from the input."""
+        """The polyphase grid, what each phase plane copies, and the blocks."""
         n, c, h, w = self.dims
         _, _, oh, ow = self.shape
         (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
-        self.grid = (n * c, oh + (kh - 1) // sh, ow + (kw - 1) // sw)
-        nc, rows, cols = self.grid
-        self.size = nc * rows * cols
+        rows, cols = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+        self.grid = (rows, cols)
+        self.plane = rows * cols
         self.nphase = (min(sh, kh), min(sw, kw))
         row_spans = [_phase_span(a, h, ph, sh, rows) for a in range(self.nphase[0])]
         col_spans = [_phase_span(b, w, pw, sw, cols) for b in range(self.nphase[1])]
@@ -119,59 +118,94 @@ class PoolingLayer(NeuronLayer):
         self.covered = (self.nphase == (sh, sw) and all(s[-1] for s in row_spans)
                         and all(s[-1] for s in col_spans))
         # the grid is the output itself: no gutter to drop
-        self.exact = self.grid[1:] == (oh, ow)
-        # flat positions each pass computes: the last tap's shift must stay in the grid
-        self.count_w = self.size - (kw - 1) // sw
-        self.count_h = self.count_w - (kh - 1) // sh * cols
+        self.exact = self.grid == (oh, ow)
+        # Disjoint windows that all lie inside the input (no padding, no
+        # overhang): each phase plane is a strided view of the input as it
+        # is, so it is read in place instead of copied, and the gradient is
+        # written straight into the input-shaped array.
+        self.direct = self.exact and all(
+            s[0] == 0 and s[1] - s[0] == size
+            for spans, size in ((row_spans, rows), (col_spans, cols)) for s in spans)
+        self.taps_w = [(j % sw, j // sw) for j in range(kw)]
+        self.taps_h = [(i % sh, (i // sh) * cols) for i in range(kh)]
+        # Blocks of whole planes, so that a block's work arrays stay in cache;
+        # the shifted taps of a block's last plane read up to `tail` floats
+        # past it (gutter outputs only).
+        self.block = max(1, min(n * c, POOL_BLOCK_FLOATS // self.plane))
+        self.tail = (kw - 1) // sw + (kh - 1) // sh * cols
         self.argtype = np.int8
 
-    def _taps(self, k: int, s: int, unit: int) -> list[tuple[int, int]]:
-        """(phase, flat offset) of each tap along one axis (`unit`: the flat step of one grid row/col)."""
-        return [(j % s, (j // s) * unit) for j in range(k)]
+    def _blocks(self):
+        """(first plane, planes) of each block."""
+        nc = self.dims[0] * self.dims[1]
+        for p0 in range(0, nc, self.block):
+            yield p0, min(self.block, nc - p0)
+
+    def _work(self, name: str, lead: tuple[int, ...] = (), fill: float = 0.0,
+              dtype=F32) -> np.ndarray:
+        """A block-sized work array (with its tail); `fill` only when it is made."""
+        return self.buf.get(name, (*lead, self.block * self.plane + self.tail), dtype=dtype,
+                            fill=fill)
+
+    def _phase_view(self, a: np.ndarray, phase: tuple) -> np.ndarray:
+        """The input-shaped [planes, H, W] array's positions that a phase plane holds."""
+        _, _, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) = phase
+        return a[:, y0:y1:self.stride[0], x0:x1:self.stride[1]]
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         n, c, h, w = self.dims
         _, _, oh, ow = self.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        nc, rows, cols = self.grid
-        x = self.src_data(srclayers).reshape(nc, h, w)
-        fill = -np.inf if self.method == MAX else 0.0
-        # the padding and gutter are filled once, when the array is made
-        planes = self.buf.get("planes", (*self.nphase, self.size), fill=fill)
-        for a, b, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) in self.phases:
-            planes[a, b].reshape(self.grid)[:, r0:r1, q0:q1] = x[:, y0:y1:sh, x0:x1:sw]
+        rows, cols = self.grid
+        size = n * c * self.plane
+        x = self.src_data(srclayers).reshape(n * c, h, w)
         is_max = self.method == MAX
-        # width pass, per row phase
-        if kw == 1:
-            mw = planes[:, 0]
-        else:
-            mw = self.buf.get("mw", (self.nphase[0], self.size), fill=0)
-            taps = self._taps(kw, sw, 1)
-            for a in range(self.nphase[0]):
-                srcs = [planes[a, b, off:off + self.count_w] for b, off in taps]
-                out = mw[a, :self.count_w]
-                if is_max:
-                    self._max(srcs, out, self.buf.get("argw", (self.nphase[0], self.size),
-                                                      dtype=self.argtype)[a, :self.count_w])
-                else:
-                    _sum(srcs, out)
-        # height pass
+        # padding, gutter and tails are filled once, when the arrays are made
+        planes = (None if self.direct else
+                  self._work("planes", self.nphase, fill=-np.inf if is_max else 0.0))
+        mw = self._work("mw", self.nphase[:1]) if kw > 1 else None
         y = self.buf.get("y", self.shape)
-        yg = y.reshape(-1) if self.exact else self.buf.get("yg", (self.size,), fill=0)
-        srcs = [mw[a, off:off + self.count_h] for a, off in self._taps(kh, sh, cols)]
-        out = yg[:self.count_h]
+        y3 = y.reshape(n * c, oh, ow)
+        yg = y.reshape(-1) if self.exact else self._work("yg")
         if is_max:
-            self._max(srcs, out, self.buf.get("argh", (self.size,), dtype=self.argtype)[:self.count_h])
-        else:
-            _sum(srcs, out)
-        valid = yg.reshape(self.grid)[:, :oh, :ow]
-        if self.method == AVG:
-            if self.exact:
-                y *= self.inv_size
+            argw = self.buf.get("argw", (self.nphase[0], size), dtype=self.argtype)
+            argh = self.buf.get("argh", (size,), dtype=self.argtype)
+        if self.direct:
+            self._direct_forward(x, y3)
+            self.data = y
+            return
+        for p0, np_ in self._blocks():
+            m = np_ * self.plane
+            at = slice(p0 * self.plane, p0 * self.plane + m)
+            for ph in self.phases:
+                (r0, r1, *_), (q0, q1, *_) = ph[2], ph[3]
+                plane = planes[ph[0], ph[1], :m].reshape(np_, rows, cols)
+                plane[:, r0:r1, q0:q1] = self._phase_view(x[p0:p0 + np_], ph)
+            # width pass, per row phase
+            rowmax = planes[:, 0] if kw == 1 else mw
+            if kw > 1:
+                for a in range(self.nphase[0]):
+                    srcs = [planes[a, b, off:off + m] for b, off in self.taps_w]
+                    if is_max:
+                        self._max(srcs, mw[a, :m], argw[a, at])
+                    else:
+                        _sum(srcs, mw[a, :m])
+            # height pass
+            out = yg[at] if self.exact else yg[:m]
+            srcs = [rowmax[a, off:off + m] for a, off in self.taps_h]
+            if is_max:
+                self._max(srcs, out, argh[at])
             else:
-                np.multiply(valid, self.inv_size, out=y.reshape(nc, oh, ow))
-        elif not self.exact:
-            np.copyto(y.reshape(nc, oh, ow), valid)
+                _sum(srcs, out)
+            if self.exact:
+                if not is_max:
+                    out *= np.broadcast_to(self.inv_size, (np_, oh, ow)).reshape(-1)
+                continue
+            valid = yg[:m].reshape(np_, rows, cols)[:, :oh, :ow]
+            if is_max:
+                np.copyto(y3[p0:p0 + np_], valid)
+            else:
+                np.multiply(valid, self.inv_size, out=y3[p0:p0 + np_])
         self.data = y
 
     def _max(self, srcs: list[np.ndarray], out: np.ndarray, arg: np.ndarray) -> None:
@@ -186,12 +220,11 @@ class PoolingLayer(NeuronLayer):
             np.copyto(out, first)
             arg.fill(0)
             return
-        m = out.size
         np.greater(srcs[1], first, out=arg.view(np.bool_))  # strict: the first maximum wins ties
         np.maximum(first, srcs[1], out=out)
         if len(srcs) > 2:
-            mask = self.buf.get("mask", (self.size,), dtype=np.bool_)[:m]
-            tmp = self.buf.get("tmp8", (self.size,), dtype=self.argtype)[:m]
+            mask = self._work("mask", dtype=np.bool_)[:out.size].reshape(out.shape)
+            tmp = self._work("tmp8", dtype=self.argtype)[:out.size].reshape(out.shape)
             for j in range(2, len(srcs)):
                 np.greater(srcs[j], out, out=mask)
                 np.maximum(out, srcs[j], out=out)
@@ -205,41 +238,53 @@ class PoolingLayer(NeuronLayer):
         n, c, h, w = self.dims
         _, _, oh, ow = self.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        nc, rows, cols = self.grid
-        g = as_f32(self.grad).reshape(nc, oh, ow)
-        # the gradient on the output grid, zero in the gutter
-        if self.exact:
-            gg = self.buf.get("gg", self.grid)
-        else:
-            gg = self.buf.get("gg", self.grid, fill=0)[:, :oh, :ow]
-        if self.method == AVG:
-            np.multiply(g, self.inv_size, out=gg)
-        else:
-            np.copyto(gg, g)
-        gg = self.buf.get("gg", self.grid).reshape(-1)
+        rows, cols = self.grid
+        size = n * c * self.plane
         is_max = self.method == MAX
-        # adjoint of the height pass
-        if kw == 1:
-            gmw = self.buf.get("gplanes", (*self.nphase, self.size))[:, 0]
-        else:
-            gmw = self.buf.get("gmw", (self.nphase[0], self.size))
-        argh = self.buf.get("argh", (self.size,), dtype=self.argtype) if is_max else None
-        self._spread(gg, argh, gmw, self._taps(kh, sh, cols), self.count_h)
-        # adjoint of the width pass
-        gplanes = self.buf.get("gplanes", (*self.nphase, self.size))
-        if kw > 1:
-            argw = (self.buf.get("argw", (self.nphase[0], self.size), dtype=self.argtype)
-                    if is_max else None)
-            taps = self._taps(kw, sw, 1)
-            for a in range(self.nphase[0]):
-                self._spread(gmw[a], None if argw is None else argw[a], gplanes[a], taps,
-                             self.count_w)
-        # back from the phases to the input
-        gx = self.buf.get("gx", (nc, h, w))
+        g3 = as_f32(self.grad).reshape(n * c, oh, ow)
+        if self.direct:
+            gx = self.buf.get("gx", (n * c, h, w))
+            self._direct_backward(g3, gx)
+            src.set_grad(self, gx.reshape(self.src_shape))
+            return
+        gflat = np.ascontiguousarray(g3).reshape(-1)
+        # the gradient on the output grid: zero in the gutter and tail
+        gg = self._work("gg")
+        gmw = self._work("gmw", self.nphase[:1]) if kw > 1 else None
+        gplanes = self._work("gplanes", self.nphase)
+        gx = self.buf.get("gx", (n * c, h, w))
         if not self.covered:
             gx.fill(0)
-        for a, b, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) in self.phases:
-            gx[:, y0:y1:sh, x0:x1:sw] = gplanes[a, b].reshape(self.grid)[:, r0:r1, q0:q1]
+        if is_max:
+            argw = self.buf.get("argw", (self.nphase[0], size), dtype=self.argtype)
+            argh = self.buf.get("argh", (size,), dtype=self.argtype)
+        for p0, np_ in self._blocks():
+            m = np_ * self.plane
+            at = slice(p0 * self.plane, p0 * self.plane + m)
+            if self.exact and is_max:
+                gb = gflat[at]
+            elif self.exact:
+                gb = gg[:m]
+                np.multiply(g3[p0:p0 + np_], self.inv_size, out=gb.reshape(np_, oh, ow))
+            else:
+                gb = gg[:m]
+                view = gb.reshape(np_, rows, cols)[:, :oh, :ow]
+                if is_max:
+                    np.copyto(view, g3[p0:p0 + np_])
+                else:
+                    np.multiply(g3[p0:p0 + np_], self.inv_size, out=view)
+            # adjoint of the height pass, then of the width pass
+            dst = gplanes[:, 0] if kw == 1 else gmw
+            self._spread(gb, argh[at] if is_max else None, dst, self.taps_h, m)
+            if kw > 1:
+                for a in range(self.nphase[0]):
+                    self._spread(gmw[a, :m], argw[a, at] if is_max else None, gplanes[a],
+                                 self.taps_w, m)
+            # back from the phases to the input
+            for ph in self.phases:
+                (r0, r1, *_), (q0, q1, *_) = ph[2], ph[3]
+                self._phase_view(gx[p0:p0 + np_], ph)[...] = \
+                    gplanes[ph[0], ph[1], :m].reshape(np_, rows, cols)[:, r0:r1, q0:q1]
         src.set_grad(self, gx.reshape(self.src_shape))
 
     def _spread(self, g: np.ndarray, arg: np.ndarray | None, dst: np.ndarray,
@@ -247,11 +292,9 @@ class PoolingLayer(NeuronLayer):
         """The adjoint of one pass: tap j = (phase, offset) hands g[:m] (MAX:
         where arg == j) to dst[phase] at that offset. A phase's first tap has
         offset 0 and writes it (zeroing the rest); later taps add."""
-        g = g[:m]
         if arg is not None:
-            arg = arg[:m]
-            mask = self.buf.get("bmask", (self.size,), dtype=np.bool_)[:m]
-            tmp = self.buf.get("btmp", (self.size,))[:m]
+            mask = self._work("bmask", dtype=np.bool_)[:m]
+            tmp = self._work("btmp")[:m]
         seen: set[int] = set()
         for j, (phase, off) in enumerate(taps):
             view = dst[phase, off:off + m]
@@ -269,6 +312,81 @@ class PoolingLayer(NeuronLayer):
                 view += tmp
             else:
                 view += g
+
+    # --- disjoint windows inside the input: separable passes on strided views
+    def _direct_blocks(self):
+        n, c, h, w = self.dims
+        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        for p0 in range(0, n * c, step):
+            yield slice(p0, min(n * c, p0 + step))
+
+    def _direct_forward(self, x: np.ndarray, y3: np.ndarray) -> None:
+        """The width pass reads all rows of x (each tap is then a view numpy
+        walks as one strided run), the height pass the strided rows of that."""
+        n, c, h, w = self.dims
+        _, _, oh, ow = self.shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        is_max = self.method == MAX
+        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        mw = self.buf.get("dmw", (step, h, ow))
+        if is_max:
+            argw = self.buf.get("dargw", (n * c, h, ow), dtype=self.argtype)
+            argh = self.buf.get("dargh", (n * c, oh, ow), dtype=self.argtype)
+        for blk in self._direct_blocks():
+            xb, mb = x[blk], mw[:blk.stop - blk.start]
+            srcs = [xb[:, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)]
+            if is_max:
+                self._max(srcs, mb, argw[blk])
+            else:
+                _sum(srcs, mb)
+            srcs = [mb[:, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)]
+            if is_max:
+                self._max(srcs, y3[blk], argh[blk])
+            else:
+                _sum(srcs, y3[blk])
+                y3[blk] *= self.inv_size
+
+    def _direct_backward(self, g3: np.ndarray, gx: np.ndarray) -> None:
+        n, c, h, w = self.dims
+        _, _, oh, ow = self.shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        is_max = self.method == MAX
+        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        gmw = self.buf.get("dgmw", (step, h, ow))
+        rows_covered = kh == sh and h == sh * oh
+        if not self.covered:
+            gx.fill(0)
+        if is_max:
+            argw = self.buf.get("dargw", (n * c, h, ow), dtype=self.argtype)
+            argh = self.buf.get("dargh", (n * c, oh, ow), dtype=self.argtype)
+        else:
+            gs = self.buf.get("dgs", (step, oh, ow))
+        for blk in self._direct_blocks():
+            gb, mb = g3[blk], gmw[:blk.stop - blk.start]
+            if not is_max:
+                gb = np.multiply(gb, self.inv_size, out=gs[:blk.stop - blk.start])
+            if not rows_covered:
+                mb.fill(0)
+            self._write_taps(gb, argh[blk] if is_max else None,
+                             [mb[:, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)])
+            self._write_taps(mb, argw[blk] if is_max else None,
+                             [gx[blk, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)])
+
+    def _write_taps(self, g: np.ndarray, arg: np.ndarray | None, dsts: list[np.ndarray]) -> None:
+        """dsts[j] = g where arg == j (MAX; AVG: all of g), for disjoint taps."""
+        if arg is None:
+            for d in dsts:
+                np.copyto(d, g)
+            return
+        arg = arg.reshape(g.shape)
+        if len(dsts) == 2:  # arg is 0 or 1: tap 1 gets g * arg, tap 0 the rest
+            np.multiply(g, arg.view(np.bool_), out=dsts[1])
+            np.subtract(g, dsts[1], out=dsts[0])
+            return
+        mask = self._work("bmask", dtype=np.bool_)[:g.size].reshape(g.shape)
+        for j, d in enumerate(dsts):
+            np.equal(arg, j, out=mask)
+            np.multiply(g, mask, out=d)
 
 
 def _sum(srcs: list[np.ndarray], out: np.ndarray) -> None:
