@@ -11,10 +11,18 @@ stderr), 1 an unexpected failure (traceback on stderr, for the log).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    # TERM (from `singa submit` being stopped, or a kill) ends the job the way
+    # Ctrl-C does: the master stops every process group it started.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     ap = argparse.ArgumentParser(prog="python -m runtime.main")
     ap.add_argument("conf")
     ap.add_argument("--resume", action="store_true")

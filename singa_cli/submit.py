@@ -8,6 +8,7 @@ The exit code is the runtime's: 0 when the job finished.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,7 +33,20 @@ def _run(conf: str, resume: bool, test: bool, modules: tuple[str, ...] = ()) -> 
         cmd.append("--test")
     for m in modules:
         cmd += ["--module", os.path.abspath(m) if m.endswith(".py") else m]
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):  # stopping the CLI stops the job it runs
+        proc.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue  # the child got the same Ctrl-C; wait for it to clean up
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _conf_arg(conf: str | None, conf_opt: str | None) -> str:

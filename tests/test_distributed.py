@@ -82,3 +82,64 @@ def test_async_groups_train_and_report_staleness(tmp_path):
     line = next(l for l in r.stdout.splitlines() if l.startswith("Server (0,0): "))
     # 4 param slices x 60 steps per group
     assert "group 0: 240 updates, staleness mean" in line and "group 1: 240 updates" in line, line
+
+
+def test_stub_survives_a_foreign_peer_sending_garbage():
+    """A process that connects to a stub's port and sends garbage does not crash it."""
+    import threading
+
+    import zmq
+
+    from conf import common_pb2 as C
+    from runtime.cluster import Cluster
+    from runtime.comm import socket as S
+    from runtime.comm.msg import Addr, Msg
+    from runtime.stub import Stub
+
+    ctx = zmq.Context()
+    stub = Stub(ctx, Cluster(nworker_groups=1), 0, transport="tcp")
+    seen = []
+    stub.handle = lambda msg: (seen.append(msg), stub.__setattr__("running", False))
+    t = threading.Thread(target=stub.run)
+    t.start()
+    raw = ctx.socket(zmq.DEALER)
+    raw.connect(stub.endpoint)
+    raw.send_multipart([b"\x00" * 5])
+    raw.send_multipart([b"SG\x01\x63" + bytes(23)])       # an unknown message type
+    raw.send_multipart([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
+    # then a well-formed message to this stub is still handled
+    S.send(raw, Msg(Addr.worker(0, 0), Addr.stub(0), C.kStop))
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert len(seen) == 1 and seen[0].type == C.kStop
+    raw.close()
+    stub.close()
+    ctx.term()
+
+
+def test_stopping_submit_stops_every_process(tmp_path):
+    """TERM to `singa submit` ends the job: no process of it is left."""
+    import signal
+    import time
+
+    import psutil
+
+    conf = conf_with(tmp_path, "long.conf", "nworker_groups: 2 nworkers_per_group: 2", steps=10**6)
+    proc = subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Train @ step"):
+            break
+    job_file = str(tmp_path / "long.conf.ws" / "job.pb")
+
+    def job_procs():
+        return [p for p in psutil.process_iter(["cmdline"]) if job_file in (p.info["cmdline"] or [])]
+
+    assert len(job_procs()) == 4  # 2 groups x 2 workers, one process each
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while job_procs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job_procs() == []
+    assert "job failed: interrupted" in proc.stderr.read()

@@ -44,7 +44,7 @@ from runtime.neuralnet.neuron_layer import F32, NeuronLayer, as_f32, type_name, 
 MAX, AVG = job_pb2.PoolingProto.MAX, job_pb2.PoolingProto.AVG
 
 #: floats of one plane-sized work array per block (blocks stay in L2)
-POOL_BLOCK_FLOATS = 1 << 15
+POOL_BLOCK_FLOATS = 1 << 16
 
 
 def pooled_size(size: int, kernel: int, pad: int, stride: int) -> int:
@@ -147,6 +147,15 @@ class PoolingLayer(NeuronLayer):
         return self.buf.get(name, (*lead, self.block * self.plane + self.tail), dtype=dtype,
                             fill=fill)
 
+    def _temp(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A work array of `shape`, carved from a flat one that only grows."""
+        size = int(np.prod(shape))
+        temps = self.__dict__.setdefault("_temps", {})
+        a = temps.get(name)
+        if a is None or a.size < size or a.dtype != dtype:
+            a = temps[name] = np.empty(size, dtype)
+        return a[:size].reshape(shape)
+
     def _phase_view(self, a: np.ndarray, phase: tuple) -> np.ndarray:
         """The input-shaped [planes, H, W] array's positions that a phase plane holds."""
         _, _, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) = phase
@@ -223,8 +232,8 @@ class PoolingLayer(NeuronLayer):
         np.greater(srcs[1], first, out=arg.view(np.bool_))  # strict: the first maximum wins ties
         np.maximum(first, srcs[1], out=out)
         if len(srcs) > 2:
-            mask = self._work("mask", dtype=np.bool_)[:out.size].reshape(out.shape)
-            tmp = self._work("tmp8", dtype=self.argtype)[:out.size].reshape(out.shape)
+            mask = self._temp("mask", out.shape, np.bool_)
+            tmp = self._temp("tmp8", out.shape, self.argtype)
             for j in range(2, len(srcs)):
                 np.greater(srcs[j], out, out=mask)
                 np.maximum(out, srcs[j], out=out)
@@ -293,8 +302,8 @@ class PoolingLayer(NeuronLayer):
         where arg == j) to dst[phase] at that offset. A phase's first tap has
         offset 0 and writes it (zeroing the rest); later taps add."""
         if arg is not None:
-            mask = self._work("bmask", dtype=np.bool_)[:m]
-            tmp = self._work("btmp")[:m]
+            mask = self._temp("bmask", (m,), np.bool_)
+            tmp = self._temp("btmp", (m,), F32)
         seen: set[int] = set()
         for j, (phase, off) in enumerate(taps):
             view = dst[phase, off:off + m]
@@ -383,7 +392,7 @@ class PoolingLayer(NeuronLayer):
             np.multiply(g, arg.view(np.bool_), out=dsts[1])
             np.subtract(g, dsts[1], out=dsts[0])
             return
-        mask = self._work("bmask", dtype=np.bool_)[:g.size].reshape(g.shape)
+        mask = self._temp("bmask", g.shape, np.bool_)
         for j, d in enumerate(dsts):
             np.equal(arg, j, out=mask)
             np.multiply(g, mask, out=d)
