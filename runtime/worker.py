@@ -159,6 +159,9 @@ class Worker:
                 last_disp = (step + 1, now)
             step += 1
         self.step = step
+        # the last updates are applied before this worker reports done
+        for p in self.owned_params():
+            self.channel.collect(p)
         # Beyond SINGA: a test (validation) due at train_steps runs too, so a
         # job ends with the metrics of its final params.
         if validate_now(step) and self.val_net is not None and job.validate_steps > 0:
