@@ -99,14 +99,15 @@ def batch_inner_unpad(gxc: np.ndarray, x_shape: Sequence[int], pad: tuple[int, i
 # ----------------------------------------------------------- full im2col --
 def im2col(x: np.ndarray, kernel: tuple[int, int], pad: tuple[int, int],
            stride: tuple[int, int], scratch: Scratch | None = None,
-           batch_inner: bool = False) -> np.ndarray:
+           batch_inner: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """x [N, C, H, W] -> col [C*kh*kw, N*OH*OW] (float32).
 
     Rows are ordered (c, i, j), as the weight's columns; columns (n, oh, ow),
     or (oh, ow, n) when `batch_inner`:
     col[(c, i, j), column(n, oh, ow)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw],
-    zero where that falls in the padding. The result lives in `scratch` (if
-    given) and is overwritten by the next call with the same scratch.
+    zero where that falls in the padding. The result lives in `out` (a
+    C-contiguous array of that shape) or else in `scratch` (if given), and is
+    overwritten by the next call with the same scratch.
     """
     s = scratch if scratch is not None else Scratch()
     n, c, h, w = x.shape
@@ -115,13 +116,14 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], pad: tuple[int, int],
     x = as_f32(x)
     if batch_inner:  # [C, Hp, Wp, N]
         xc = batch_inner_image(x, pad, s, "im2col.x")
-        col = s.get("im2col.col", (c, kh, kw, oh, ow, n))
+        shape = (c, kh, kw, oh, ow, n)
         axis = 1
     else:  # [C, N, Hp, Wp]; the border is zeroed once, when the array is made
         xc = s.get("im2col.x", (c, n, h + 2 * ph, w + 2 * pw), fill=0)
         xc[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
-        col = s.get("im2col.col", (c, kh, kw, n, oh, ow))
+        shape = (c, kh, kw, n, oh, ow)
         axis = 2
+    col = s.get("im2col.col", shape) if out is None else out.reshape(shape)
     for i in range(kh):
         for j in range(kw):
             col[:, i, j] = _windows(xc, axis, i, j, oh, ow, sh, sw)
@@ -159,14 +161,24 @@ def col2im(col: np.ndarray, x_shape: Sequence[int], kernel: tuple[int, int],
 
 
 # ------------------------------------------------------------- row taps --
+def _clip(size: int, pad: int, stride: int, tap: int, count: int) -> tuple[int, int, int]:
+    """Along one axis, the outputs [lo, hi) whose input position o*stride + tap - pad
+    lies inside [0, size), and the input position of `lo`."""
+    lo = max(0, -((tap - pad) // stride))                      # ceil((pad - tap) / stride)
+    hi = min(count, max(lo, -((tap - pad - size) // stride)))  # ceil((size + pad - tap) / stride)
+    return lo, hi, lo * stride + tap - pad
+
+
 class RowTaps:
     """The row-taps lowering of one convolution geometry (see the module doc).
 
-    `lower(x)` builds the buffer [C*kw, sh-phases * rows * OW * N] (batch
-    inner columns (oh, ow, n)); `window(buf, i)` is the [C*kw, OH*OW*N] view
-    that kernel row i multiplies; `raise_(gbuf)` is the adjoint of `lower`
-    (gbuf: the gradient buffer, in the same layout). Buffers live in the
-    scratch given to the constructor.
+    `lower(x)` fills the buffer [C*kw + 1, phases * rows * OW * N] (batch
+    inner columns (oh, ow, n)); its last row is ones, so that a bias can ride
+    in the first product (see `window`). `window(buf, i, bias)` is the
+    [C*kw (+1), OH*OW*N] view that kernel row i multiplies. `raise_(gbuf)` is
+    the adjoint of `lower` (gbuf: [C*kw, ...], the gradient of the buffer
+    without the ones row, from `grad_buffer`). Padding is never copied: the
+    buffer's entries that fall in it are zeroed once, when it is made.
     """
 
     def __init__(self, x_shape: Sequence[int], kernel: tuple[int, int], pad: tuple[int, int],
@@ -177,39 +189,52 @@ class RowTaps:
         n, c, h, w = self.x_shape
         (kh, kw), (ph, pw), (sh, sw) = kernel, pad, stride
         self.oh, self.ow = _output_size(h, w, kernel, pad, stride)
-        self.hp, self.wp = h + 2 * ph, w + 2 * pw
         self.nphase = min(sh, kh)
         #: rows per phase: enough for the lowest kernel row's window
         self.rows = self.oh + (kh - 1) // sh
         self.unit = self.ow * n          # floats per row of a phase
-        self.k = c * kw                  # rows of the buffer (the matmul's K)
+        self.k = c * kw                  # rows of the buffer (the matmul's K), without the ones
         self.cols = self.oh * self.unit  # columns of one window
         self.shape = (self.k, self.nphase * self.rows * self.unit)
-        # rows of each phase that hold image rows
-        self.present = [min(self.rows, len(range(a, self.hp, sh))) for a in range(self.nphase)]
+        # per (kernel column j, phase a): (phase rows, out columns, image rows, image columns)
+        self.copies = []
+        for j in range(kw):
+            q0, q1, x0 = _clip(w, pw, sw, j, self.ow)
+            for a in range(self.nphase):
+                r0, r1, y0 = _clip(h, ph, sh, a, self.rows)
+                if r1 > r0 and q1 > q0:
+                    self.copies.append((j, a, (r0, r1), (q0, q1),
+                                        slice(y0, y0 + sh * (r1 - r0 - 1) + 1, sh),
+                                        slice(x0, x0 + sw * (q1 - q0 - 1) + 1, sw)))
+        # a copy that covers the whole image exactly once starts the adjoint (no zero fill)
+        self.cover = next((i for i, (_, _, _, _, ys, xs) in enumerate(self.copies)
+                           if (sh, sw) == (1, 1) and (ys.start, xs.start) == (0, 0)
+                           and ys.stop == h and xs.stop == w), None)
 
-    def window(self, buf: np.ndarray, i: int) -> np.ndarray:
-        """The [C*kw, OH*OW*N] part of `buf` that kernel row i reads."""
+    def window(self, buf: np.ndarray, i: int, bias: bool = False) -> np.ndarray:
+        """The [C*kw, OH*OW*N] part of `buf` that kernel row i reads; with
+        `bias` (row 0 only) one more row, of ones."""
+        if bias and i != 0:
+            raise ValueError("the ones row lines up with kernel row 0 only")
         sh = self.stride[0]
         start = ((i % sh) * self.rows + i // sh) * self.unit
-        return buf[:, start:start + self.cols]
+        return buf[:self.k + 1 if bias else self.k, start:start + self.cols]
 
-    def _views(self, img: np.ndarray, buf: np.ndarray):
-        """(image view, buffer view) pairs, one per kernel column j and phase a."""
+    def _pairs(self, img: np.ndarray, buf: np.ndarray):
+        """(image view, buffer view) of each copy; img is [C, H, W, N]."""
         n, c = self.x_shape[:2]
-        kw = self.kernel[1]
-        sh, sw = self.stride
-        b6 = buf.reshape(c, kw, self.nphase, self.rows, self.ow, n)
-        for j in range(kw):
-            for a, r in enumerate(self.present):
-                yield (img[:, a:a + sh * (r - 1) + 1:sh, j:j + sw * (self.ow - 1) + 1:sw],
-                       b6[:, j, a, :r])
+        b6 = buf[:self.k].reshape(c, self.k // c, self.nphase, self.rows, self.ow, n)
+        for j, a, (r0, r1), (q0, q1), ys, xs in self.copies:
+            yield img[:, ys, xs], b6[:, j, a, r0:r1, q0:q1]
 
     def lower(self, x: np.ndarray) -> np.ndarray:
-        """The buffer of x [N, C, H, W]; rows past the image stay zero."""
-        img = batch_inner_image(as_f32(x), self.pad, self.s, "rows.x")
-        buf = self.s.get("rows.col", self.shape, fill=0)
-        for src, dst in self._views(img, buf):
+        """The buffer of x [N, C, H, W]."""
+        n, c, h, w = self.x_shape
+        buf = self.s.get("rows.col", (self.k + 1, self.shape[1]), fill=0)
+        buf[self.k] = 1  # cheap: one row
+        img = self.s.get("rows.x", (c, h, w, n))
+        transpose_into(img.reshape(c * h * w, n), as_f32(x).reshape(n, c * h * w))
+        for src, dst in self._pairs(img, buf):
             np.copyto(dst, src)
         return buf
 
@@ -224,7 +249,16 @@ class RowTaps:
 
     def raise_(self, gbuf: np.ndarray) -> np.ndarray:
         """The adjoint of `lower`: gbuf -> the gradient of x, [N, C, H, W]."""
-        img = self.s.zeros("rows.gx", (self.x_shape[1], self.hp, self.wp, self.x_shape[0]))
-        for dst, src in self._views(img, gbuf):
+        n, c, h, w = self.x_shape
+        img = self.s.get("rows.gx", (c, h, w, n))
+        pairs = list(self._pairs(img, gbuf))
+        if self.cover is None:
+            img.fill(0)
+        else:
+            dst, src = pairs.pop(self.cover)
+            np.copyto(dst, src)
+        for dst, src in pairs:
             dst += src
-        return batch_inner_unpad(img, self.x_shape, self.pad, self.s, "rows.out")
+        gx = self.s.get("rows.out", (n, c, h, w))
+        transpose_into(gx.reshape(n, c * h * w), img.reshape(c * h * w, n))
+        return gx
