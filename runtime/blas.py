@@ -7,7 +7,10 @@ Nor can `np.matmul` accumulate into its output (GEMM's beta); convolution
 sums several products into one output with `sgemm`.
 
 `saxpby(a, x, b, y)` computes y = a*x + b*y in place; `saxpy(a, x, y)`
-computes y += a*x. Both need C-contiguous float32 arrays of one size.
+computes y += a*x; `sscal(a, x)` x *= a. They need C-contiguous float32
+arrays of one size. OpenBLAS spreads saxpy and sscal over its threads but
+runs saxpby on one: on memory-bound arrays sscal + saxpy is the faster
+saxpby when there are several threads.
 `available()` is False where no such library is found (numpy built against
 another BLAS); callers then use numpy. `sgemm` works either way (numpy is its
 fallback).
@@ -23,6 +26,7 @@ import numpy as np
 
 _saxpby = None
 _saxpy = None
+_sscal = None
 _sgemm = None
 
 # CBLAS enums
@@ -30,7 +34,7 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 def _load() -> None:
-    global _saxpby, _saxpy, _sgemm
+    global _saxpby, _saxpy, _sscal, _sgemm
     candidates: list[tuple[str, str, type]] = []
     libs_dir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     # numpy's wheels bundle scipy-openblas (64-bit ints, prefixed symbols)
@@ -46,16 +50,18 @@ def _load() -> None:
             lib = ctypes.CDLL(path)
             axpby = getattr(lib, pattern.format("saxpby"))
             axpy = getattr(lib, pattern.format("saxpy"))
+            scal = getattr(lib, pattern.format("sscal"))
             gemm = getattr(lib, pattern.format("sgemm"))
         except (OSError, AttributeError):
             continue
         ptr, f, enum = ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-        axpby.restype = axpy.restype = gemm.restype = None
+        axpby.restype = axpy.restype = scal.restype = gemm.restype = None
         axpby.argtypes = [int_t, f, ptr, int_t, f, ptr, int_t]
         axpy.argtypes = [int_t, f, ptr, int_t, ptr, int_t]
+        scal.argtypes = [int_t, f, ptr, int_t]
         gemm.argtypes = [enum, enum, enum, int_t, int_t, int_t, f, ptr, int_t, ptr, int_t,
                          f, ptr, int_t]
-        _saxpby, _saxpy, _sgemm = axpby, axpy, gemm
+        _saxpby, _saxpy, _sscal, _sgemm = axpby, axpy, scal, gemm
         return
 
 
@@ -79,6 +85,10 @@ def saxpby(a: float, x: np.ndarray, b: float, y: np.ndarray) -> None:
 
 def saxpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     _saxpy(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
+
+
+def sscal(a: float, x: np.ndarray) -> None:
+    _sscal(x.size, a, x.ctypes.data, 1)
 
 
 def _ld(m: np.ndarray) -> int | None:

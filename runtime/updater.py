@@ -357,20 +357,25 @@ class SGDUpdater(Updater):
         self.slots = ("history",) if self.momentum > 0 else ()
 
     def _fused(self, data, grad, lr, wd, grad_scale, hist) -> bool:
-        # The same rule in one to three BLAS passes (see runtime.blas):
-        #   momentum: h = m*h - lr*gs*grad [- lr*wd*w]; w += h
+        # The same rule in BLAS passes that OpenBLAS spreads over its threads
+        # (its saxpby runs on one, and at 2 threads is 2x slower than the
+        # sscal + saxpy used here; see runtime.blas):
+        #   momentum: h = m*h; h -= lr*gs*grad [+ lr*wd*w]; w += h
         #   plain:    w = (1 - lr*wd)*w - lr*gs*grad
         if (self.clip_high > self.clip_low or data.size <= _BLOCK
                 or not blas.usable(data, grad, *hist.arrays.values())):
             return False
         if self.momentum > 0:
             h = hist.arrays["history"]
-            blas.saxpby(-lr * grad_scale, grad, self.momentum, h)
+            blas.sscal(self.momentum, h)
+            blas.saxpy(-lr * grad_scale, grad, h)
             if wd > 0:
                 blas.saxpy(-lr * wd, data, h)
             blas.saxpy(1.0, h, data)
         else:
-            blas.saxpby(-lr * grad_scale, grad, 1.0 - lr * wd, data)
+            if wd > 0:
+                blas.sscal(1.0 - lr * wd, data)
+            blas.saxpy(-lr * grad_scale, grad, data)
         return True
 
     def rule(self, w: np.ndarray, g: np.ndarray, lr: float, hist: History) -> None:

@@ -139,12 +139,26 @@ class ConvolutionLayer(NeuronLayer):
             self.batch_inner = batch_inner_layout(self.ow)
         self.col: np.ndarray | None = None  # the lowered input of the last forward
 
+    # The bias rides in the matmuls: the lowered input has one more row, of
+    # ones, and the weights one more column, the bias (zero without one); so
+    # the forward adds it and the weight gradient's product sums its gradient.
+
     def _row_weights(self) -> np.ndarray:
-        """W as [kh, F, C*kw]: the matrix each kernel row multiplies."""
+        """[W_i | bias] per kernel row i, [kh, F, C*kw + 1] (the bias column only used by row 0)."""
         f, c, (kh, kw) = self.num_filters, self.c, self.kernel
-        wr = self.buf.get("wr", (kh, f, c * kw))
-        np.copyto(wr.reshape(kh, f, c, kw), self.weight.data.reshape(f, c, kh, kw).transpose(2, 0, 1, 3))
+        wr = self.buf.get("wr", (kh, f, c * kw + 1))
+        np.copyto(wr[:, :, :-1].reshape(kh, f, c, kw),
+                  self.weight.data.reshape(f, c, kh, kw).transpose(2, 0, 1, 3))
+        wr[0, :, -1] = 0 if self.bias is None else self.bias.data
         return wr
+
+    def _full_weights(self) -> np.ndarray:
+        """[W | bias], [F, C*kh*kw + 1]."""
+        k = self.weight.shape[1]
+        we = self.buf.get("we", (self.num_filters, k + 1))
+        we[:, :k] = self.weight.data
+        we[:, k] = 0 if self.bias is None else self.bias.data
+        return we
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.n, self.c, self.h, self.w)
@@ -153,13 +167,16 @@ class ConvolutionLayer(NeuronLayer):
         if self.lowering == "rows":
             self.col = self.rows.lower(x)
             wr = self._row_weights()
-            for i in range(self.kernel[0]):
-                blas.sgemm(wr[i], self.rows.window(self.col, i), out, beta=0.0 if i == 0 else 1.0)
+            blas.sgemm(wr[0], self.rows.window(self.col, 0, bias=True), out)
+            for i in range(1, self.kernel[0]):
+                blas.sgemm(wr[i, :, :-1], self.rows.window(self.col, i), out, beta=1.0)
         else:
-            self.col = im2col(x, self.kernel, self.pad, self.stride, self.buf, self.batch_inner)
-            np.matmul(self.weight.data, self.col, out=out)
-        if self.bias is not None:
-            out += self.bias.data[:, None]
+            k = self.weight.shape[1]
+            self.col = self.buf.get("col", (k + 1, n * p))
+            self.col[k] = 1  # cheap: one row
+            im2col(x, self.kernel, self.pad, self.stride, self.buf, self.batch_inner,
+                   out=self.col[:k])
+            np.matmul(self._full_weights(), self.col, out=out)
         y = self.buf.get("y", self.shape)
         if self.batch_inner:  # out is [F, OH, OW, N]
             transpose_into(y.reshape(n, f * p), out.reshape(f * p, n))
@@ -176,18 +193,19 @@ class ConvolutionLayer(NeuronLayer):
             transpose_into(gt.reshape(f * p, n), g.reshape(n, f * p))
         else:
             np.copyto(gt.reshape(f, n, p), g.reshape(n, f, p).transpose(1, 0, 2))
-        if self.bias is not None:
-            set_param_grad(self.bias, gt.sum(axis=1), flag)
         if self.lowering == "rows":
             self._row_gradient(src, gt, flag)
             return
-        # gW = gt @ col.T, computed transposed: OpenBLAS is ~25% faster at
-        # this orientation of these long-and-thin products
-        gwt = self.buf.get("gwt", (self.col.shape[0], f))
+        # [gW | gbias] = gt @ col.T, computed transposed: OpenBLAS is ~25%
+        # faster at this orientation of these long-and-thin products
+        k = self.weight.shape[1]
+        gwt = self.buf.get("gwt", (k + 1, f))
         np.matmul(self.col, gt.T, out=gwt)
-        set_param_grad(self.weight, gwt.T, flag)
+        set_param_grad(self.weight, gwt[:k].T, flag)
+        if self.bias is not None:
+            set_param_grad(self.bias, gwt[k], flag)
         if wants_grad(src):
-            gcol = self.buf.get("gcol", self.col.shape)
+            gcol = self.buf.get("gcol", (k, n * p))
             np.matmul(self.weight.data.T, gt, out=gcol)
             gx = col2im(gcol, (n, self.c, self.h, self.w), self.kernel, self.pad,
                         self.stride, self.buf, self.batch_inner)
@@ -195,20 +213,24 @@ class ConvolutionLayer(NeuronLayer):
 
     def _row_gradient(self, src: Layer, gt: np.ndarray, flag: int) -> None:
         f, c, (kh, kw) = self.num_filters, self.c, self.kernel
-        rows = self.rows
-        # gW row i (transposed, as above) = window_i @ gt.T
-        gwt = self.buf.get("gwt", (kh, c * kw, f))
-        for i in range(kh):
-            blas.sgemm(rows.window(self.col, i), gt, gwt[i], trans_b=True)
-        set_param_grad(self.weight, gwt.reshape(kh, c, kw, f).transpose(3, 1, 0, 2), flag)
+        rows, k = self.rows, self.c * self.kernel[1]
+        # [gW_i | gbias] (transposed, as above) = window_i @ gt.T
+        gwt = self.buf.get("gwt", (kh, k + 1, f))
+        blas.sgemm(rows.window(self.col, 0, bias=True), gt, gwt[0], trans_b=True)
+        for i in range(1, kh):
+            blas.sgemm(rows.window(self.col, i), gt, gwt[i, :k], trans_b=True)
+        set_param_grad(self.weight, gwt[:, :k].reshape(kh, c, kw, f).transpose(3, 1, 0, 2), flag)
+        if self.bias is not None:
+            set_param_grad(self.bias, gwt[0, k], flag)
         if not wants_grad(src):
             return
-        wr = self.buf.get("wr", (kh, f, c * kw))  # this step's weights, from the forward
+        wr = self.buf.get("wr", (kh, f, k + 1))  # this step's weights, from the forward
         gbuf = rows.grad_buffer()
         for i in range(kh):
             # a phase's first window starts at its row 0: written, not added
             first = i < rows.nphase
-            blas.sgemm(wr[i], gt, rows.window(gbuf, i), beta=0.0 if first else 1.0, trans_a=True)
+            blas.sgemm(wr[i, :, :k], gt, rows.window(gbuf, i), beta=0.0 if first else 1.0,
+                       trans_a=True)
             if first:
                 rows.clear_tail(gbuf, i)
         gx = rows.raise_(gbuf)

@@ -174,9 +174,13 @@ class InnerProductLayer(NeuronLayer):
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.batch, self.in_dim)
         w = self.weight.data
+        # y.T = W x.T: OpenBLAS is 10-20% faster at this orientation of these
+        # products (the batch as the short side), and the transpose comes free
+        # with the bias add
+        yt = self.buf.get("yt", self.shape[::-1])
+        np.matmul(w.T if self.transpose else w, x.T, out=yt)
         y = self.buf.get("y", self.shape)
-        np.matmul(x, w if self.transpose else w.T, out=y)
-        y += self.bias.data
+        np.add(yt.T, self.bias.data, out=y)
         self.data = y
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
@@ -309,10 +313,17 @@ class ReLULayer(ElementwiseLayer):
         self.data = y
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
-        if self.slope == 0:
-            return super().compute_gradient(flag, srclayers)
         src = srclayers[0]
         if not wants_grad(src):
+            return
+        if self.slope == 0:
+            # g where y > 0: a bool mask is cheaper to make than a float one
+            g = as_f32(self.grad)
+            mask = self.buf.get("mask", g.shape, dtype=np.bool_)
+            np.greater(self.data, 0, out=mask)
+            gx = self.buf.get("gx", g.shape)
+            np.multiply(g, mask, out=gx)
+            src.set_grad(self, gx)
             return
         x = self.src_data(srclayers)
         gx = self.buf.get("gx", x.shape)

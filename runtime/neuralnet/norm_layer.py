@@ -23,6 +23,9 @@ from runtime.neuralnet.layer import Layer, has, layer_registry
 from runtime.neuralnet.neuron_layer import (
     F32, NeuronLayer, as_f32, check_param_count, set_param_grad, type_name, wants_grad)
 
+#: floats per block of an LRN pass (its temporaries then stay in L2)
+LRN_BLOCK_FLOATS = 1 << 16
+
 BN_EPSILON = 1e-5
 #: weight of the current batch in the running mean and variance
 BN_MOMENTUM = 0.1
@@ -52,29 +55,51 @@ class LRNLayer(NeuronLayer):
         n, c = self.shape[:2]
         self.dims = (n, c, int(np.prod(self.shape[2:], dtype=np.int64)))
 
-    def _window_sum(self, a: np.ndarray, name: str) -> np.ndarray:
-        """Sum over the channel window of a [N, C, S] array (zero padded)."""
+    # Both passes go block by block over the batch (instances are independent),
+    # so that a block's temporaries stay in cache between the steps.
+
+    def _blocks(self):
+        """Slices of instances, and the [instances, C, S] shape of a block's temporaries."""
         n, c, s = self.dims
-        half = self.size // 2
-        padded = self.buf.get(name + ".pad", (n, c + 2 * half, s), fill=0)
-        padded[:, half:half + c] = a
-        out = self.buf.get(name, self.dims)
-        np.copyto(out, padded[:, :c])
-        for o in range(1, self.size):
-            out += padded[:, o:o + c]
+        step = max(1, min(n, LRN_BLOCK_FLOATS // (c * s)))
+        for i in range(0, n, step):
+            yield slice(i, min(n, i + step)), (step, c, s)
+
+    def _temp(self, name: str, shape: tuple[int, int, int], b: slice) -> np.ndarray:
+        """A block temporary (the same memory for every block, so it stays in cache)."""
+        return self.buf.get(name, shape)[:b.stop - b.start]
+
+    def _window_sum(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[:, c] = the sum of a[:, c + o] for o = -size//2 .. size//2 where
+        that channel exists, added in that order (as a zero-padded sum is:
+        0 + v and v + 0 are v)."""
+        c, half = a.shape[1], self.size // 2
+        if half == 0:
+            np.copyto(out, a)
+            return out
+        # every channel's first term (channel c - half, or 0 near the edge)
+        # and, for c >= half, its second one, in one step
+        np.copyto(out[:, :half], a[:, :1])
+        if c > half:
+            np.add(a[:, :c - half], a[:, 1:c - half + 1], out=out[:, half:])
+        for o in range(-half + 2, half + 1):
+            lo, hi = max(0, 1 - o), min(c, c - o)
+            if lo < hi:
+                out[:, lo:hi] += a[:, lo + o:hi + o]
         return out
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.dims)
-        sq = self.buf.get("sq", self.dims)
-        np.multiply(x, x, out=sq)
-        norm = self._window_sum(sq, "norm")
-        norm *= self.alpha / self.size
-        norm += self.knorm
-        scale = self.buf.get("scale", self.dims)
-        np.power(norm, -self.beta, out=scale)
+        norm, scale = self.buf.get("norm", self.dims), self.buf.get("scale", self.dims)
         y = self.buf.get("y", self.dims)
-        np.multiply(x, scale, out=y)
+        for b, shape in self._blocks():
+            sq = self._temp("sq", shape, b)
+            np.multiply(x[b], x[b], out=sq)
+            nb = self._window_sum(sq, norm[b])
+            nb *= self.alpha / self.size
+            nb += self.knorm
+            np.power(nb, -self.beta, out=scale[b])
+            np.multiply(x[b], scale[b], out=y[b])
         self.data = y.reshape(self.shape)
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
@@ -85,16 +110,19 @@ class LRNLayer(NeuronLayer):
         g = as_f32(self.grad).reshape(self.dims)
         norm, scale = self.buf.get("norm", self.dims), self.buf.get("scale", self.dims)
         y = self.data.reshape(self.dims)
+        gx = self.buf.get("gx", self.dims)
         # dy_c/dx_k = d_ck scale_c - 2 alpha beta / size * x_k * y_c / norm_c
         # for every c whose window holds k (the windows are symmetric)
-        t = self.buf.get("t", self.dims)
-        np.multiply(g, y, out=t)
-        t /= norm
-        ts = self._window_sum(t, "tsum")
-        gx = self.buf.get("gx", self.dims)
-        np.multiply(x, ts, out=gx)
-        gx *= -2.0 * self.alpha * self.beta / self.size
-        gx += g * scale
+        for b, shape in self._blocks():
+            t = self._temp("t", shape, b)
+            np.multiply(g[b], y[b], out=t)
+            t /= norm[b]
+            ts = self._window_sum(t, self._temp("tsum", shape, b))
+            gb = gx[b]
+            np.multiply(x[b], ts, out=gb)
+            gb *= -2.0 * self.alpha * self.beta / self.size
+            np.multiply(g[b], scale[b], out=t)
+            gb += t
         src.set_grad(self, gx.reshape(self.shape))
 
 

@@ -22,16 +22,22 @@ How it runs (no loop over pixels or batch items):
   rows as short as OW are several times slower). Outputs live on the same
   [N*C, R, Q] grid; its gutter (the last R - OH rows and Q - OW columns of
   each plane) holds values no valid output reads, and is dropped at the end.
-- Separable: a width pass (kw taps, per row phase), then a height pass (kh
-  taps). For MAX each pass keeps the first argmax along its axis (int8): the
+- Separable: a width pass (kw taps, over all row phases at once), then a
+  height pass (kh taps). For MAX each pass keeps the first argmax along its axis (int8): the
   height pass picks the first row holding the window's maximum and the width
   pass the first column of that row, which is the first maximum in row-major
-  order. The backward runs the adjoint passes in reverse order.
+  order. The backward runs the adjoint passes in reverse order, adding in the
+  same order as a loop over the taps would.
+- Blocks: both passes go block by block over the N*C planes, so that a
+  block's work arrays (phase planes, width-pass output, masks) stay in cache.
+- Direct: disjoint windows that all lie inside the input (no padding, no
+  overhang, stride >= kernel, as LeNet's 2x2/2) need no split: the width pass
+  reads strided views of the input itself, which numpy walks as single runs.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -44,7 +50,7 @@ from runtime.neuralnet.neuron_layer import F32, NeuronLayer, as_f32, type_name, 
 MAX, AVG = job_pb2.PoolingProto.MAX, job_pb2.PoolingProto.AVG
 
 #: floats of one plane-sized work array per block (blocks stay in L2)
-POOL_BLOCK_FLOATS = 1 << 16
+POOL_BLOCK_FLOATS = 1 << 15
 
 
 def pooled_size(size: int, kernel: int, pad: int, stride: int) -> int:
@@ -115,8 +121,8 @@ class PoolingLayer(NeuronLayer):
         self.phases = [(a, b, row_spans[a], col_spans[b])
                        for a in range(self.nphase[0]) for b in range(self.nphase[1])]
         # whether the phases hold every input position (else the gradient is zeroed first)
-        self.covered = (self.nphase == (sh, sw) and all(s[-1] for s in row_spans)
-                        and all(s[-1] for s in col_spans))
+        self.covered = (self.nphase == (sh, sw) and all(s.full for s in row_spans)
+                        and all(s.full for s in col_spans))
         # the grid is the output itself: no gutter to drop
         self.exact = self.grid == (oh, ow)
         # Disjoint windows that all lie inside the input (no padding, no
@@ -124,7 +130,7 @@ class PoolingLayer(NeuronLayer):
         # is, so it is read in place instead of copied, and the gradient is
         # written straight into the input-shaped array.
         self.direct = self.exact and all(
-            s[0] == 0 and s[1] - s[0] == size
+            s.lo == 0 and s.hi == size
             for spans, size in ((row_spans, rows), (col_spans, cols)) for s in spans)
         self.taps_w = [(j % sw, j // sw) for j in range(kw)]
         self.taps_h = [(i % sh, (i // sh) * cols) for i in range(kh)]
@@ -134,6 +140,7 @@ class PoolingLayer(NeuronLayer):
         self.block = max(1, min(n * c, POOL_BLOCK_FLOATS // self.plane))
         self.tail = (kw - 1) // sw + (kh - 1) // sh * cols
         self.argtype = np.int8
+        self._temps: dict[str, np.ndarray] = {}
 
     def _blocks(self):
         """(first plane, planes) of each block."""
@@ -150,55 +157,50 @@ class PoolingLayer(NeuronLayer):
     def _temp(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A work array of `shape`, carved from a flat one that only grows."""
         size = int(np.prod(shape))
-        temps = self.__dict__.setdefault("_temps", {})
-        a = temps.get(name)
+        a = self._temps.get(name)
         if a is None or a.size < size or a.dtype != dtype:
-            a = temps[name] = np.empty(size, dtype)
+            a = self._temps[name] = np.empty(size, dtype)
         return a[:size].reshape(shape)
 
-    def _phase_view(self, a: np.ndarray, phase: tuple) -> np.ndarray:
-        """The input-shaped [planes, H, W] array's positions that a phase plane holds."""
-        _, _, (r0, r1, y0, y1, _), (q0, q1, x0, x1, _) = phase
-        return a[:, y0:y1:self.stride[0], x0:x1:self.stride[1]]
+    def _phase_view(self, a: np.ndarray, rows: "_Span", cols: "_Span") -> np.ndarray:
+        """The positions of an input-shaped [planes, H, W] array that a phase plane holds."""
+        return a[:, rows.start:rows.stop:self.stride[0], cols.start:cols.stop:self.stride[1]]
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         n, c, h, w = self.dims
         _, _, oh, ow = self.shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
+        kw = self.kernel[1]
         rows, cols = self.grid
         size = n * c * self.plane
         x = self.src_data(srclayers).reshape(n * c, h, w)
-        is_max = self.method == MAX
-        # padding, gutter and tails are filled once, when the arrays are made
-        planes = (None if self.direct else
-                  self._work("planes", self.nphase, fill=-np.inf if is_max else 0.0))
-        mw = self._work("mw", self.nphase[:1]) if kw > 1 else None
         y = self.buf.get("y", self.shape)
         y3 = y.reshape(n * c, oh, ow)
+        self.data = y
+        if self.direct:
+            self._direct_forward(x, y3)
+            return
+        is_max = self.method == MAX
+        # padding, gutter and tails are filled once, when the arrays are made
+        planes = self._work("planes", self.nphase, fill=-np.inf if is_max else 0.0)
+        mw = self._work("mw", self.nphase[:1]) if kw > 1 else None
         yg = y.reshape(-1) if self.exact else self._work("yg")
         if is_max:
             argw = self.buf.get("argw", (self.nphase[0], size), dtype=self.argtype)
             argh = self.buf.get("argh", (size,), dtype=self.argtype)
-        if self.direct:
-            self._direct_forward(x, y3)
-            self.data = y
-            return
         for p0, np_ in self._blocks():
             m = np_ * self.plane
             at = slice(p0 * self.plane, p0 * self.plane + m)
-            for ph in self.phases:
-                (r0, r1, *_), (q0, q1, *_) = ph[2], ph[3]
-                plane = planes[ph[0], ph[1], :m].reshape(np_, rows, cols)
-                plane[:, r0:r1, q0:q1] = self._phase_view(x[p0:p0 + np_], ph)
-            # width pass, per row phase
+            for a, b, rs, cs in self.phases:
+                plane = planes[a, b, :m].reshape(np_, rows, cols)
+                plane[:, rs.lo:rs.hi, cs.lo:cs.hi] = self._phase_view(x[p0:p0 + np_], rs, cs)
+            # width pass, all row phases at once
             rowmax = planes[:, 0] if kw == 1 else mw
             if kw > 1:
-                for a in range(self.nphase[0]):
-                    srcs = [planes[a, b, off:off + m] for b, off in self.taps_w]
-                    if is_max:
-                        self._max(srcs, mw[a, :m], argw[a, at])
-                    else:
-                        _sum(srcs, mw[a, :m])
+                srcs = [planes[:, b, off:off + m] for b, off in self.taps_w]
+                if is_max:
+                    self._max(srcs, mw[:, :m], argw[:, at])
+                else:
+                    _sum(srcs, mw[:, :m])
             # height pass
             out = yg[at] if self.exact else yg[:m]
             srcs = [rowmax[a, off:off + m] for a, off in self.taps_h]
@@ -215,7 +217,6 @@ class PoolingLayer(NeuronLayer):
                 np.copyto(y3[p0:p0 + np_], valid)
             else:
                 np.multiply(valid, self.inv_size, out=y3[p0:p0 + np_])
-        self.data = y
 
     def _max(self, srcs: list[np.ndarray], out: np.ndarray, arg: np.ndarray) -> None:
         """out = max of the taps; arg = index of the first maximum.
@@ -246,7 +247,7 @@ class PoolingLayer(NeuronLayer):
             return
         n, c, h, w = self.dims
         _, _, oh, ow = self.shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
+        kw = self.kernel[1]
         rows, cols = self.grid
         size = n * c * self.plane
         is_max = self.method == MAX
@@ -282,31 +283,31 @@ class PoolingLayer(NeuronLayer):
                     np.copyto(view, g3[p0:p0 + np_])
                 else:
                     np.multiply(g3[p0:p0 + np_], self.inv_size, out=view)
-            # adjoint of the height pass, then of the width pass
+            # adjoint of the height pass, then of the width pass (all row phases at once)
             dst = gplanes[:, 0] if kw == 1 else gmw
-            self._spread(gb, argh[at] if is_max else None, dst, self.taps_h, m)
+            self._spread(gb, argh[at] if is_max else None, list(dst), self.taps_h, m)
             if kw > 1:
-                for a in range(self.nphase[0]):
-                    self._spread(gmw[a, :m], argw[a, at] if is_max else None, gplanes[a],
-                                 self.taps_w, m)
+                self._spread(gmw[:, :m], argw[:, at] if is_max else None,
+                             [gplanes[:, b] for b in range(self.nphase[1])], self.taps_w, m)
             # back from the phases to the input
-            for ph in self.phases:
-                (r0, r1, *_), (q0, q1, *_) = ph[2], ph[3]
-                self._phase_view(gx[p0:p0 + np_], ph)[...] = \
-                    gplanes[ph[0], ph[1], :m].reshape(np_, rows, cols)[:, r0:r1, q0:q1]
+            for a, b, rs, cs in self.phases:
+                self._phase_view(gx[p0:p0 + np_], rs, cs)[...] = \
+                    gplanes[a, b, :m].reshape(np_, rows, cols)[:, rs.lo:rs.hi, cs.lo:cs.hi]
         src.set_grad(self, gx.reshape(self.src_shape))
 
-    def _spread(self, g: np.ndarray, arg: np.ndarray | None, dst: np.ndarray,
+    def _spread(self, g: np.ndarray, arg: np.ndarray | None, dsts: list[np.ndarray],
                 taps: list[tuple[int, int]], m: int) -> None:
-        """The adjoint of one pass: tap j = (phase, offset) hands g[:m] (MAX:
-        where arg == j) to dst[phase] at that offset. A phase's first tap has
-        offset 0 and writes it (zeroing the rest); later taps add."""
+        """The adjoint of one pass: tap j = (phase, offset) hands g (MAX: where
+        arg == j; the last axis holds the m positions) to dsts[phase] at that
+        offset of its last axis. A phase's first tap has offset 0 and writes it
+        (zeroing the rest); later taps add."""
         if arg is not None:
-            mask = self._temp("bmask", (m,), np.bool_)
-            tmp = self._temp("btmp", (m,), F32)
+            mask = self._temp("bmask", g.shape, np.bool_)
+            tmp = self._temp("btmp", g.shape, F32)
         seen: set[int] = set()
         for j, (phase, off) in enumerate(taps):
-            view = dst[phase, off:off + m]
+            dst = dsts[phase]
+            view = dst[..., off:off + m]
             if arg is not None:
                 np.equal(arg, j, out=mask)
             if phase not in seen:
@@ -315,7 +316,7 @@ class PoolingLayer(NeuronLayer):
                     np.multiply(g, mask, out=view)
                 else:
                     np.copyto(view, g)
-                dst[phase, off + m:].fill(0)
+                dst[..., off + m:].fill(0)
             elif arg is not None:
                 np.multiply(g, mask, out=tmp)
                 view += tmp
@@ -323,9 +324,15 @@ class PoolingLayer(NeuronLayer):
                 view += g
 
     # --- disjoint windows inside the input: separable passes on strided views
-    def _direct_blocks(self):
+    def _direct_step(self) -> int:
+        """Planes per block: a block has one work array (the width pass's
+        output, half an input block or less), so blocks can be larger."""
         n, c, h, w = self.dims
-        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        return max(1, 2 * POOL_BLOCK_FLOATS // (h * w))
+
+    def _direct_blocks(self):
+        n, c = self.dims[:2]
+        step = self._direct_step()
         for p0 in range(0, n * c, step):
             yield slice(p0, min(n * c, p0 + step))
 
@@ -336,7 +343,7 @@ class PoolingLayer(NeuronLayer):
         _, _, oh, ow = self.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
         is_max = self.method == MAX
-        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        step = self._direct_step()
         mw = self.buf.get("dmw", (step, h, ow))
         if is_max:
             argw = self.buf.get("dargw", (n * c, h, ow), dtype=self.argtype)
@@ -360,7 +367,7 @@ class PoolingLayer(NeuronLayer):
         _, _, oh, ow = self.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
         is_max = self.method == MAX
-        step = max(1, POOL_BLOCK_FLOATS // (h * w))
+        step = self._direct_step()
         gmw = self.buf.get("dgmw", (step, h, ow))
         rows_covered = kh == sh and h == sh * oh
         if not self.covered:
@@ -408,16 +415,24 @@ def _sum(srcs: list[np.ndarray], out: np.ndarray) -> None:
         out += v
 
 
-def _phase_span(phase: int, size: int, pad: int, stride: int,
-                planes: int) -> tuple[int, int, int, int, bool]:
-    """Along one axis, the plane positions [p0, p1) of a stride phase that hold
-    input (input positions start:stop:stride), and whether they reach the
-    phase's last input position."""
-    first = max(0, -((phase - pad) // stride))   # ceil((pad - phase) / stride)
-    end = -((phase - pad - size) // stride)        # ceil((size + pad - phase) / stride)
-    stop = max(first, min(planes, end))
-    start = phase + stride * first - pad
-    return first, stop, start, start + stride * (stop - first), stop == end or end <= first
+class _Span(NamedTuple):
+    """Along one axis, the plane positions [lo, hi) of a stride phase that hold
+    input, the input positions they hold (start:stop:stride), and whether
+    they reach the phase's last input position (`full`)."""
+    lo: int
+    hi: int
+    start: int
+    stop: int
+    full: bool
+
+
+def _phase_span(phase: int, size: int, pad: int, stride: int, planes: int) -> _Span:
+    """The span of `phase` (0 <= phase < stride) on a plane of `planes` positions."""
+    lo = max(0, -((phase - pad) // stride))   # ceil((pad - phase) / stride)
+    end = -((phase - pad - size) // stride)     # ceil((size + pad - phase) / stride)
+    hi = max(lo, min(planes, end))
+    start = phase + stride * lo - pad
+    return _Span(lo, hi, start, start + stride * (hi - lo), hi == end or end <= lo)
 
 
 @layer_registry.register(job_pb2.kCPooling)

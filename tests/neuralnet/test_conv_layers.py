@@ -1,6 +1,8 @@
 """Convolution and pooling: values against naive loop implementations written
 here (Caffe's definitions), tiny hand examples with padding, shapes, gradient
-checks and the errors bad configs raise."""
+checks and the errors bad configs raise. Every lowering of the convolution
+and every pooling path (polyphase, direct, one block or many) runs the same
+checks."""
 import math
 
 import numpy as np
@@ -9,9 +11,11 @@ import pytest
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet import layer_registry
-from runtime.neuralnet import conv_layer
+from runtime.neuralnet import conv_layer, pooling_layer
 from runtime.neuralnet.conv_layer import (
     CConvolutionLayer, ConvolutionLayer, col2im, im2col, transpose_into)
+from runtime.neuralnet.im2col import RowTaps
+from runtime.neuralnet.neuron_layer import Scratch
 from runtime.neuralnet.pooling_layer import CPoolingLayer, PoolingLayer
 from tests.neuralnet.harness import BACK, TRAIN, check_layer, make
 
@@ -72,10 +76,22 @@ def distinct(shape, seed=0):
     return (r.permutation(n).reshape(shape) * 0.1 - n * 0.05).astype(np.float32)
 
 
-@pytest.fixture(params=["batch outer", "batch inner"])
+@pytest.fixture(params=["full batch outer", "full batch inner", "row taps"])
 def layout(request, monkeypatch):
-    """Run a test with each im2col column order (normally picked by output width)."""
-    monkeypatch.setattr(conv_layer, "BATCH_INNER_BELOW", 0 if request.param == "batch outer" else 10**6)
+    """Run a test with each lowering: full im2col in each column order
+    (normally picked by output width) and row taps (normally picked by C*kw)."""
+    rows = request.param == "row taps"
+    monkeypatch.setattr(conv_layer, "ROW_TAPS_MIN_K", 0 if rows else 10**6)
+    monkeypatch.setattr(conv_layer, "BATCH_INNER_BELOW",
+                        0 if request.param == "full batch outer" else 10**6)
+    return request.param
+
+
+@pytest.fixture(params=["one block", "many blocks"])
+def blocks(request, monkeypatch):
+    """Run a pooling test with its planes in one block and in blocks of one plane."""
+    if request.param == "many blocks":
+        monkeypatch.setattr(pooling_layer, "POOL_BLOCK_FLOATS", 1)
     return request.param
 
 
@@ -133,7 +149,7 @@ def test_conv_3d_input_is_one_channel_and_without_bias(layout):
     assert srcs[0].grad.shape == (2, 5, 5)
 
 
-def test_conv_agg_grad_accumulates():
+def test_conv_agg_grad_accumulates(layout):
     layer, srcs = forward(CONV.format(t="kConvolution", f=2, geo="kernel: 2"),
                           rng.standard_normal((2, 1, 3, 3)))
     layer.grad = rng.standard_normal(layer.shape).astype(np.float32)
@@ -143,7 +159,7 @@ def test_conv_agg_grad_accumulates():
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-6)
 
 
-def test_conv_skips_gradient_of_input_layers():
+def test_conv_skips_gradient_of_input_layers(layout):
     layer, srcs = forward(CONV.format(t="kConvolution", f=2, geo="kernel: 2"),
                           rng.standard_normal((2, 1, 3, 3)))
     srcs[0].is_input = True
@@ -219,6 +235,61 @@ def test_layout_choice_by_output_width():
     assert conv_layer.batch_inner_layout(8) and not conv_layer.batch_inner_layout(24)
 
 
+def test_lowering_choice_by_input_channels():
+    # the first layer of LeNet and cifar10 (one channel): full im2col; the others: row taps
+    assert conv_layer.lowering_for(1, 5, 5) == "full"
+    assert conv_layer.lowering_for(20, 5, 5) == "rows"
+    assert conv_layer.lowering_for(32, 5, 5) == "rows"
+    assert conv_layer.lowering_for(64, 1, 1) == "full"  # one kernel row: nothing to shift
+
+
+def test_im2col_fills_a_given_buffer():
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    args = ((3, 2), (1, 0), (1, 1))
+    buf = np.full((3 * 3 * 2 + 1, 2 * 5 * 3), 7, np.float32)
+    im2col(x, *args, out=buf[:-1])
+    np.testing.assert_array_equal(buf[:-1], im2col(x, *args))
+    assert np.all(buf[-1] == 7)
+
+
+ROW_TAP_GEOMETRIES = [((3, 3), (1, 1), (1, 1)), ((5, 5), (2, 2), (1, 1)), ((3, 2), (2, 0), (2, 1)),
+                      ((4, 3), (1, 1), (3, 2)), ((2, 2), (0, 0), (1, 1))]
+
+
+@pytest.mark.parametrize("kernel, pad, stride", ROW_TAP_GEOMETRIES)
+def test_row_taps_windows_hold_the_im2col_rows(kernel, pad, stride):
+    """Kernel row i's window holds the im2col rows (c, i, j) (batch inner columns)."""
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    rows = RowTaps(x.shape, kernel, pad, stride, Scratch())
+    buf = rows.lower(x)
+    full = im2col(x, kernel, pad, stride, batch_inner=True)
+    kh, kw = kernel
+    full = full.reshape(3, kh, kw, -1)
+    for i in range(kh):
+        win = rows.window(buf, i)
+        np.testing.assert_array_equal(win.reshape(3, kw, -1), full[:, i])
+    assert np.all(rows.window(buf, 0, bias=True)[-1] == 1)  # the ones row for the bias
+    with pytest.raises(ValueError):
+        rows.window(buf, 1, bias=True)
+
+
+@pytest.mark.parametrize("kernel, pad, stride", ROW_TAP_GEOMETRIES)
+def test_row_taps_raise_is_the_adjoint_of_lower(kernel, pad, stride):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    rows = RowTaps(x.shape, kernel, pad, stride, Scratch())
+    buf = rows.lower(x)[:rows.k].copy()
+    g = rng.standard_normal(buf.shape).astype(np.float32)
+    # only the windows' entries are read: zero the rest of g, as the layer does
+    used = np.zeros(buf.shape, bool)
+    for i in range(kernel[0]):
+        rows.window(used, i)[...] = True
+    g[~used] = 0
+    gbuf = rows.grad_buffer()
+    np.copyto(gbuf, g)
+    back = rows.raise_(gbuf)
+    np.testing.assert_allclose(np.sum(buf * g), np.sum(x * back), rtol=1e-4)
+
+
 def test_transpose_into_blocks():
     for shape in [(3, 5000), (5000, 3), (64, 64), (1, 1)]:
         a = rng.standard_normal(shape).astype(np.float32)
@@ -232,7 +303,7 @@ X33 = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
 X44 = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
 
 
-def test_pooling_hand_example_with_padding():
+def test_pooling_hand_example_with_padding(blocks):
     # kernel 2, stride 2, pad 1 on 3x3: ceil((3+2-2)/2)+1 = 3, and the third
     # window would start at 4 >= H + pad = 4, so 2x2 windows {0}, {1,2} per axis
     proto = "type: kCPooling pooling_conf {{ pool: {m} kernel: 2 stride: 2 pad: 1 }}"
@@ -243,7 +314,7 @@ def test_pooling_hand_example_with_padding():
     np.testing.assert_allclose(av.data, [[[[1 / 4, 5 / 4], [11 / 4, 28 / 4]]]])
 
 
-def test_pooling_hand_example_overhanging_window():
+def test_pooling_hand_example_overhanging_window(blocks):
     # kernel 3, stride 2, pad 1 on 4x4: 3x3 outputs; the last window covers
     # row 3 and pad row 4 (row 5 is past H + pad and does not count)
     proto = "type: kPooling pooling_conf {{ pool: {m} kernel: 3 stride: 2 pad: 1 }}"
@@ -258,9 +329,10 @@ def test_pooling_hand_example_overhanging_window():
 
 @pytest.mark.parametrize("h, w, k, p, s", [(5, 5, 3, 1, 2), (6, 7, 3, 1, 2), (7, 7, 2, 0, 2),
                                            (6, 6, 3, 2, 1), (8, 5, 2, 1, 3), (4, 4, 3, 0, 1),
-                                           (24, 24, 2, 0, 2)])
+                                           (24, 24, 2, 0, 2), (8, 8, 2, 0, 3), (10, 7, 3, 0, 2),
+                                           (7, 9, 1, 0, 2)])
 @pytest.mark.parametrize("method", ["MAX", "AVG"])
-def test_pooling_matches_caffe_reference(h, w, k, p, s, method):
+def test_pooling_matches_caffe_reference(h, w, k, p, s, method, blocks):
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
     layer, _ = forward(f"type: kCPooling pooling_conf {{ pool: {method} kernel: {k} "
                        f"pad: {p} stride: {s} }}", x)
@@ -270,14 +342,16 @@ def test_pooling_matches_caffe_reference(h, w, k, p, s, method):
 
 
 @pytest.mark.parametrize("geo", ["kernel: 3 pad: 1 stride: 2", "kernel: 2 stride: 2",
-                                 "kernel: 3 stride: 1", "kernel_x: 2 kernel_y: 3 pad_y: 1 stride: 2"])
+                                 "kernel: 3 stride: 1",
+                                 "kernel_x: 2 kernel_y: 3 pad_y: 1 stride: 2",
+                                 "kernel: 2 stride_x: 4 stride_y: 3", "kernel: 3 stride: 2"])
 @pytest.mark.parametrize("method", ["MAX", "AVG"])
-def test_pooling_gradient(geo, method):
+def test_pooling_gradient(geo, method, blocks):
     check_layer(f"type: kPooling pooling_conf {{ pool: {method} {geo} }}",
                 [distinct((2, 2, 5, 6))])
 
 
-def test_max_pooling_routes_gradient_to_one_position_per_window():
+def test_max_pooling_routes_gradient_to_one_position_per_window(blocks):
     x = np.zeros((1, 1, 4, 4), np.float32)  # all ties: the first position wins
     layer, srcs = forward("type: kPooling pooling_conf { pool: MAX kernel: 2 stride: 2 }", x)
     layer.grad = np.array([[[[1, 2], [3, 4]]]], np.float32)
@@ -293,7 +367,36 @@ def test_max_pooling_routes_gradient_to_one_position_per_window():
     assert srcs[0].grad[0, 0, 1, 1] == 4 and srcs[0].grad.sum() == 4
 
 
-def test_avg_pooling_spreads_gradient():
+def naive_max_pool_grad(x, g, k, p, s):
+    """Each window's gradient to its first maximum in row-major order."""
+    n, c, h, w = x.shape
+    gx = np.zeros(x.shape)
+    for i in range(n):
+        for ch in range(c):
+            for a in range(g.shape[2]):
+                for b in range(g.shape[3]):
+                    hs, ws = a * s - p, b * s - p
+                    win = x[i, ch, max(hs, 0):min(hs + k, h), max(ws, 0):min(ws + k, w)]
+                    r, q = np.unravel_index(np.argmax(win), win.shape)  # the first maximum
+                    gx[i, ch, max(hs, 0) + r, max(ws, 0) + q] += g[i, ch, a, b]
+    return gx
+
+
+@pytest.mark.parametrize("h, w, k, p, s", [(9, 9, 3, 0, 2), (8, 7, 3, 1, 2), (6, 6, 3, 0, 1),
+                                           (8, 8, 2, 0, 2), (7, 8, 2, 1, 3)])
+def test_max_pooling_gradient_with_ties_matches_reference(h, w, k, p, s, blocks):
+    # few distinct values: many windows hold their maximum more than once
+    x = rng.integers(0, 3, (2, 3, h, w)).astype(np.float32)
+    layer, srcs = forward(f"type: kPooling pooling_conf {{ pool: MAX kernel: {k} pad: {p} "
+                          f"stride: {s} }}", x)
+    np.testing.assert_array_equal(layer.data, naive_pool(x, k, p, s, "MAX"))
+    layer.grad = rng.standard_normal(layer.shape).astype(np.float32)
+    layer.compute_gradient(BACK, srcs)
+    np.testing.assert_allclose(srcs[0].grad, naive_max_pool_grad(x, layer.grad, k, p, s),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_avg_pooling_spreads_gradient(blocks):
     layer, srcs = forward("type: kPooling pooling_conf { pool: AVG kernel: 2 stride: 2 pad: 1 }", X33)
     layer.grad = np.ones(layer.shape, np.float32)
     layer.compute_gradient(BACK, srcs)

@@ -5,7 +5,7 @@ import pytest
 
 from conf import job_pb2
 from runtime.errors import LayerError
-from runtime.neuralnet import layer_registry
+from runtime.neuralnet import layer_registry, norm_layer
 from runtime.neuralnet.norm_layer import BN_EPSILON, BN_MOMENTUM, BatchNormLayer, LRNLayer
 from tests.neuralnet.harness import BACK, TRAIN, check_layer, make
 
@@ -33,13 +33,22 @@ def lrn_direct(x, size, alpha, beta, knorm):
     return y
 
 
+@pytest.fixture(params=["one block", "many blocks"])
+def blocks(request, monkeypatch):
+    """Run an LRN test with the batch in one block and in blocks of one instance."""
+    if request.param == "many blocks":
+        monkeypatch.setattr(norm_layer, "LRN_BLOCK_FLOATS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("conf, args", [
     ("local_size: 3 alpha: 0.5 beta: 0.75 knorm: 2", (3, 0.5, 0.75, 2.0)),
     ("local_size: 5 alpha: 0.0001 beta: 0.75", (5, 1e-4, 0.75, 1.0)),
     ("local_size: 1 alpha: 1 beta: 0.5 knorm: 1", (1, 1.0, 0.5, 1.0)),
+    ("local_size: 9 alpha: 0.5 beta: 0.75 knorm: 2", (9, 0.5, 0.75, 2.0)),  # wider than C
 ])
-def test_lrn_matches_direct_formula(conf, args):
-    x = rng.standard_normal((2, 7, 3, 2)).astype(np.float32) * 2
+def test_lrn_matches_direct_formula(conf, args, blocks):
+    x = rng.standard_normal((3, 7, 3, 2)).astype(np.float32) * 2
     layer, _ = forward(f"type: kLRN lrn_conf {{ {conf} }}", x)
     assert layer.shape == x.shape
     np.testing.assert_allclose(layer.data, lrn_direct(x, *args), rtol=1e-5, atol=1e-6)
@@ -52,8 +61,9 @@ def test_lrn_defaults():
 
 
 @pytest.mark.parametrize("conf", ["local_size: 3 alpha: 0.5 beta: 0.75 knorm: 2",
-                                  "local_size: 5 alpha: 1 beta: 0.75"])
-def test_lrn_gradient(conf):
+                                  "local_size: 5 alpha: 1 beta: 0.75",
+                                  "local_size: 7 alpha: 1 beta: 0.75"])
+def test_lrn_gradient(conf, blocks):
     check_layer(f"type: kLRN lrn_conf {{ {conf} }}", [rng.standard_normal((2, 6, 2, 3))],
                 shape=(2, 6, 2, 3), nparams=0)
 
