@@ -118,11 +118,17 @@ class Stub:
 
     def link(self) -> None:
         """Make the local replicas of each param share the values of the
-        lowest worker id's (as SINGA's partitions share partition 0's)."""
-        for entry in self.entries.values():
+        lowest worker id's (as SINGA's partitions share partition 0's); with
+        `share_memory` the worker groups of this process share one copy too
+        (in-memory Hogwild: every group's fresh values land in it)."""
+        first: dict[int, ParamEntry] = {}
+        for (grp, pid), entry in sorted(self.entries.items()):
             order = sorted(range(len(entry.shares)), key=entry.wids.__getitem__)
             entry.shares = [entry.shares[i] for i in order]
             entry.wids = [entry.wids[i] for i in order]
+            if self.cluster.share_memory:
+                head = first.setdefault(pid, entry)
+                entry.shares[0].data = head.owner.data
             for q in entry.shares[1:]:
                 q.data = entry.owner.data
 
