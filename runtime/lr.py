@@ -85,21 +85,10 @@ def builtin_names() -> list[str]:
 
 def create_lr(proto: job_pb2.LRGenProto) -> LRGen:
     """The generator `proto` names; a missing or bad field raises UserError naming it."""
-    if proto.user_type:
-        if proto.user_type not in lr_registry:
-            users = [k for k in lr_registry.known() if k not in builtin_names()]
-            raise UserError(
-                f"learning_rate {{ user_type: {proto.user_type!r} }}: no learning-rate "
-                f"generator is registered under that name; registered user generators: "
-                f"{', '.join(users) or 'none'}; built-in types: {', '.join(builtin_names())}")
-        return lr_registry.get(proto.user_type)(proto)
-    if proto.type == job_pb2.kUserChange:
-        raise UserError(
-            "learning_rate { type } is kUserChange (the default), which needs user_type to "
-            "name a generator registered with @register_lr; set type to one of "
-            f"{', '.join(builtin_names())} "
-            "(e.g. learning_rate { type: kFixed base_lr: 0.01 })")
-    return lr_registry.get(proto.type)(proto)
+    return lr_registry.create(
+        proto, block="learning_rate", noun="learning-rate generator",
+        default_type=job_pb2.kUserChange, decorator="register_lr", builtins=builtin_names(),
+        example="learning_rate { type: kFixed base_lr: 0.01 }")
 
 
 def _need(proto: job_pb2.LRGenProto, conf: str, *fields: str) -> None:

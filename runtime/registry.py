@@ -78,6 +78,32 @@ class Registry:
                 f"unknown {self.what} {self.key_name(key)!r}; known: "
                 + ", ".join(self.known())) from None
 
+    def create(self, proto: Any, *, block: str, noun: str, default_type: int,
+               decorator: str, builtins: list[str], example: str) -> Any:
+        """Instantiate the class that a config block's (type, user_type) names.
+
+        `proto` has `type` and `user_type`; `block` is how the job.conf spells
+        the block ("updater", "learning_rate"), `noun` what it configures.
+        An unregistered user_type, or `type` left at the enum's user default
+        (`default_type`) with no user_type, raises a UserError that lists the
+        registered user classes and the built-in choices.
+        """
+        if proto.user_type:
+            if proto.user_type not in self:
+                users = [k for k in self.known() if k not in builtins]
+                raise UserError(
+                    f"{block} {{ user_type: {proto.user_type!r} }}: no {noun} is registered "
+                    f"under that name; registered user {noun}s: {', '.join(users) or 'none'}; "
+                    f"built-in types: {', '.join(builtins)}")
+            return self.get(proto.user_type)(proto)
+        if proto.type == default_type:
+            article = "an" if noun[0] in "aeiou" else "a"
+            raise UserError(
+                f"{block} {{ type }} is {self.key_name(default_type)} (the default), which "
+                f"needs user_type to name {article} {noun} registered with @{decorator}; set type to "
+                f"one of {', '.join(builtins)} (e.g. {example})")
+        return self.get(proto.type)(proto)
+
     def lookup(self, enum_value: int, user_type: str = "") -> Any:
         """The class for a proto's (type, user_type) pair: user_type wins when set."""
         return self.get(user_type if user_type else enum_value)

@@ -320,22 +320,11 @@ def builtin_names() -> list[str]:
 
 def create_updater(proto: job_pb2.UpdaterProto) -> Updater:
     """The updater `proto` names; a missing or bad field raises UserError naming it."""
-    if proto.user_type:
-        if proto.user_type not in updater_registry:
-            users = [k for k in updater_registry.known() if k not in builtin_names()]
-            raise UserError(
-                f"updater {{ user_type: {proto.user_type!r} }}: no updater is registered "
-                f"under that name; registered user updaters: {', '.join(users) or 'none'}; "
-                f"built-in types: {', '.join(builtin_names())}")
-        return updater_registry.get(proto.user_type)(proto)
-    if proto.type == job_pb2.kUserUpdater:
-        raise UserError(
-            "updater { type } is kUserUpdater (the default), which needs user_type to name "
-            "an updater registered with @register_updater; set type to one of "
-            f"{', '.join(builtin_names())} "
-            "(e.g. updater { type: kSGD momentum: 0.9 learning_rate { type: kFixed "
-            "base_lr: 0.01 } })")
-    return updater_registry.get(proto.type)(proto)
+    return updater_registry.create(
+        proto, block="updater", noun="updater", default_type=job_pb2.kUserUpdater,
+        decorator="register_updater", builtins=builtin_names(),
+        example="updater { type: kSGD momentum: 0.9 learning_rate { type: kFixed "
+                "base_lr: 0.01 } }")
 
 
 def _unit_interval(name: str, value: float, closed: bool = False) -> float:
