@@ -112,15 +112,6 @@ class KVFileStore(Store):
         f.write(value)
         self._offset += 16 + len(key) + len(value)
 
-    def flush(self) -> None:
-        if self.mode != "r" and not self._f.closed:
-            self._f.flush()
-
-    def close(self) -> None:
-        f = getattr(self, "_f", None)
-        if f is not None and not f.closed:
-            f.close()
-
     def _end_of_complete_records(self) -> int:
         """Byte offset just past the last complete record (seeks over values)."""
         f = self._f

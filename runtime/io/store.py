@@ -63,11 +63,15 @@ class Store:
     def write(self, key: bytes, value: bytes) -> None:
         raise NotImplementedError
 
+    # Backends keep their open file in `_f`; flushing and closing it is the same for all.
     def flush(self) -> None:
-        raise NotImplementedError
+        if self.mode != "r" and not self._f.closed:
+            self._f.flush()
 
     def close(self) -> None:
-        raise NotImplementedError
+        f = getattr(self, "_f", None)
+        if f is not None and not f.closed:
+            f.close()
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         """The records from the current position to the end of the file."""

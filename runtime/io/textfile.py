@@ -70,12 +70,3 @@ class TextFileStore(Store):
         self._f.write(value)
         self._f.write(b"\n")
         self._line += 1
-
-    def flush(self) -> None:
-        if self.mode != "r" and not self._f.closed:
-            self._f.flush()
-
-    def close(self) -> None:
-        f = getattr(self, "_f", None)
-        if f is not None and not f.closed:
-            f.close()
