@@ -277,7 +277,7 @@ class Stub:
 
     def _response(self, msg: Msg) -> None:
         entry = self.entries[(msg.dst.grp, msg.param)]
-        info = next(i for i in self._slices(entry) if i.id == msg.slice)
+        info = self.plan.slices[msg.slice]  # indexed by global slice id
         entry.owner.data.reshape(-1)[self._range(entry, info)] = msg.array(0)
         with entry.cond:
             entry.slices_received += 1
