@@ -35,6 +35,7 @@ class Locator:
 
     def __init__(self, text: str, descriptor: _descriptor.Descriptor, path: str = "<text>"):
         self.path = path
+        self.text = text
         self.positions: dict[str, tuple[int, int]] = {}
         try:
             tok = text_format.Tokenizer(text.split("\n"))

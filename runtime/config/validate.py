@@ -134,6 +134,9 @@ def _did_you_mean(word: str, choices) -> str:
     return ("; did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
 
 
+# the comment by which a conf says its learning rate is scaled for G groups
+_LR_SCALED = re.compile(r"#\s*singa:\s*lr scaled for (\d+) groups?", re.I)
+
 _POS = re.compile(r":(\d+):(\d+)$")
 
 
@@ -489,6 +492,31 @@ class _Checker:
         for f, msg in c.problems():
             self.add(self.where(self.first_written("cluster", f), self.path + " (cluster)"),
                      f"cluster: {msg}")
+        self.async_learning_rate(c)
+
+    def async_learning_rate(self, c: Cluster) -> None:
+        """Worker groups update the params asynchronously, each at the full
+        rate, so G groups take G times the steps of one (peers.md 3.9: async
+        runs that keep the single-worker rate stall or diverge). The conf
+        cannot show which rate was the single-worker one, so the user states
+        the scaling in a comment that names the group count; the warning
+        comes back when the group count changes."""
+        groups = c.nworker_groups
+        lr = self.job.updater.learning_rate
+        if groups < 2 or not self.job.updater.HasField("learning_rate"):
+            return
+        text = self.loc.text if self.loc is not None else ""
+        said = [int(n) for n in _LR_SCALED.findall(text)]
+        if groups in said:
+            return
+        stated = f" (the comment says {said[0]})" if said else ""
+        self.add(self.where(self.first_written("updater.learning_rate", "base_lr"),
+                            self.path + " (updater)"),
+                 f"updater: {groups} worker groups update the params asynchronously, each at "
+                 f"base_lr {lr.base_lr:g} as a single worker would; async SGD usually needs the "
+                 f"rate divided by the number of groups ({lr.base_lr / groups:g}) or it may stall "
+                 f"or diverge. If {lr.base_lr:g} is already scaled, say so in the conf with the "
+                 f"comment '# singa: lr scaled for {groups} groups'{stated}", "warning")
 
     # -------------------------------------------------------------- phases ---
     def phases_used(self) -> tuple[list[int], list[int]]:

@@ -277,3 +277,27 @@ def test_validate_works_without_a_locator():
     (p,) = [p for p in probs if p.severity == "error"]
     assert p.where == "layer 'x'" and "unknown srclayer 'nope'" in p.message
     assert check(job).nets == {}
+
+
+@pytest.mark.parametrize("comment, warned", [
+    ("", True),
+    ("  # singa: lr scaled for 2 groups", False),
+    ("  # singa: lr scaled for 4 groups", True),   # stale: the group count changed
+])
+def test_async_conf_with_single_worker_rate_is_warned(tmp_path, comment, warned):
+    body = (HEAD.replace("base_lr: 0.1 }", f"base_lr: 0.1{comment}\n}}")
+            + "neuralnet {\n" + DATA + "}\ncluster { nworker_groups: 2 }\n")
+    job = load_job(write(tmp_path, body))
+    msgs = [str(w) for w in job.warnings if "asynchronously" in str(w)]
+    assert bool(msgs) == warned
+    if warned:
+        assert at(body, "base_lr") in msgs[0]
+        assert "divided by the number of groups (0.05)" in msgs[0]
+        assert "'# singa: lr scaled for 2 groups'" in msgs[0]
+    if "4 groups" in comment:
+        assert "(the comment says 4)" in msgs[0]
+
+
+def test_sync_conf_is_not_warned_about_its_rate(tmp_path):
+    body = HEAD + "neuralnet {\n" + DATA + "}\ncluster { nworkers_per_group: 2 }\n"
+    assert not [w for w in load_job(write(tmp_path, body)).warnings if "asynchronously" in str(w)]
