@@ -1,15 +1,26 @@
-"""One process of a distributed job (SINGA's `singa` process): a stub in
-the main thread, plus the worker and server threads that the cluster plan
-puts in this process.
+"""One process of a job (SINGA's `singa` process), started by the job master.
 
-    python -m runtime.node JOB.bin PROCS MASTER_ENDPOINT [--module M ...]
+    python -m runtime.node --job-id N --procs P --master ENDPOINT --log PATH
+                           [--resume] [--test] [--module M ...]
 
-`JOB.bin` is the validated JobProto (binary protobuf, absolute paths).
-Start-up: bind the stub where the OS picks (ipc:// for one host), send the
-endpoint to the job master (kConnect), receive the address book of every
-process (the start barrier), start the servers, then the workers. When all
-local workers have finished the process tells the master (kStop); when the
-master says stop, the servers stop and the process exits 0.
+The job (binary JobProto, absolute paths) and, across hosts, the job's CURVE
+keys come on stdin (`runtime.jobs.launcher.handoff`), never on the command
+line. Under srun or mpirun, `--procs` is left out and the rank comes from the
+environment (`runtime.jobs.envrank`); the job is then read from `--job-file`.
+
+The process leads its own session (the master signals its group), writes
+its stdout and stderr to its log, and talks to the master through a
+`MasterLink` (kConnect, heartbeats, metrics, kStop).
+
+- A job of one process, one worker and one server runs SINGA's Driver here
+  (`run_single`): the fast single-process path, no stub.
+- Otherwise a `Node`: the stub in the main thread plus the worker and server
+  threads that the cluster plan puts in this process. Start-up: bind the
+  stub where the OS picks (ipc:// on one host, tcp:// across hosts), send the
+  endpoint to the master, receive the address book of every process (the
+  start barrier), start the servers, then the workers. When all local
+  workers have finished the process tells the master (kStop); when the
+  master says stop, the servers stop and the process exits 0.
 """
 from __future__ import annotations
 
@@ -27,7 +38,8 @@ import zmq
 from conf import common_pb2 as C, job_pb2
 from runtime.cluster import Cluster
 from runtime.comm import socket as S
-from runtime.comm.msg import Addr, Msg
+from runtime.comm.heartbeat import MasterLink
+from runtime.comm.msg import Msg
 from runtime.errors import UserError
 from runtime.neuralnet.net import NeuralNet
 from runtime.param_slice import SlicePlan
@@ -59,30 +71,29 @@ def partition_job(job: job_pb2.JobProto, cluster: Cluster, wid: int) -> job_pb2.
 
 
 class Node:
-    def __init__(self, job: job_pb2.JobProto, procs: int, master: str, transport: str = "ipc"):
+    def __init__(self, job: job_pb2.JobProto, procs: int, link: MasterLink, ctl: zmq.Socket,
+                 transport: str = "ipc", host: str = "127.0.0.1", keys=None):
         self.job = job
         self.procs = procs
         self.cluster = Cluster.from_proto(job.cluster)
-        self.ctx = zmq.Context()
-        self.stub = Stub(self.ctx, self.cluster, procs, transport)
-        self.master = S.dealer(self.ctx, identity(Addr.stub(procs)))
-        self.master.connect(master)
+        self.ctx = link.ctx
+        self.stub = Stub(self.ctx, self.cluster, procs, transport, host, keys=keys)
+        self.link = link
+        self.ctl = ctl
         net = NeuralNet.create(job.neuralnet, job_pb2.kTrain, allocate=False)
         owned = [p for p in net.params if p.owner is None]
         self.plan = SlicePlan([(p.name, p.size) for p in owned], self.cluster)
         self.stub.plan = self.plan
         self.errors: list[BaseException] = []
+        self.workers: list = []
         self._linked = threading.Event()
 
     def rendezvous(self) -> None:
-        me = Addr.stub(self.procs)
-        S.send(self.master, Msg(me, Addr.stub(-1), C.kConnect).add_bytes(self.stub.endpoint.encode()))
-        while True:
-            got = S.recv(self.master)
-            if got is not None and got[1].type == C.kConnect:
-                book = json.loads(got[1].bytes(0))
-                self.stub.peers = {int(k): v for k, v in book.items()}
-                return
+        self.stub.peers = self.link.connect(process_info(self.procs, self.stub.endpoint))
+        self.link.start()
+
+    def step(self) -> int:
+        return max((w.step for w in self.workers), default=0)
 
     def run(self) -> int:
         self.rendezvous()
@@ -111,7 +122,7 @@ class Node:
             self.stub.link()
             self._linked.set()
         self.stub.on_workers_done = self._workers_done
-        self.stub.watch.append((self.master, self._from_master))
+        self.stub.watch.append((self.ctl, self._from_master))
         if not local:
             self._workers_done()
         self.stub.run()
@@ -141,6 +152,9 @@ class Node:
             channel = self.stub.channel(g, w)
             quiet = (lambda line: None) if (g, w) != (0, 0) else log_to_stdout
             worker = create_worker(job, channel, g, w, log=quiet)
+            if (g, w) == (0, 0):
+                worker.on_report = self.link.metric
+            self.workers.append(worker)
             worker.setup()
             owned = worker.owned_params()
             channel.bind_params(owned)
@@ -161,7 +175,7 @@ class Node:
             channel.stop()
 
     def _workers_done(self) -> None:
-        S.send(self.master, Msg(Addr.stub(self.procs), Addr.stub(-1), C.kStop))
+        self.link.done()
 
     def _from_master(self, msg: Msg) -> None:
         # the master's kStop ends this process: stop the servers, then the stub
@@ -169,29 +183,142 @@ class Node:
             self.stub.stop()
 
 
+def process_info(procs: int, endpoint: str) -> dict:
+    """What this process tells the master of itself in its kConnect."""
+    import socket as pysocket
+
+    import psutil
+
+    return {"procs": procs, "endpoint": endpoint, "pid": os.getpid(), "pgid": os.getpgid(0),
+            "start_time": psutil.Process().create_time(), "host": pysocket.gethostname()}
+
+
+def _own_session() -> None:
+    # The master signals this process's group; over ssh the process already
+    # leads its session (EPERM), under srun/mpirun it may not.
+    try:
+        os.setsid()
+    except OSError:
+        pass
+
+
+def _redirect_output(path: str) -> None:
+    """This process's stdout and stderr go to its log file (0600)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume: bool, test: bool) -> int:
+    """A job of one process with one worker and one server: SINGA's Driver in
+    this process (no stub, no sockets but the link to the master)."""
+    from runtime import driver
+    from runtime.worker import Worker
+
+    link.connect(process_info(0, ""))
+    current: list[Worker] = []
+    link.step = lambda: current[0].step if current else 0
+    link.start()
+    hook = Worker.__init__
+
+    def track(self, *a, **kw):  # the driver builds the worker; the link watches it
+        hook(self, *a, **kw)
+        self.on_report = link.metric
+        current.append(self)
+
+    Worker.__init__ = track
+    try:
+        if test:
+            if resume:
+                driver.setup_resume(job)
+            driver.test(job, log=log_to_stdout)
+        else:
+            driver.train(job, resume=resume, log=log_to_stdout)
+    finally:
+        Worker.__init__ = hook
+    link.done()
+    S.recv(ctl)  # the master's kStop: every process is done
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.node")
-    ap.add_argument("job")
-    ap.add_argument("procs", type=int)
-    ap.add_argument("master")
-    ap.add_argument("--transport", default="ipc", choices=["ipc", "tcp"])
+    ap.add_argument("--job-id", type=int, default=0)
+    ap.add_argument("--procs", type=int, default=None,
+                    help="this process's id; without it, the rank that srun or mpirun set")
+    ap.add_argument("--master", required=True)
+    ap.add_argument("--log", default=None, help="the log file this process writes")
+    ap.add_argument("--job-file", default=None,
+                    help="read the job (and keys, JOB_FILE.keys) from files, not stdin")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--test", action="store_true")
     ap.add_argument("--module", action="append", default=[])
     args = ap.parse_args(argv)
+    os.umask(0o077)
+    _own_session()
+    from runtime.jobs.launcher import read_handoff
+
+    if args.job_file:
+        job_bytes = open(args.job_file, "rb").read()
+        keys_path = args.job_file + ".keys"
+        keys = json.load(open(keys_path)) if os.path.exists(keys_path) else None
+    else:
+        job_bytes, keys = read_handoff(sys.stdin.buffer)
+    procs = args.procs
+    if procs is None:
+        from runtime.jobs.envrank import rank_from_env
+
+        found = rank_from_env()
+        if found is None:
+            print("singa: runtime.node: no --procs and no rank from srun or mpirun in the "
+                  "environment (SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK)", file=sys.stderr)
+            return 2
+        procs = found[0]
+    if args.log:
+        _redirect_output(args.log.replace("%t", str(procs)))
     level = logging.INFO if os.environ.get("SINGA_DEBUG") else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format=f"%(asctime)s procs{args.procs} %(name)s %(levelname)s %(message)s")
-    from runtime import plugins
-
+                        format=f"%(asctime)s procs{procs} %(name)s %(levelname)s %(message)s")
     # `kill -USR1 <pid>` prints every thread's stack: what a hung process waits on
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    from runtime import plugins
 
+    ctx = zmq.Context()
     try:
         plugins.load(args.module)
-        with open(args.job, "rb") as f:
-            job = job_pb2.JobProto.FromString(f.read())
-        return Node(job, args.procs, args.master, args.transport).run()
+        job = job_pb2.JobProto.FromString(job_bytes)
+        if keys is not None:
+            from runtime.comm.security import Guard, JobKeys
+
+            keys = JobKeys.from_dict(keys)
+            guard = Guard(ctx, keys)  # noqa: F841 - lives as long as the process
+        transport = "tcp" if args.master.startswith("tcp://") else "ipc"
+        host = "127.0.0.1"
+        if transport == "tcp":
+            from runtime.jobs.hostfile import advertise_address
+
+            host = advertise_address(peer=args.master[len("tcp://"):].rsplit(":", 1)[0].strip("[]"))
+        ctl = ctx.socket(zmq.PULL)
+        ctl_endpoint = f"inproc://ctl-{os.getpid()}"
+        ctl.bind(ctl_endpoint)
+        link = MasterLink(ctx, procs, args.master, keys=keys, ctl_endpoint=ctl_endpoint)
+        cluster = Cluster.from_proto(job.cluster)
+        single = args.test or (cluster.nprocs == 1 and cluster.nworkers == 1 and cluster.nservers == 1)
+        if single:
+            return run_single(job, link, ctl, args.resume, args.test)
+        if args.resume:
+            from runtime import driver
+
+            driver.setup_resume(job)
+        node = Node(job, procs, link, ctl, transport, host, keys)
+        link.step = node.step
+        return node.run()
     except UserError as e:
-        print(f"singa: procs {args.procs}: {e}", file=sys.stderr, flush=True)
+        print(f"singa: procs {procs}: {e}", file=sys.stderr, flush=True)
         return 2
 
 

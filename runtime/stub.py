@@ -8,20 +8,27 @@ stubs connect to its ROUTER over `ipc://` (same host) or `tcp://`.
 What the stub does with a message (by its destination):
 - for a server of this process: hand it to that server's socket;
 - for an entity of another process: forward it to that process's stub;
-- parameter traffic of local workers (kPut, kGet, kUpdate) is SINGA's
-  aggregation: the grads of the local replicas of a param of one worker
-  group are summed, then sliced (`SlicePlan`) and sent to the servers of the
-  group's server group with `num_update` = the number of local replicas;
-- server replies (kRGet, kRUpdate) carry fresh slice values: the stub copies
-  them into the local replicas' shared memory and, once every slice of the
-  param has arrived, sets the param's version, which releases `collect`.
+  both without building a `Msg`: the header is checked and read for its
+  destination, and the frames go on as they came (no copy, no re-framing);
+- for this stub: the parameter traffic of local workers (kPut, kGet) and
+  the servers' replies (kRGet, kRUpdate), which carry fresh slice values:
+  the stub copies them into the local replicas' shared memory and, once
+  every slice of the param has arrived, sets the param's version, which
+  releases `collect`.
+
+Updates (SINGA's aggregation) are formed by the workers' channels, in the
+thread of the last local replica of a param of one worker group to report:
+the grads of the local replicas are summed, sliced (`SlicePlan`) and sent,
+addressed to the servers of the group's server group with `num_update` = the
+number of local replicas, through the stub, which only routes them. So the
+stub's thread does no arithmetic on the critical path of a step.
 
 Concurrency contract: the stub loop is the only thread that reads the
 sockets and writes param values after training starts. A worker thread
-calls `StubChannel.update` (a message to the stub) after computing a
-param's gradient and must not touch that param again until `collect`
-returns for it; `collect` waits on the entry's condition. `ParamEntry`
-fields are guarded by that condition.
+calls `StubChannel.update` after computing a param's gradient and must not
+touch that param (or its grad) again until `collect` returns for it;
+`collect` waits on the entry's condition. `ParamEntry` fields are guarded by
+that condition.
 """
 from __future__ import annotations
 
@@ -35,13 +42,16 @@ import zmq
 from conf import common_pb2 as C
 from runtime.cluster import Cluster
 from runtime.comm import socket as S
-from runtime.comm.msg import Addr, Msg
+from runtime.comm.msg import Addr, Msg, MsgError, parse_header
 from runtime.param import Param
-from runtime.param_slice import SlicePlan
+from runtime.param_slice import SliceInfo, SlicePlan
 from runtime.server import PUT_META, UPDATE_META
 
 log = logging.getLogger(__name__)
 
+# Bound of the route cache: addresses come from the wire, and a foreign peer
+# must not grow it without limit.
+_ROUTES_MAX = 4096
 
 
 def identity(addr: Addr) -> bytes:
@@ -64,6 +74,8 @@ class ParamEntry:
     next_get: int = -1            # the highest version already asked for (dedupe)
     wids: list[int] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    # (slice, its server) of each slice of the param, once known
+    targets: list[tuple[SliceInfo, Addr]] | None = None
 
     @property
     def num_local(self) -> int:
@@ -78,17 +90,19 @@ class Stub:
     """The stub of process `procs`: routing and aggregation (see the module doc)."""
 
     def __init__(self, ctx: zmq.Context, cluster: Cluster, procs: int,
-                 transport: str = "ipc", host: str = "127.0.0.1"):
+                 transport: str = "ipc", host: str = "127.0.0.1", keys=None):
         self.ctx = ctx
+        self.keys = keys  # the job's JobKeys across hosts (CURVE), None on one host
         self.cluster = cluster
         self.procs = procs
         self.addr = Addr.stub(procs)
-        self.router = S.router(ctx)
+        self.router = S.router(ctx, keys)
         self.inproc = S.bind(self.router, "inproc", name=f"stub{procs}")
         self.endpoint = S.bind(self.router, transport, host=host, name=f"stub{procs}")
         self.peers: dict[int, str] = {}            # procs -> endpoint (the address book)
         self._dealers: dict[int, zmq.Socket] = {}  # lazily connected to other stubs
         self.entries: dict[tuple[int, int], ParamEntry] = {}
+        self._routes: dict[tuple[int, int, int], tuple[zmq.Socket | None, bytes | None]] = {}
         self._reg_lock = threading.Lock()
         self.plan: SlicePlan | None = None
         self.local_workers = list(cluster.workers_of_procs(procs))
@@ -146,20 +160,44 @@ class Stub:
     def _remote(self, procs: int) -> zmq.Socket:
         d = self._dealers.get(procs)
         if d is None:
-            d = S.dealer(self.ctx, identity(self.addr))
-            d.connect(self.peers[procs])
-            self._dealers[procs] = d
+            d = self._dealers[procs] = self.dealer_to(procs, identity(self.addr))
         return d
+
+    def dealer_to(self, procs: int, ident: bytes) -> zmq.Socket:
+        """A new DEALER connected to the stub of process `procs`, with
+        `ident` as its identity (unique among that stub's peers), for the
+        calling thread only: the stub's own, and each worker channel's for
+        its updates."""
+        d = S.dealer(self.ctx, ident, self.keys)
+        d.connect(self.peers[procs])
+        return d
+
+    def _route(self, grp: int, id: int, kind: int) -> tuple[zmq.Socket | None, bytes | None]:
+        """Where a message to (grp, id, kind) goes: (socket, ROUTER identity
+        or None); (None, None) for this stub or a local worker. Raises
+        ValueError/KeyError for an address of no process of the job."""
+        key = (grp, id, kind)
+        route = self._routes.get(key)
+        if route is None:
+            dst = Addr(grp, id, kind)
+            p = self.procs_of(dst)
+            if p != self.procs:
+                route = (self._remote(p), None)
+            elif kind == C.kServer:
+                route = (self.router, identity(dst))
+            else:
+                route = (None, None)
+            if len(self._routes) < _ROUTES_MAX:
+                self._routes[key] = route
+        return route
 
     def send(self, msg: Msg) -> None:
         """Deliver `msg` by its destination."""
-        p = self.procs_of(msg.dst)
-        if p != self.procs:
-            S.send(self._remote(p), msg)
-        elif msg.dst.kind == C.kServer:
-            S.send(self.router, msg, to=identity(msg.dst))
-        else:
+        sock, ident = self._route(msg.dst.grp, msg.dst.id, msg.dst.kind)
+        if sock is None:
             self.handle(msg)
+        else:
+            S.send(sock, msg, to=ident)
 
     # ------------------------------------------------------------- loop ---
     def run(self) -> None:
@@ -167,13 +205,24 @@ class Stub:
         self.running = True
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        handlers = {self.router: self.send}
+        handlers = {}
         for sock, handler in self.watch:
             poller.register(sock, zmq.POLLIN)
             handlers[sock] = handler
+        router = self.router
         while self.running:
             for sock, _ in poller.poll(self.cluster.poll_time):
-                got = S.recv(sock, router=sock is self.router)
+                if sock is router:
+                    # what has queued up meanwhile, without a poll per message
+                    for _ in range(64):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._from_router(frames)
+                        del frames  # hold no reply's buffer while waiting
+                    continue
+                got = S.recv(sock)
                 if got is None:
                     continue
                 msg = got[1]
@@ -181,6 +230,28 @@ class Stub:
                     handlers[sock](msg)
                 except Exception:  # one bad message must not end the process
                     log.exception("stub %d: cannot handle %r", self.procs, msg)
+
+    def _from_router(self, frames: list) -> None:
+        """One frame list from the ROUTER: forward it as it is, or handle it here."""
+        if len(frames) < 2:
+            log.warning("dropped a frame list of length %d from a peer", len(frames))
+            return
+        try:
+            head = parse_header(frames[1])
+        except MsgError as e:
+            log.warning("dropped a message that is not ours from %r: %s", frames[0].bytes, e)
+            return
+        try:
+            sock, ident = self._route(head[4], head[5], head[6])
+            if sock is None:
+                self.handle(Msg.from_frames(frames[1:]))
+            elif ident is None:
+                sock.send_multipart(frames[1:], copy=False)
+            else:
+                frames[0] = ident
+                sock.send_multipart(frames, copy=False)
+        except Exception:  # one bad message must not end the process
+            log.exception("stub %d: cannot handle %r", self.procs, _describe(frames[1:]))
 
     def stop(self) -> None:
         """Stop the local servers, then this loop once they have acknowledged."""
@@ -200,9 +271,9 @@ class Stub:
         """A message for this stub or a local worker."""
         t = msg.type
         if msg.src.kind == C.kWorkerParam and self.procs_of(msg.src) == self.procs and t in (
-                C.kPut, C.kGet, C.kUpdate):
+                C.kPut, C.kGet):
             entry = self.entries[(msg.src.grp, msg.param)]
-            {C.kPut: self._put, C.kGet: self._get, C.kUpdate: self._update}[t](entry, msg)
+            (self._put if t == C.kPut else self._get)(entry, msg)
         elif t in (C.kRGet, C.kRUpdate) and msg.dst.kind == C.kStub:
             self._response(msg)
         elif t == C.kStop and msg.src.kind == C.kServer:
@@ -220,24 +291,21 @@ class Stub:
         # servers buffer updates per worker group (src.grp) and reply here
         return Addr(entry.grp, self.procs, C.kStub)
 
-    def _server_of(self, entry: ParamEntry, sid: int) -> Addr:
-        sgrp = self.cluster.server_group_of(entry.grp)
-        return Addr.server(sgrp, self.plan.slice2server[sid])
-
-    def _slices(self, entry: ParamEntry):
-        return self.plan.slices_of(entry.pid)
-
-    @staticmethod
-    def _range(entry: ParamEntry, info) -> slice:
-        return slice(info.offset, info.offset + info.size)
+    def targets(self, entry: ParamEntry) -> list[tuple[SliceInfo, Addr]]:
+        """The slices of the entry's param and the server of each, in the
+        entry's worker group's server group (any thread: computed once)."""
+        if entry.targets is None:
+            sgrp = self.cluster.server_group_of(entry.grp)
+            entry.targets = [(info, Addr.server(sgrp, info.server))
+                             for info in self.plan.slices_of(entry.pid)]
+        return entry.targets
 
     def _put(self, entry: ParamEntry, msg: Msg) -> None:
         p = entry.owner
         flat = p.data.reshape(-1)
-        for info in self._slices(entry):
-            m = Msg(self._src(entry), self._server_of(entry, info.id), C.kPut, entry.pid,
-                    info.id, msg.version)
-            m.add_array(flat[self._range(entry, info)].copy())
+        for info, server in self.targets(entry):
+            m = Msg(self._src(entry), server, C.kPut, entry.pid, info.id, msg.version)
+            m.add_array(flat[info.offset:info.offset + info.size].copy())
             m.add_bytes(PUT_META.pack(entry.num_total, p.lr_scale, p.wd_scale))
             self.send(m)
 
@@ -245,47 +313,28 @@ class Stub:
         if msg.version <= entry.next_get:
             return  # a local replica asked already
         entry.next_get = msg.version
-        for info in self._slices(entry):
-            self.send(Msg(self._src(entry), self._server_of(entry, info.id), C.kGet, entry.pid,
-                          info.id, msg.version))
-
-    def _update(self, entry: ParamEntry, msg: Msg) -> None:
-        # msg.version is the step; the frame holds the version the grad was computed on
-        _, base = UPDATE_META.unpack(msg.bytes(0))
-        entry.base_version = base if entry.num_update == 0 else min(entry.base_version, base)
-        entry.num_update += 1
-        if entry.num_update < entry.num_local:
-            return
-        entry.num_update = 0
-        if entry.num_local == 1:
-            grad = entry.owner.grad
-        else:
-            if entry.grad_sum is None:
-                entry.grad_sum = np.empty(entry.owner.shape, np.float32)
-            np.copyto(entry.grad_sum, entry.shares[0].grad)
-            for q in entry.shares[1:]:
-                entry.grad_sum += q.grad
-            grad = entry.grad_sum
-        flat = grad.reshape(-1)
-        entry.slices_received = 0
-        for info in self._slices(entry):
-            m = Msg(self._src(entry), self._server_of(entry, info.id), C.kUpdate, entry.pid,
-                    info.id, msg.version)
-            m.add_array(flat[self._range(entry, info)])
-            m.add_bytes(UPDATE_META.pack(entry.num_local, entry.base_version))
-            self.send(m)
+        for info, server in self.targets(entry):
+            self.send(Msg(self._src(entry), server, C.kGet, entry.pid, info.id, msg.version))
 
     def _response(self, msg: Msg) -> None:
         entry = self.entries[(msg.dst.grp, msg.param)]
         info = self.plan.slices[msg.slice]  # indexed by global slice id
-        entry.owner.data.reshape(-1)[self._range(entry, info)] = msg.array(0)
+        np.copyto(entry.owner.data.reshape(-1)[info.offset:info.offset + info.size],
+                  msg.array(0))
         with entry.cond:
             entry.slices_received += 1
-            if entry.slices_received >= len(self._slices(entry)):
+            if entry.slices_received >= len(self.targets(entry)):
                 entry.slices_received = 0
                 for p in entry.shares:
                     p.version = msg.version
                 entry.cond.notify_all()
+
+
+def _describe(frames: list) -> str:
+    try:
+        return repr(Msg.from_frames(frames))
+    except MsgError:
+        return f"{len(frames)} frames"
 
 
 class StubChannel:
@@ -297,6 +346,14 @@ class StubChannel:
         self.sock = S.dealer(stub.ctx, identity(self.addr))
         self.sock.connect(stub.inproc)
         self.pids: dict[int, int] = {}   # id(param) -> param id
+        # Updates for the servers of another process go straight to its stub
+        # (the DEALER of this worker's thread), not through this process's
+        # stub: one hop less, and the stub thread is not woken (nor takes the
+        # GIL from the workers) for each of them. Puts and Gets still go
+        # through the stub; an update never overtakes them, since a worker
+        # updates a param only after the reply to its Get.
+        self._out: dict[Addr, zmq.Socket] = {}
+        self._direct: dict[int, zmq.Socket] = {}
 
     def bind_params(self, params: list[Param]) -> None:
         self.pids = {id(p): i for i, p in enumerate(params)}
@@ -324,9 +381,52 @@ class StubChannel:
         self._send(C.kGet, p, version)
 
     def update(self, step: int, p: Param) -> None:
+        """Report p's grad (computed on p.version). The last local replica of
+        the param's worker group to report sums the replicas' grads and sends
+        them, sliced, to the servers (through the stub, which only routes);
+        `num_update` is the number of local replicas, `base_version` the
+        oldest version among them, the header's version the step."""
         p.last_version = p.version
-        m = Msg(self.addr, self.stub.addr, C.kUpdate, self.pids[id(p)], 0, step)
-        S.send(self.sock, m.add_bytes(UPDATE_META.pack(1, p.version)))
+        entry = self._entry(p)
+        with entry.cond:
+            base = p.version
+            entry.base_version = base if entry.num_update == 0 else min(entry.base_version, base)
+            entry.num_update += 1
+            if entry.num_update < entry.num_local:
+                return
+            entry.num_update = 0
+            entry.slices_received = 0
+            base = entry.base_version
+        # Every other replica has reported and waits in collect: their grads
+        # are final and no reply can come before these messages go out.
+        if entry.num_local == 1:
+            grad = entry.owner.grad
+        else:
+            if entry.grad_sum is None:
+                entry.grad_sum = np.empty(entry.owner.shape, np.float32)
+            np.copyto(entry.grad_sum, entry.shares[0].grad)
+            for q in entry.shares[1:]:
+                entry.grad_sum += q.grad
+            grad = entry.grad_sum
+        flat = grad.reshape(-1)
+        src = self.stub._src(entry)
+        meta = UPDATE_META.pack(entry.num_local, base)
+        for info, server in self.stub.targets(entry):
+            m = Msg(src, server, C.kUpdate, entry.pid, info.id, step)
+            m.add_array(flat[info.offset:info.offset + info.size]).add_bytes(meta)
+            sock = self._out.get(server)
+            if sock is None:
+                sock = self._out[server] = self._socket_to(server)
+            S.send(sock, m)
+
+    def _socket_to(self, server: Addr) -> zmq.Socket:
+        p = self.stub.procs_of(server)
+        if p == self.stub.procs:
+            return self.sock
+        d = self._direct.get(p)
+        if d is None:
+            d = self._direct[p] = self.stub.dealer_to(p, identity(self.addr))
+        return d
 
     def collect(self, p: Param) -> None:
         if p.version > p.last_version:
@@ -336,7 +436,12 @@ class StubChannel:
             entry.cond.wait_for(lambda: p.version > p.last_version)
 
     def stop(self) -> None:
+        """The last call of the worker's thread: tell the stub this worker is done."""
         S.send(self.sock, Msg(self.addr, self.stub.addr, C.kStop))
+        for d in self._direct.values():  # the worker has collected every update
+            d.close()
+        self._direct.clear()
+        self._out.clear()
 
     def state(self) -> dict:
         return {}

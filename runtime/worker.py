@@ -78,6 +78,8 @@ class Worker:
         self.val_net: NeuralNet | None = None
         self.step = job.step
         self.metrics_log: list[dict] = []  # every displayed/tested metric, for callers and tests
+        # called with each record too (the node sends it to the job master)
+        self.on_report: Callable[[dict], None] | None = None
 
     # ------------------------------------------------------------ set up ---
     @property
@@ -152,6 +154,7 @@ class Worker:
             if checkpoint_now(step) and self.writes_checkpoints:
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
+            self.step = step  # read by the heartbeat thread
             if display_now(step) and self.is_first:
                 now = time.perf_counter()
                 batches = step + 1 - last_disp[0]
@@ -196,6 +199,8 @@ class Worker:
             self.log(f"{prefix}  " + ", ".join(parts))
         rec = {"step": step, "phase": phase, **values}
         self.metrics_log.append(rec)
+        if self.on_report is not None:
+            self.on_report(rec)
         return rec
 
     # ------------------------------------------------------- checkpoints ---

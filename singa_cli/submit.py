@@ -1,52 +1,17 @@
-"""`singa submit` and `singa test`: run a job in the foreground.
+"""`singa submit` and `singa test`: submit a job and follow it.
 
-The job is validated here first (problems: exit 2, nothing started); then one
-runtime process (`python -m runtime.main`) runs it, with the BLAS thread count
-of `num_openblas_threads`, and its progress lines stream to this terminal.
-The exit code is the runtime's: 0 when the job finished.
+Problems with the conf, the hosts or the placement end the command with exit
+code 2 before anything exists. Otherwise the job gets an id in the registry,
+a detached job master launches its processes, and the command follows
+process 0's log (with a live progress line on a terminal) until the job
+ends: exit 0 only if it SUCCEEDED. `--detach` returns at once. Ctrl-C (or
+TERM) while following stops the job; closing the terminal does not.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 
 import click
-
-from runtime import plugins
-from runtime.config import load_job
-
-
-def _run(conf: str, resume: bool, test: bool, modules: tuple[str, ...] = ()) -> int:
-    plugins.load(modules)
-    job = load_job(conf, submit=True)
-    for w in job.warnings:
-        click.echo(str(w), err=True)
-    threads = str(max(1, job.proto.num_openblas_threads))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads,
-               MKL_NUM_THREADS=threads)
-    cmd = [sys.executable, "-m", "runtime.main", os.path.abspath(conf)]
-    if resume:
-        cmd.append("--resume")
-    if test:
-        cmd.append("--test")
-    for m in modules:
-        cmd += ["--module", os.path.abspath(m) if m.endswith(".py") else m]
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum, frame):  # stopping the CLI stops the job it runs
-        proc.send_signal(signum)
-
-    old = signal.signal(signal.SIGTERM, forward)
-    try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:
-                continue  # the child got the same Ctrl-C; wait for it to clean up
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
@@ -56,27 +21,70 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
     return path
 
 
+def _run(conf: str, detach: bool, **kw) -> int:
+    from runtime.jobs import registry as R
+    from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
+
+    opts = SubmitOptions(**kw, warn=lambda line: click.echo(line, err=True))
+    reg = R.JobRegistry()
+    job_id = submit_job(conf, opts, reg)
+    if detach:
+        click.echo(f"Submitted job {job_id}")
+        click.echo(f"  singa view {job_id}     its state and processes\n"
+                   f"  singa log {job_id} -f   its log as it grows\n"
+                   f"  singa kill {job_id}     stop it", err=True)
+        return 0
+    click.echo(f"Submitted job {job_id} (singa view {job_id}; Ctrl-C stops it, "
+               "--detach leaves it running)", err=True)
+    return follow(reg, job_id, grace=opts.grace)
+
+
+_COMMON = [
+    click.option("-H", "--hostfile", type=click.Path(), default=None,
+                 help="Hosts to run on: 'host', 'host slots=N' a line; # comments."),
+    click.option("--hosts", default=None, metavar="H:N,...", help="Hosts inline: h1:2,h2:2."),
+    click.option("--launcher", type=click.Choice(["local", "ssh"]), default=None,
+                 help="How processes start (default: ssh when a host is remote, else local)."),
+    click.option("--oversubscribe", is_flag=True, help="Allow more processes than slots."),
+    click.option("--ssh-port", type=int, default=None, help="sshd's port on the hosts."),
+    click.option("--ssh-identity", type=click.Path(), default=None, help="ssh private key file."),
+    click.option("--ssh-config", type=click.Path(), default=None, help="ssh client config (ssh -F)."),
+    click.option("--interface", default=None, envvar="SINGA_INTERFACE",
+                 help="Network interface whose address this host advertises (SINGA_INTERFACE)."),
+    click.option("--module", "modules", multiple=True, metavar="MODULE",
+                 help="Import a module (dotted name or .py file) that registers user layers, "
+                      "updaters or algorithms, in every process; repeatable."),
+    click.option("--name", default=None, help="The job's name in singa list (default: the conf's name)."),
+    click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted."),
+    click.option("--grace", type=float, default=5.0, show_default=True,
+                 help="Seconds between TERM and KILL when the job's processes are stopped."),
+]
+
+
+def _with_common(f):
+    for opt in reversed(_COMMON):
+        f = opt(f)
+    return f
+
+
 @click.command()
 @click.argument("conf", required=False, type=click.Path())
 @click.option("-conf", "conf_opt", type=click.Path(), help="The job.conf, as SINGA's singa-run.sh takes it.")
 @click.option("--resume", "-resume", is_flag=True, help="Continue from the latest checkpoint in the workspace.")
 @click.option("--test", "-test", is_flag=True, help="Test mode: load checkpoint_path and run test_steps batches.")
-@click.option("--module", "modules", multiple=True, metavar="MODULE",
-              help="Import a module (dotted name or .py file) that registers user layers, "
-                   "updaters or algorithms; repeatable.")
-def submit(conf: str | None, conf_opt: str | None, resume: bool, test: bool,
-           modules: tuple[str, ...]) -> None:
-    """Validate JOB.conf and run it, streaming its progress."""
-    sys.exit(_run(_conf_arg(conf, conf_opt), resume, test, modules))
+@click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
+              help="Relaunch a failed job from its latest checkpoint up to N times.")
+@_with_common
+def submit(conf, conf_opt, detach, **kw) -> None:
+    """Validate JOB.conf, launch it on the hosts and follow it."""
+    sys.exit(_run(_conf_arg(conf, conf_opt), detach, **kw))
 
 
 @click.command()
 @click.argument("conf", required=False, type=click.Path())
 @click.option("-conf", "conf_opt", type=click.Path(), help="The job.conf.")
 @click.option("--resume", "-resume", is_flag=True, help="Test the latest checkpoint of the workspace.")
-@click.option("--module", "modules", multiple=True, metavar="MODULE",
-              help="Import a module (dotted name or .py file) that registers user layers, "
-                   "updaters or algorithms; repeatable.")
-def test(conf: str | None, conf_opt: str | None, resume: bool, modules: tuple[str, ...]) -> None:
+@_with_common
+def test(conf, conf_opt, detach, **kw) -> None:
     """Test a trained model: load checkpoint_path, run test_steps test batches."""
-    sys.exit(_run(_conf_arg(conf, conf_opt), resume, True, modules))
+    sys.exit(_run(_conf_arg(conf, conf_opt), detach, test=True, **kw))

@@ -118,11 +118,12 @@ def test_stub_survives_a_foreign_peer_sending_garbage():
 
 
 def test_stopping_submit_stops_every_process(tmp_path):
-    """TERM to `singa submit` ends the job: no process of it is left."""
+    """TERM to a following `singa submit` stops the job: KILLED, no process left."""
     import signal
     import time
 
-    import psutil
+    from runtime.jobs import pgroup
+    from runtime.jobs import registry as R
 
     conf = conf_with(tmp_path, "long.conf", "nworker_groups: 2 nworkers_per_group: 2", steps=10**6)
     proc = subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
@@ -130,16 +131,19 @@ def test_stopping_submit_stops_every_process(tmp_path):
     for line in proc.stdout:
         if line.startswith("Train @ step"):
             break
-    job_file = str(tmp_path / "long.conf.ws" / "job.pb")
-
-    def job_procs():
-        return [p for p in psutil.process_iter(["cmdline"]) if job_file in (p.info["cmdline"] or [])]
-
-    assert len(job_procs()) == 4  # 2 groups x 2 workers, one process each
+    reg = R.JobRegistry()
+    job = next(j for j in reg.jobs() if j.conf_path == str(conf))
+    procs = reg.procs(job.id)
+    assert len(procs) == 4  # 2 groups x 2 workers, one process each
+    assert all(pgroup.alive(p.pid, p.start_time) for p in procs)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while job_procs() and time.monotonic() < deadline:
+    while any(pgroup.members(p.pgid, p.start_time) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert job_procs() == []
-    assert "job failed: interrupted" in proc.stderr.read()
+    assert not any(pgroup.members(p.pgid, p.start_time) for p in procs)
+    assert not pgroup.alive(job.master_pid, job.master_start)
+    job = reg.job(job.id)
+    assert job.state == R.KILLED and "interrupted" in job.reason
+    assert proc.returncode == 130
+    assert f"job {job.id} KILLED: interrupted from the submitting terminal" in proc.stderr.read()

@@ -10,6 +10,11 @@
 - `recv(sock)` returns `(identity, Msg)` (identity None on a DEALER), or None
   for frames that are not a message of this protocol: those are logged and
   dropped, so a foreign or broken peer cannot crash a process.
+- `router(ctx, keys)` / `dealer(ctx, identity, keys)` with the job's
+  `JobKeys` make a CURVE server / client (see `runtime.comm.security`; the
+  context of a CURVE server needs a running `Guard`). Without keys (ipc and
+  inproc on one host) there is no CURVE: ipc socket files live in a fresh
+  directory of mode 0700, so only this user can connect.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import tempfile
 
 import zmq
 
+from runtime.comm import security
 from runtime.comm.msg import Msg, MsgError
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,7 @@ _ipc_dir: str | None = None
 def _ipc_path(name: str) -> str:
     global _ipc_dir
     if _ipc_dir is None:
+        # mkdtemp makes the directory 0700: other users cannot reach the sockets
         _ipc_dir = tempfile.mkdtemp(prefix="singa-ipc-")
     return os.path.join(_ipc_dir, f"{name}-{os.getpid()}")
 
@@ -49,19 +56,31 @@ def bind(sock: zmq.Socket, transport: str, host: str = "127.0.0.1", name: str = 
     raise ValueError(f"unknown transport {transport!r}; known: inproc, ipc, tcp")
 
 
-def router(ctx: zmq.Context) -> zmq.Socket:
-    """A ROUTER that errors on unknown peers instead of dropping silently."""
+def router(ctx: zmq.Context, keys: security.JobKeys | None = None) -> zmq.Socket:
+    """A ROUTER that errors on unknown peers instead of dropping silently;
+    with `keys`, a CURVE server admitting only the job's peers (raises
+    RuntimeError when `ctx` has no running `Guard` for those keys)."""
     s = ctx.socket(zmq.ROUTER)
     s.setsockopt(zmq.ROUTER_MANDATORY, 1)
     s.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        try:
+            security.curve_server(s, keys)
+        except BaseException:
+            s.close()
+            raise
     return s
 
 
-def dealer(ctx: zmq.Context, identity: bytes | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, identity: bytes | None = None,
+           keys: security.JobKeys | None = None) -> zmq.Socket:
+    """A DEALER; with `keys`, a CURVE client of the job's servers."""
     s = ctx.socket(zmq.DEALER)
     if identity is not None:
         s.setsockopt(zmq.IDENTITY, identity)
     s.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        security.curve_client(s, keys)
     return s
 
 

@@ -1,15 +1,29 @@
-"""The job master of a multi-process job: rendezvous, start barrier, stop.
+"""The job master: one detached process per job that runs it to its end.
 
-Every process binds its stub where the OS picks and sends its endpoint to
-the master (kConnect). When all `nprocs` have connected, the master sends
-each the address book (a JSON object procs -> endpoint), which is the start
-barrier. A process whose workers have all finished says so (kStop); when
-every process has, the master tells them all to stop. A process that exits
-before that (crash, kill, error) fails the job: the master stops the others
-(TERM to each process group, then KILL after a grace period) and reports
-which process died and how.
+    python -m runtime.jobs.master JOB_ID      (started by `singa submit`)
 
-Not here yet (cluster-manager issue): the registry, heartbeats, remote hosts.
+It is the only writer of a running job's registry rows besides `singa kill`.
+For each attempt it:
+
+1. binds its ROUTER where the OS picks (ipc:// when every process is on this
+   host; tcp:// on the advertised address, with CurveZMQ, across hosts),
+2. launches every process of the placement (`runtime.jobs.launcher`), each
+   with its log file, the job and the keys on its stdin,
+3. collects each process's kConnect (endpoint, pid, pgid, start time), and
+   when all have come sends everyone the address book: the start barrier;
+   the job is RUNNING,
+4. hears heartbeats (every second, answered) and metrics, and records the
+   step, loss, accuracy and samples/s,
+5. when every process has said its workers are done (kStop), tells them all
+   to stop; the job SUCCEEDED when all exit 0.
+
+A process that exits otherwise, or misses three heartbeats, or never
+connects, fails the attempt: the others are stopped (TERM to each process
+group on its host, KILL after the grace period) and the job is FAILED with a
+reason naming the process, its host and its exit, or relaunched from the
+latest checkpoint while restarts are left (`--max-restarts`). TERM to the
+master, or `singa kill` marking the job KILLED, stops every process the
+same way.
 """
 from __future__ import annotations
 
@@ -17,102 +31,350 @@ import json
 import logging
 import os
 import signal
-import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
-from conf import common_pb2 as C
+from conf import common_pb2 as C, job_pb2
 from runtime.comm import socket as S
+from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
 from runtime.comm.msg import Addr, Msg
+from runtime.jobs import registry as R
+from runtime.jobs.launcher import Handle, ProcSpec, handoff, launcher_registry
 
 log = logging.getLogger("singa.master")
 
+CONNECT_TIMEOUT_S = 120.0  # from launch to every process's kConnect
+GRACE_S = 5.0
+STEP_WRITE_S = 1.0          # registry writes of heartbeats, at most this often
 
-def describe_exit(code: int) -> str:
-    """An exit status in words, as dask's Nanny says it."""
-    if code < 0:
+
+def batch_size(job: job_pb2.JobProto) -> int:
+    """Samples per step of one worker group: the train input layer's batchsize."""
+    for layer in job.neuralnet.layer:
+        if layer.include and job_pb2.kTrain not in layer.include:
+            continue
+        for fd, value in layer.ListFields():
+            size = getattr(value, "batchsize", 0) if fd.message_type is not None else 0
+            if isinstance(size, int) and size > 0:
+                return size
+    return 0
+
+
+@dataclass
+class Outcome:
+    state: str                 # SUCCEEDED, FAILED or KILLED
+    reason: str = ""
+
+
+class JobMaster:
+    def __init__(self, reg: R.JobRegistry, job_id: int):
+        self.reg = reg
+        self.id = job_id
+        self.row = reg.job(job_id)
+        self.opts = self.row.options
+        self.job = job_pb2.JobProto.FromString((Path(self.row.log_dir) / "job.pb").read_bytes())
+        self.hosts: list[str] = list(self.row.hosts)
+        self.stop_signal: int | None = None
+        self.samples_per_step = batch_size(self.job) * max(1, self.job.cluster.nworker_groups)
+        self.grace = float(self.opts.get("grace", GRACE_S))
+
+    # ---------------------------------------------------------------- run ---
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the submitting terminal may go
+        resume = bool(self.opts.get("resume"))
+        while True:
+            attempt = self.reg.begin_attempt(self.id)
+            out = self.run_attempt(attempt, resume)
+            log.info("attempt %d: %s %s", attempt, out.state, out.reason)
+            if out.state == "FAILED" and self.stop_signal is None \
+                    and attempt <= self.row.max_restarts and not self._killed():
+                resume = self._can_resume()
+                self.reg.note(self.id, f"attempt {attempt} failed: {out.reason}; restarting "
+                              f"(attempt {attempt + 1} of {self.row.max_restarts + 1}) "
+                              + ("from the latest checkpoint" if resume else "from scratch: no checkpoint yet"))
+                continue
+            self.reg.transition(self.id, out.state, out.reason)
+            return 0 if out.state == "SUCCEEDED" else 1
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+    def _killed(self) -> bool:
+        return self.reg.job(self.id).state == R.KILLED
+
+    def _can_resume(self) -> bool:
+        from runtime import checkpoint
+
+        return checkpoint.latest(self.job.cluster.workspace) is not None
+
+    # ------------------------------------------------------------ attempt ---
+    def run_attempt(self, attempt: int, resume: bool) -> Outcome:
+        from runtime.jobs import hostfile
+
+        remote = [h for h in self.hosts if not hostfile.is_local(h)]
+        keys = None
+        if remote:
+            from runtime.comm.security import Guard, JobKeys
+
+            keys = JobKeys.from_dict(self.row.secret["curve"])
+        ctx = zmq.Context()
+        guard = Guard(ctx, keys) if keys is not None else None
+        router = S.router(ctx, keys=keys)
+        if remote:
+            addr = hostfile.advertise_address(peer=remote[0], interface=self.opts.get("interface"))
+            endpoint = S.bind(router, "tcp", host=addr, name="master")
+        else:
+            endpoint = S.bind(router, "ipc", name="master")
+        handles: list[Handle] = []
         try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
-
-
-class Master:
-    def __init__(self, nprocs: int, transport: str = "ipc", host: str = "127.0.0.1"):
-        self.nprocs = nprocs
-        self.ctx = zmq.Context()
-        self.router = S.router(self.ctx)
-        self.endpoint = S.bind(self.router, transport, host=host, name="master")
-        self.book: dict[int, str] = {}
-        self.idents: dict[int, bytes] = {}
-        self.done: set[int] = set()
-        self.reason = ""
-
-    def serve(self, procs: list[subprocess.Popen], grace: float = 5.0) -> int:
-        """Run the job to its end; 0 when every process finished cleanly."""
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        stopping = False
-        try:
-            while True:
-                for p, proc in enumerate(procs):
-                    code = proc.poll()
-                    if code is not None and (code != 0 or not stopping):
-                        self.reason = f"process {p} (pid {proc.pid}) {describe_exit(code)}"
-                        if code == 0:
-                            self.reason += " before the job finished"
-                        log.error("job failed: %s", self.reason)
-                        self._terminate(procs, grace)
-                        return code if code > 0 else 1
-                if stopping and all(proc.poll() == 0 for proc in procs):
-                    return 0
-                if not poller.poll(100):
-                    continue
-                got = S.recv(self.router, router=True)
-                if got is None:
-                    continue
-                ident, msg = got
-                if msg.type == C.kConnect:
-                    self.book[msg.src.id] = msg.bytes(0).decode()
-                    self.idents[msg.src.id] = ident
-                    if len(self.book) == self.nprocs:
-                        book = json.dumps(self.book).encode()
-                        for p, who in self.idents.items():
-                            S.send(self.router, Msg(Addr.stub(-1), Addr.stub(p), C.kConnect)
-                                   .add_bytes(book), to=who)
-                elif msg.type == C.kStop:
-                    self.done.add(msg.src.id)
-                    if len(self.done) == self.nprocs and not stopping:
-                        stopping = True
-                        for p, who in self.idents.items():
-                            S.send(self.router, Msg(Addr.stub(-1), Addr.stub(p), C.kStop), to=who)
-        except KeyboardInterrupt:
-            self.reason = "interrupted"
-            self._terminate(procs, grace)
-            return 130
+            handles = self._launch(attempt, endpoint, resume, keys)
+            return self._serve(attempt, router, handles)
         finally:
-            self.router.close()
-            self.ctx.term()
+            self._stop_all(attempt, handles)
+            router.close()
+            if guard is not None:
+                guard.stop()
+            ctx.term()
+
+    def _launch(self, attempt: int, endpoint: str, resume: bool, keys) -> list[Handle]:
+        adir = Path(self.row.log_dir) / f"attempt-{attempt}"
+        adir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        launcher = self._launcher()
+        data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None)
+        per_host: dict[str, int] = {}
+        for h in self.hosts:
+            per_host[h] = per_host.get(h, 0) + 1
+        handles = []
+        for p, host in enumerate(self.hosts):
+            log_path = adir / f"procs-{p}.log"
+            self.reg.add_proc(self.id, attempt, p, host=host, role=self._role(p), log_path=str(log_path))
+            argv = [sys.executable, "-m", "runtime.node", "--job-id", str(self.id),
+                    "--procs", str(p), "--master", endpoint, "--log", str(log_path)]
+            if resume:
+                argv.append("--resume")
+            if self.opts.get("test"):
+                argv.append("--test")
+            for m in self.opts.get("modules", []):
+                argv += ["--module", m]
+            spec = ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
+                            adir / f"procs-{p}.launch.log", cwd=self.opts.get("cwd") or os.getcwd())
+            h = launcher.start(spec)
+            handles.append(h)
+            self.reg.update_proc(self.id, attempt, p, pid=h.pid, pgid=h.pgid,
+                                 start_time=h.start_time)
+        return handles
+
+    def _launcher(self):
+        name = self.opts.get("launcher", "local")
+        cls = launcher_registry.get(name)
+        if name == "ssh":
+            from runtime.jobs.ssh import SshOptions
+
+            return cls(SshOptions(**self.opts.get("ssh", {})))
+        return cls()
+
+    def _env(self, procs_on_host: int) -> dict[str, str]:
+        threads = max(1, self.job.num_openblas_threads)
+        if self.opts.get("cores"):
+            threads = max(1, min(threads, int(self.opts["cores"]) // procs_on_host))
+        env = {k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        for k, v in os.environ.items():
+            # what shapes numerics and debugging travels with the job to every host
+            if k.startswith(("SINGA_", "OPENBLAS_CORETYPE")) or k == "PYTHONPATH":
+                env.setdefault(k, v)
+        return env
+
+    def _role(self, p: int) -> str:
+        from runtime.cluster import Cluster
+
+        if self.opts.get("test"):
+            return "test"
+        c = Cluster.from_proto(self.job.cluster)
+        parts = [f"worker {g}/{w}" for g, w in c.workers_of_procs(p)]
+        parts += [f"server {g}/{s}" for g, s in c.servers_of_procs(p)]
+        return ", ".join(parts) or "-"
+
+    # -------------------------------------------------------------- serve ---
+    def _serve(self, attempt: int, router: zmq.Socket, handles: list[Handle]) -> Outcome:
+        n = len(handles)
+        book: dict[int, str] = {}
+        idents: dict[int, bytes] = {}
+        heard: dict[int, float] = {}
+        steps: dict[int, int] = {}
+        written: dict[int, float] = {}
+        done: set[int] = set()
+        stopping = False
+        started = time.monotonic()
+        last_check = 0.0
+        rate = _Rate()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        while True:
+            now = time.monotonic()
+            if self.stop_signal is not None:
+                return Outcome("KILLED", f"the job master got {signal.Signals(self.stop_signal).name}")
+            if now - last_check >= 1.0:
+                last_check = now
+                if self._killed():
+                    return Outcome("KILLED")
+            for p, h in enumerate(handles):
+                code = h.poll()
+                if code is None:
+                    continue
+                if code == 0 and stopping:
+                    continue
+                words = h.failure(code) if code != 0 else "exited with code 0 before the job finished"
+                self.reg.update_proc(self.id, attempt, p, state=R.FAILED,
+                                     exit_code=code if code >= 0 else None,
+                                     signal=-code if code < 0 else None)
+                return Outcome("FAILED", self._blame(p, h, words))
+            if stopping and all(h.poll() == 0 for h in handles):
+                for p in range(n):
+                    self.reg.update_proc(self.id, attempt, p, state=R.SUCCEEDED, exit_code=0)
+                return Outcome("SUCCEEDED")
+            if len(book) < n and now - started > CONNECT_TIMEOUT_S:
+                p = min(set(range(n)) - set(book))
+                return Outcome("FAILED", self._blame(p, handles[p],
+                               f"did not connect to the job master within {CONNECT_TIMEOUT_S:.0f} s"))
+            for p, t in heard.items():
+                if now - t > MISSED * HEARTBEAT_S and handles[p].poll() is None:
+                    self.reg.update_proc(self.id, attempt, p, state=R.LOST)
+                    return Outcome("FAILED", self._blame(
+                        p, handles[p], f"went silent: no heartbeat for {now - t:.1f} s"))
+            if not poller.poll(100):
+                continue
+            got = S.recv(router, router=True)
+            if got is None:
+                continue
+            ident, msg = got
+            p = msg.src.id
+            if not 0 <= p < n:
+                log.warning("dropped a message from unknown procs %d", p)
+                continue
+            heard[p] = time.monotonic()
+            if msg.type == C.kConnect:
+                info = json.loads(msg.bytes(0))
+                idents[p] = ident
+                book[p] = info.get("endpoint", "")
+                handles[p].learned(info["pid"], info["pgid"], info["start_time"])
+                self.reg.update_proc(self.id, attempt, p, state=R.RUNNING, pid=info["pid"],
+                                     pgid=info["pgid"], start_time=info["start_time"],
+                                     endpoint=book[p], heartbeat=time.time())
+                if len(book) == n:
+                    body = json.dumps(book).encode()
+                    for q, who in idents.items():
+                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), C.kConnect).add_bytes(body))
+                    self.reg.transition(self.id, R.RUNNING)
+            elif msg.type == C.kHeartbeat:
+                steps[p] = int(json.loads(msg.bytes(0)).get("step", 0))
+                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), C.kHeartbeat))
+                if heard[p] - written.get(p, 0.0) >= STEP_WRITE_S:
+                    written[p] = heard[p]
+                    self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
+                    if p == 0:
+                        sps = rate.add(steps[p])
+                        self.reg.progress(self.id, steps[p], samples_per_s=(
+                            sps * self.samples_per_step if sps is not None else None))
+            elif msg.type == C.kMetric:
+                rec = json.loads(msg.bytes(0))
+                if rec.get("phase") in ("train", "test"):
+                    loss = rec.get("loss")
+                    acc = rec.get("accuracy")
+                    self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
+            elif msg.type == C.kStop:
+                done.add(p)
+                if len(done) == n and not stopping:
+                    stopping = True
+                    for q, who in idents.items():
+                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), C.kStop))
 
     @staticmethod
-    def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
-        """TERM to every process group, then KILL those still alive."""
-        for proc in procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+    def _send(router: zmq.Socket, who: bytes, msg: Msg) -> None:
+        try:
+            S.send(router, msg, to=who)
+        except zmq.ZMQError:
+            pass  # that process is gone; its exit is seen by poll()
+
+    def _blame(self, p: int, h: Handle, words: str) -> str:
+        pid = f", pid {h.pid}" if h.pid else ""
+        why = f"process {p} on {h.host}{pid} ({self._role(p)}) {words}"
+        last = _last_error(h.spec.log_path) if _is_local(h.host) else ""
+        return f"{why}: {last}" if last else why
+
+    # --------------------------------------------------------------- stop ---
+    def _stop_all(self, attempt: int, handles: list[Handle]) -> None:
+        """TERM to every process group still running, KILL after the grace."""
+        running = [(p, h) for p, h in enumerate(handles) if h.poll() is None]
+        for _, h in running:
+            h.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and any(h.poll() is None for _, h in running):
+            time.sleep(0.05)
+        for _, h in running:
+            if h.poll() is None:
+                h.signal(signal.SIGKILL)
+        for p, h in running:
+            h.close()
+            self.reg.update_proc(self.id, attempt, p, state=R.KILLED, exit_code=None,
+                                 signal=signal.SIGTERM)
+
+
+class _Rate:
+    """Steps per second over the last few heartbeats of process 0."""
+
+    def __init__(self, window: int = 10):
+        self.marks: list[tuple[float, int]] = []
+        self.window = window
+
+    def add(self, step: int) -> float | None:
+        self.marks.append((time.monotonic(), step))
+        self.marks = self.marks[-self.window:]
+        (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+
+def _is_local(host: str) -> bool:
+    from runtime.jobs import hostfile
+
+    return hostfile.is_local(host)
+
+
+def _last_error(path: Path) -> str:
+    """The last line of a log that reads like an error, for the reason."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        s = line.strip()
+        if s.startswith("singa:") or "Error" in s or "error" in s:
+            return s
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s master %(levelname)s %(message)s")
+    reg = R.JobRegistry()
+    job_id = int(argv[0])
+    try:
+        return JobMaster(reg, job_id).run()
+    except BaseException as e:
+        # whatever broke the master, the job must not be left RUNNING
+        log.exception("job master failed")
+        reg.transition(job_id, R.FAILED, f"the job master failed: {e!r}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

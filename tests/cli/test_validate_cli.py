@@ -139,7 +139,8 @@ def test_invalid_prints_every_problem_one_per_line(tmp_path):
     assert any(":3:1: train_steps must be > 0" in l for l in errors)
     assert any("unknown srclayer 'nope'" in l for l in errors)
     assert any("nworker_groups (3) must be a multiple of nserver_groups (2)" in l for l in errors)
-    assert r.output.rstrip().endswith("3 errors")
+    # and the async rate warning: 3 groups with an unscaled learning rate
+    assert r.output.rstrip().endswith("3 errors, 1 warning")
 
 
 def test_invalid_json(tmp_path):

@@ -1,0 +1,151 @@
+"""MasterLink: a runtime process's line to its job master.
+
+One thread owns one DEALER socket connected to the master's ROUTER (ZeroMQ
+sockets are not thread-safe, so nothing else touches it). Over it:
+
+- `connect(info)` (blocking, before the thread starts): kConnect with this
+  process's JSON record (procs id, endpoint, pid, pgid, host, start time);
+  the master's kConnect reply carries the address book of every process,
+  which is the start barrier.
+- every `HEARTBEAT_S` the thread sends kHeartbeat with `{"step": N}`; the
+  master answers each one, and three silent periods on either side mean the
+  other is gone. A process whose master is gone exits (`on_master_lost`), so
+  a dead master never leaves orphans training on some host.
+- `metric(record)` and `done()` queue a kMetric (JSON) or kStop for the
+  thread to send; they are safe to call from any thread.
+- What the master sends (kStop: the job is finishing) is pushed as frames to
+  `ctl_endpoint` when given (an inproc PULL socket in the process's main
+  loop), so the main loop acts on it in its own thread.
+
+Bodies are JSON text; nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Callable
+
+import zmq
+
+from conf import common_pb2 as C
+from runtime.comm import socket as S
+from runtime.comm.msg import Addr, Msg
+
+log = logging.getLogger("singa.heartbeat")
+
+HEARTBEAT_S = 1.0
+MISSED = 3  # heartbeats missed before the peer counts as gone
+MASTER = Addr.stub(-1)
+
+
+class MasterLink:
+    def __init__(self, ctx: zmq.Context, procs: int, master: str, *, keys=None,
+                 step: Callable[[], int] = lambda: 0, ctl_endpoint: str | None = None,
+                 on_master_lost: Callable[[str], None] | None = None):
+        self.ctx = ctx
+        self.procs = procs
+        self.me = Addr.stub(procs)
+        self.master = master
+        self.keys = keys
+        self.step = step
+        self.ctl_endpoint = ctl_endpoint
+        self.on_master_lost = on_master_lost or _exit_lost
+        self.sock = S.dealer(ctx, f"procs{procs}".encode(), keys=keys)
+        self.sock.connect(master)
+        self._out: queue.SimpleQueue[Msg] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- start ---
+    def connect(self, info: dict, timeout: float = 120.0) -> dict[int, str]:
+        """Register with the master and wait for the address book."""
+        S.send(self.sock, Msg(self.me, MASTER, C.kConnect).add_bytes(json.dumps(info).encode()))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.sock.poll(int(HEARTBEAT_S * 1000)):
+                continue
+            got = S.recv(self.sock)
+            if got is None:
+                continue
+            msg = got[1]
+            if msg.type == C.kConnect:
+                return {int(k): v for k, v in json.loads(msg.bytes(0)).items()}
+            if msg.type == C.kStop:
+                raise SystemExit(f"procs {self.procs}: the job master stopped the job before it started")
+        raise SystemExit(f"procs {self.procs}: no address book from the job master at {self.master} "
+                         f"within {timeout:.0f} s")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="master-link", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------- any thread's API ---
+    def metric(self, record: dict) -> None:
+        self._out.put(Msg(self.me, MASTER, C.kMetric).add_bytes(json.dumps(record).encode()))
+
+    def done(self) -> None:
+        """This process's workers have all finished."""
+        self._out.put(Msg(self.me, MASTER, C.kStop))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued, then stop the thread and close the socket."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.sock.close()
+
+    # ------------------------------------------------------------- thread ---
+    def _run(self) -> None:
+        ctl = None
+        if self.ctl_endpoint:
+            ctl = self.ctx.socket(zmq.PUSH)
+            ctl.setsockopt(zmq.LINGER, 0)
+            ctl.connect(self.ctl_endpoint)
+        heard = sent = time.monotonic()
+        self._send_heartbeat()
+        try:
+            while True:
+                self._flush()
+                if self._closing.is_set():
+                    return
+                if self.sock.poll(100):
+                    got = S.recv(self.sock)
+                    if got is not None:
+                        heard = time.monotonic()
+                        if got[1].type == C.kStop and ctl is not None:
+                            S.send(ctl, got[1])
+                now = time.monotonic()
+                if now - sent >= HEARTBEAT_S:
+                    self._send_heartbeat()
+                    sent = now
+                if now - heard > MISSED * HEARTBEAT_S + 2:
+                    self.on_master_lost(f"no word from the job master at {self.master} "
+                                        f"for {now - heard:.0f} s")
+                    return
+        finally:
+            if ctl is not None:
+                ctl.close()
+
+    def _send_heartbeat(self) -> None:
+        body = json.dumps({"step": int(self.step())}).encode()
+        S.send(self.sock, Msg(self.me, MASTER, C.kHeartbeat).add_bytes(body))
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                msg = self._out.get_nowait()
+            except queue.Empty:
+                return
+            S.send(self.sock, msg)
+
+
+def _exit_lost(why: str) -> None:
+    # The master is the only one who stops this process's peers and records
+    # the job's end; without it the job cannot finish, so stop at once rather
+    # than train on as an orphan nobody can see or kill.
+    print(f"singa: {why}; stopping this process", flush=True)
+    os._exit(3)

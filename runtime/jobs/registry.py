@@ -1,0 +1,610 @@
+"""The job registry: one SQLite file, `$SINGA_HOME/jobs.db`, the system of record
+for every job submitted from this host and every process of it.
+
+Who writes it: the CLI (`submit`, `kill`) and the job master, all on the
+submitting host; remote processes never touch it (SQLite's locking does not
+work across hosts). Every write is one short `BEGIN IMMEDIATE` transaction,
+so many CLI processes and masters can write at once: a writer that finds the
+file locked waits up to 30 s (`busy_timeout`) instead of failing.
+
+State is derived from liveness, never only from what a job last wrote:
+`reconcile(job)` moves a job whose master has died (or never started) to
+LOST, so `singa list` never shows a stale RUNNING. A terminal state is final:
+`transition` refuses to leave it, so a late writer (a master that was slow
+to notice a kill, a reconcile racing a master's last word) cannot overwrite
+how a job ended.
+
+The file and its directory are private to the user (0600 / 0700): the
+registry holds each job's secrets (e.g. its CurveZMQ keys) in `jobs.secret`,
+which no CLI output ever prints.
+
+This module is on the path of `singa list` / `singa view`, which must start
+fast: it imports only the standard library (psutil and hashlib on demand).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal as _signal
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from runtime.errors import UserError
+
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+KILLED = "KILLED"
+LOST = "LOST"
+
+STATES: tuple[str, ...] = (PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST)
+TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST})
+ACTIVE: frozenset[str] = frozenset({PENDING, RUNNING})
+PROC_STATES: tuple[str, ...] = STATES
+
+SCHEMA_VERSION = 1
+#: A PENDING job whose master has not registered after this many seconds is LOST.
+MASTER_START_TIMEOUT = 30.0
+#: A master whose pid's start time differs from the recorded one by more is a reused pid.
+START_TIME_SLACK = 0.5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    conf_path TEXT,
+    conf_text TEXT,
+    conf_hash TEXT,
+    user TEXT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_restarts INTEGER NOT NULL DEFAULT 0,
+    submitted REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    workspace TEXT,
+    log_dir TEXT,
+    launcher TEXT,
+    hosts TEXT NOT NULL DEFAULT '[]',
+    nprocs INTEGER,
+    train_steps INTEGER,
+    step INTEGER,
+    loss REAL,
+    accuracy REAL,
+    samples_per_s REAL,
+    master_pid INTEGER,
+    master_start REAL,
+    options TEXT NOT NULL DEFAULT '{}',
+    secret TEXT NOT NULL DEFAULT '{}',
+    external_id TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS procs(
+    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    procs_id INTEGER NOT NULL,
+    host TEXT,
+    pid INTEGER,
+    pgid INTEGER,
+    start_time REAL,
+    role TEXT,
+    endpoint TEXT,
+    state TEXT NOT NULL DEFAULT 'PENDING',
+    exit_code INTEGER,
+    signal INTEGER,
+    heartbeat REAL,
+    step INTEGER,
+    log_path TEXT,
+    PRIMARY KEY(job_id, attempt, procs_id)
+);
+"""
+
+# Filesystems on which SQLite's locking (and WAL's shared memory) is unreliable.
+_NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph",
+                         "fuse.sshfs", "fuse.glusterfs", "glusterfs", "beegfs", "9p", "afs"})
+
+
+@dataclass
+class Job:
+    """One row of `jobs`. `hosts`, `options` and `secret` are decoded from JSON.
+
+    `secret` is excluded from `repr` and from `public_dict()`: nothing the CLI
+    prints may contain it.
+    """
+
+    id: int
+    name: str
+    conf_path: str | None
+    conf_text: str | None = field(repr=False)
+    conf_hash: str | None
+    user: str | None
+    state: str
+    reason: str
+    attempts: int
+    max_restarts: int
+    submitted: float
+    started: float | None
+    ended: float | None
+    workspace: str | None
+    log_dir: str | None
+    launcher: str | None
+    hosts: list[str]
+    nprocs: int | None
+    train_steps: int | None
+    step: int | None
+    loss: float | None
+    accuracy: float | None
+    samples_per_s: float | None
+    master_pid: int | None
+    master_start: float | None
+    options: dict[str, Any]
+    secret: dict[str, Any] = field(repr=False)
+    external_id: str | None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has ended (SUCCEEDED, FAILED, KILLED or LOST)."""
+        return self.state in TERMINAL
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from start to end (or to now, while it runs); None before it starts."""
+        if self.started is None:
+            return None
+        end = self.ended if self.ended is not None else time.time()
+        return max(0.0, end - self.started)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The job as a JSON-able dict, without `secret` and `conf_text`."""
+        d = {c: getattr(self, c) for c in JOB_COLUMNS if c not in ("secret", "conf_text")}
+        d["elapsed"] = self.elapsed
+        return d
+
+
+@dataclass
+class Proc:
+    """One row of `procs`: one OS process ("procs" in SINGA's words) of one attempt."""
+
+    job_id: int
+    attempt: int
+    procs_id: int
+    host: str | None
+    pid: int | None
+    pgid: int | None
+    start_time: float | None
+    role: str | None
+    endpoint: str | None
+    state: str
+    exit_code: int | None
+    signal: int | None
+    heartbeat: float | None
+    step: int | None
+    log_path: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def as_dict(self) -> dict[str, Any]:
+        return {c: getattr(self, c) for c in PROC_COLUMNS}
+
+
+JOB_COLUMNS: tuple[str, ...] = (
+    "id", "name", "conf_path", "conf_text", "conf_hash", "user", "state", "reason", "attempts",
+    "max_restarts", "submitted", "started", "ended", "workspace", "log_dir", "launcher", "hosts",
+    "nprocs", "train_steps", "step", "loss", "accuracy", "samples_per_s", "master_pid",
+    "master_start", "options", "secret", "external_id")
+PROC_COLUMNS: tuple[str, ...] = (
+    "job_id", "attempt", "procs_id", "host", "pid", "pgid", "start_time", "role", "endpoint",
+    "state", "exit_code", "signal", "heartbeat", "step", "log_path")
+_PROC_UPDATABLE = frozenset(PROC_COLUMNS) - {"job_id", "attempt", "procs_id"}
+_JOB_SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
+_PROC_SELECT = "SELECT " + ", ".join(PROC_COLUMNS) + " FROM procs"
+_I_HOSTS, _I_OPTIONS, _I_SECRET = (JOB_COLUMNS.index(c) for c in ("hosts", "options", "secret"))
+_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+
+
+def _job_from_row(row: tuple) -> Job:
+    r = list(row)
+    r[_I_HOSTS] = json.loads(r[_I_HOSTS] or "[]")
+    r[_I_OPTIONS] = json.loads(r[_I_OPTIONS] or "{}")
+    r[_I_SECRET] = json.loads(r[_I_SECRET] or "{}")
+    return Job(*r)
+
+
+def home() -> Path:
+    """The registry's directory: `$SINGA_HOME`, else `~/.singa`; created 0700."""
+    env = os.environ.get("SINGA_HOME")
+    path = Path(env).expanduser() if env else Path.home() / ".singa"
+    _private_dir(path)
+    return path
+
+
+_default_home = home  # JobRegistry's parameter `home` hides the function
+
+
+def _private_dir(path: Path) -> None:
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+
+
+def show_path(path: Path | str) -> str:
+    """`path` with the home directory written `~`, as a user would type it."""
+    p = str(path)
+    h = str(Path.home())
+    if h != "/" and (p == h or p.startswith(h + os.sep)):
+        return "~" + p[len(h):]
+    return p
+
+
+def _fs_type(path: Path) -> str | None:
+    """The filesystem type of `path` from /proc/self/mounts (None where unknown)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    p = str(path.resolve())
+    best, kind = "", None
+    for mnt, fstype in mounts:
+        mnt = mnt.replace("\\040", " ")
+        if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, kind = mnt, fstype
+    return kind
+
+
+def describe_exit(exit_code: int | None, signal: int | None, *, running: bool = False) -> str:
+    """How a process ended, in words: `exited with code 3`, `was killed by SIGKILL`.
+
+    A negative `exit_code` is read as subprocess's "killed by signal -code".
+    Unknown (both None): `still running` when `running`, else `-`.
+    """
+    if signal is None and exit_code is not None and exit_code < 0:
+        signal = -exit_code
+    if signal is not None:
+        try:
+            name = _signal.Signals(signal).name
+        except ValueError:
+            name = f"signal {signal}"
+        return f"was killed by {name}"
+    if exit_code is not None:
+        return f"exited with code {exit_code}"
+    return "still running" if running else "-"
+
+
+class JobRegistry:
+    """The registry at `home/jobs.db` (default `home()`); one SQLite connection.
+
+    Use as a context manager or call `close()`. Not shared across threads:
+    each thread (or process) opens its own.
+    """
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home).expanduser() if home is not None else _default_home()
+        _private_dir(self.home)
+        self.path = self.home / "jobs.db"
+        self._db = self._connect()
+
+    # -- connection and schema ---------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # The umask makes the db, -wal and -shm files 0600 from their first byte
+        # (SQLite also gives -wal/-shm the db file's mode); restored right after.
+        old = os.umask(0o077)
+        try:
+            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout = 30000")
+                network = _fs_type(self.home) in _NETWORK_FS
+                # WAL lets readers (singa list) run beside a writer; it needs shared memory,
+                # which network filesystems do not give, so there the rollback journal is used.
+                self._retry_locked(lambda: db.execute(
+                    f"PRAGMA journal_mode = {'DELETE' if network else 'WAL'}").fetchone())
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA foreign_keys = ON")
+                self._init_schema(db)
+            except BaseException:
+                db.close()
+                raise
+        finally:
+            os.umask(old)
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o600)  # a file made by an older tool or another umask
+        return db
+
+    @staticmethod
+    def _retry_locked(fn):
+        # Switching the journal mode of a brand-new file takes an exclusive lock that
+        # does not always wait on busy_timeout, so concurrent first opens retry here.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _version_check(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"{show_path(self.path)}: the job registry has schema version {version}, but this "
+                f"singa understands version {SCHEMA_VERSION} at most; use the newer singa that "
+                f"wrote it, or point SINGA_HOME at another directory")
+
+    def _init_schema(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        self._version_check(version)
+        if version == SCHEMA_VERSION:
+            return
+        self._retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            self._version_check(version)
+            if version < SCHEMA_VERSION:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JobRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _unknown(self, job_id: int) -> UserError:
+        return UserError(f"no job {job_id} in the registry ({show_path(self.path)}); "
+                         f"'singa list --all' shows every job")
+
+    def create_job(self, *, name: str, conf_path: str | None, conf_text: str,
+                   workspace: str | None, launcher: str, hosts: list[str], nprocs: int,
+                   train_steps: int | None, max_restarts: int = 0,
+                   options: dict[str, Any] | None = None, secret: dict[str, Any] | None = None,
+                   user: str | None = None) -> Job:
+        """Record a new job in state PENDING; its log dir `home/jobs/ID` is created 0700."""
+        import hashlib  # noqa: PLC0415 - not needed on the list/view path
+
+        if user is None:
+            import getpass  # noqa: PLC0415
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = str(os.getuid())
+        conf_hash = hashlib.sha256(conf_text.encode("utf-8")).hexdigest()
+        jobs_dir = self.home / "jobs"
+        _private_dir(jobs_dir)
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO jobs(name, conf_path, conf_text, conf_hash, user, state, reason, "
+                "max_restarts, submitted, workspace, launcher, hosts, nprocs, train_steps, "
+                "options, secret) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, conf_path, conf_text, conf_hash, user, PENDING, int(max_restarts),
+                 time.time(), workspace, launcher, json.dumps(list(hosts)), nprocs, train_steps,
+                 json.dumps(options or {}), json.dumps(secret or {})))
+            job_id = cur.lastrowid
+            log_dir = jobs_dir / str(job_id)
+            log_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(log_dir, 0o700)
+            db.execute("UPDATE jobs SET log_dir = ? WHERE id = ?", (str(log_dir), job_id))
+        return self.job(job_id)
+
+    def job(self, job_id: int) -> Job:
+        """The job `job_id`; an unknown id is a UserError that says how to see every job."""
+        row = self._db.execute(_JOB_SELECT + " WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise self._unknown(job_id)
+        return _job_from_row(row)
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[Job]:
+        """Every job (or those in `states`), ordered by id."""
+        if states is None:
+            rows = self._db.execute(_JOB_SELECT + " ORDER BY id").fetchall()
+        else:
+            wanted = [self._check_state(s) for s in states]
+            if not wanted:
+                return []
+            marks = ", ".join("?" * len(wanted))
+            rows = self._db.execute(_JOB_SELECT + f" WHERE state IN ({marks}) ORDER BY id",
+                                    wanted).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    @staticmethod
+    def _check_state(state: str) -> str:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
+        return state
+
+    def transition(self, job_id: int, state: str, reason: str = "") -> bool:
+        """Move the job to `state` unless it has already ended; True if it moved.
+
+        A terminal state is final: the update is refused (False, nothing changed).
+        The first RUNNING sets `started`; a terminal state sets `ended`.
+        """
+        self._check_state(state)
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, "
+                "started = CASE WHEN ? = 'RUNNING' AND started IS NULL THEN ? ELSE started END, "
+                "ended = CASE WHEN ? THEN ? ELSE ended END "
+                f"WHERE id = ? AND state NOT IN {_TERMINAL_SQL}",
+                (state, reason, state, now, state in TERMINAL, now, int(job_id)))
+            if cur.rowcount == 0 and db.execute("SELECT 1 FROM jobs WHERE id = ?",
+                                                (int(job_id),)).fetchone() is None:
+                raise self._unknown(job_id)
+            return cur.rowcount > 0
+
+    def note(self, job_id: int, reason: str) -> bool:
+        """Set the job's reason without changing its state (e.g. "attempt 1 failed:
+        ...; restarting"); refused (False) once the job has ended, like `transition`."""
+        with self._write() as db:
+            cur = db.execute(f"UPDATE jobs SET reason = ? WHERE id = ? AND state NOT IN "
+                             f"{_TERMINAL_SQL}", (reason, int(job_id)))
+            if cur.rowcount == 0 and db.execute("SELECT 1 FROM jobs WHERE id = ?",
+                                                (int(job_id),)).fetchone() is None:
+                raise self._unknown(job_id)
+            return cur.rowcount > 0
+
+    def _set(self, job_id: int, sql: str, args: tuple) -> None:
+        with self._write() as db:
+            if db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", (*args, int(job_id))).rowcount == 0:
+                raise self._unknown(job_id)
+
+    def set_master(self, job_id: int, pid: int, start_time: float) -> None:
+        """Record the job master: its pid and `psutil.Process(pid).create_time()`."""
+        self._set(job_id, "master_pid = ?, master_start = ?", (int(pid), float(start_time)))
+
+    def set_external_id(self, job_id: int, ext: str) -> None:
+        """Record the id another system gave the job (e.g. a Slurm job id)."""
+        self._set(job_id, "external_id = ?", (ext,))
+
+    def progress(self, job_id: int, step: int, loss: float | None = None,
+                 accuracy: float | None = None, samples_per_s: float | None = None) -> None:
+        """Record training progress; a metric given as None keeps its last value."""
+        self._set(job_id, "step = ?, loss = COALESCE(?, loss), accuracy = COALESCE(?, accuracy), "
+                  "samples_per_s = COALESCE(?, samples_per_s)",
+                  (int(step), loss, accuracy, samples_per_s))
+
+    def begin_attempt(self, job_id: int) -> int:
+        """Count one more attempt at running the job and return its number (the first is 1)."""
+        with self._write() as db:
+            row = db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ? "
+                             "RETURNING attempts", (int(job_id),)).fetchone()
+            if row is None:
+                raise self._unknown(job_id)
+            return row[0]
+
+    # -- procs -------------------------------------------------------------------------------
+
+    def add_proc(self, job_id: int, attempt: int, procs_id: int, *, host: str, role: str,
+                 log_path: str) -> None:
+        """Record process `procs_id` of attempt `attempt`, in state PENDING."""
+        with self._write() as db:
+            try:
+                db.execute("INSERT INTO procs(job_id, attempt, procs_id, host, role, state, "
+                           "log_path) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (int(job_id), int(attempt), int(procs_id), host, role, PENDING,
+                            str(log_path)))
+            except sqlite3.IntegrityError as e:
+                if "FOREIGN KEY" in str(e):
+                    raise self._unknown(job_id) from None
+                raise ValueError(f"job {job_id} attempt {attempt} already has procs "
+                                 f"{procs_id}") from None
+
+    def update_proc(self, job_id: int, attempt: int, procs_id: int, /, **fields: Any) -> None:
+        """Set columns of one process, e.g. `pid=..., state="RUNNING"`.
+
+        Only real, non-key columns may be set (others are a ValueError, as is an
+        unknown state); an unknown process is a ValueError too.
+        """
+        bad = sorted(set(fields) - _PROC_UPDATABLE)
+        if bad:
+            raise ValueError(f"procs has no updatable column {', '.join(bad)}; "
+                             f"expected some of {', '.join(sorted(_PROC_UPDATABLE))}")
+        if "state" in fields:
+            self._check_state(fields["state"])
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._write() as db:
+            cur = db.execute(f"UPDATE procs SET {sets} WHERE job_id = ? AND attempt = ? AND "
+                             "procs_id = ?", (*fields.values(), int(job_id), int(attempt),
+                                              int(procs_id)))
+            if cur.rowcount == 0:
+                raise ValueError(f"job {job_id} attempt {attempt} has no procs {procs_id}")
+
+    def procs(self, job_id: int, attempt: int | None = None) -> list[Proc]:
+        """The processes of one attempt (None: the latest attempt that has any), by procs id."""
+        if attempt is None:
+            rows = self._db.execute(
+                _PROC_SELECT + " WHERE job_id = ? AND attempt = (SELECT MAX(attempt) FROM procs "
+                "WHERE job_id = ?) ORDER BY procs_id", (int(job_id), int(job_id))).fetchall()
+        else:
+            rows = self._db.execute(_PROC_SELECT + " WHERE job_id = ? AND attempt = ? "
+                                    "ORDER BY procs_id", (int(job_id), int(attempt))).fetchall()
+        return [Proc(*r) for r in rows]
+
+    def all_procs(self, job_id: int) -> list[Proc]:
+        """Every process of every attempt, by attempt then procs id."""
+        rows = self._db.execute(_PROC_SELECT + " WHERE job_id = ? ORDER BY attempt, procs_id",
+                                (int(job_id),)).fetchall()
+        return [Proc(*r) for r in rows]
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def reconcile(self, job: Job) -> Job:
+        """The job with its state derived from liveness; returns the fresh row.
+
+        A job that has not ended but whose master (on this host) is gone -- no such
+        pid, a zombie, or a pid reused by another process (start time differs) --
+        becomes LOST, and so do its processes that had not ended. A PENDING job with
+        no master 30 s after submission becomes LOST too (the master never started).
+        """
+        if job.terminal:
+            return job
+        reason = None
+        if job.master_pid is not None:
+            if not _alive(job.master_pid, job.master_start):
+                reason = (f"the job master (pid {job.master_pid}) is gone; "
+                          "the job's processes may still be running")
+        elif job.state == PENDING and time.time() - job.submitted > MASTER_START_TIMEOUT:
+            reason = "the job master never started"
+        if reason is None:
+            return job
+        now = time.time()
+        with self._write() as db:
+            moved = db.execute(
+                f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND state NOT IN "
+                f"{_TERMINAL_SQL} AND master_pid IS ?", (LOST, reason, now, job.id,
+                                                         job.master_pid)).rowcount
+            if moved:
+                db.execute(f"UPDATE procs SET state = ? WHERE job_id = ? AND state NOT IN "
+                           f"{_TERMINAL_SQL}", (LOST, job.id))
+        return self.job(job.id)
+
+
+def _alive(pid: int, start: float | None) -> bool:
+    """True if `pid` runs and (when `start` is known) is the process that started at `start`."""
+    import psutil  # noqa: PLC0415 - only needed when some job is active
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if start is not None and abs(p.create_time() - start) > START_TIME_SLACK:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # someone else's process holds the pid? we cannot tell; do not guess LOST
+    return True

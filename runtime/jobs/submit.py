@@ -1,0 +1,266 @@
+"""Submitting a job and following it: what `singa submit` (and the Driver of
+a user's own main) does.
+
+`submit(conf, opts)` validates the job and its placement before anything
+exists (a problem is a `UserError`: exit 2, no registry row, no process),
+then creates the job in the registry (PENDING), writes the validated
+JobProto next to its logs (0600), and starts the job master detached, in a
+session of its own, so the job survives the submitting terminal.
+
+`follow(reg, job_id)` streams the log of process 0 (on any host) with a
+live progress line on a terminal, until the job ends; it returns the exit
+code of `singa submit`: 0 only if the job SUCCEEDED.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from runtime.errors import UserError
+from runtime.jobs import registry as R
+
+
+@dataclass
+class SubmitOptions:
+    hostfile: str | None = None
+    hosts: str | None = None
+    launcher: str | None = None       # local, ssh; default: ssh when a host is remote
+    name: str | None = None
+    resume: bool = False
+    test: bool = False
+    max_restarts: int = 0
+    oversubscribe: bool = False
+    ssh_port: int | None = None
+    ssh_identity: str | None = None
+    ssh_config: str | None = None
+    interface: str | None = None
+    modules: tuple[str, ...] = ()
+    grace: float = 5.0
+    warn: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+
+def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> int:
+    """Validate, register and launch the job; returns its id."""
+    from runtime import checkpoint, driver, plugins
+    from runtime.cluster import Cluster
+    from runtime.config import load_job
+    from runtime.jobs import hostfile
+
+    modules = tuple(os.path.abspath(m) if m.endswith(".py") else m for m in opts.modules)
+    plugins.load(modules)
+    loaded = load_job(conf, submit=True)
+    for w in loaded.warnings:
+        opts.warn(str(w))
+    job = loaded.proto
+    ws = job.cluster.workspace
+    if opts.resume and checkpoint.latest(ws) is None:
+        raise UserError(f"--resume: no checkpoint in {checkpoint.checkpoint_dir(ws)}")
+    if opts.test and not opts.resume and not job.checkpoint_path:
+        raise UserError("test mode needs checkpoint_path in the conf (or --resume to use the "
+                        "latest checkpoint of the workspace)")
+    cluster = Cluster.from_proto(job.cluster)
+    nprocs = 1 if opts.test else cluster.nprocs
+    if opts.hostfile and opts.hosts:
+        raise UserError("give the hosts once: --hostfile or --hosts, not both")
+    if opts.hostfile:
+        hosts = hostfile.parse_hostfile(opts.hostfile)
+    elif opts.hosts:
+        hosts = hostfile.parse_hosts(opts.hosts)
+    else:
+        hosts = [hostfile.Host("localhost", nprocs, "this host")]
+    placement = hostfile.place(hosts, nprocs, oversubscribe=opts.oversubscribe,
+                               what=f"{cluster.nworkers} workers and {cluster.nservers} servers")
+    remote = sorted({h for h in placement if not hostfile.is_local(h)})
+    launcher = opts.launcher or ("ssh" if remote else "local")
+    if launcher not in ("local", "ssh"):
+        raise UserError(f"--launcher {launcher}: not available here; known: local, ssh")
+    if launcher == "local" and remote:
+        raise UserError(f"--launcher local cannot start processes on {', '.join(remote)}; "
+                        "use --launcher ssh (the default with remote hosts)")
+    secret = None
+    if remote:
+        from runtime.comm.security import JobKeys
+
+        secret = {"curve": JobKeys.generate().to_dict()}
+        hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
+    driver.prepare_workspace(job)
+    options = {
+        "launcher": launcher, "modules": list(modules), "resume": opts.resume, "test": opts.test,
+        "cwd": os.getcwd(), "grace": opts.grace, "interface": opts.interface,
+        "ssh": {k: v for k, v in (("port", opts.ssh_port), ("identity", opts.ssh_identity),
+                                  ("config", opts.ssh_config)) if v is not None},
+        "cores": os.cpu_count() or 1,
+    }
+    reg = reg or R.JobRegistry()
+    row = reg.create_job(
+        name=opts.name or job.name or Path(conf).stem, conf_path=os.path.abspath(conf),
+        conf_text=Path(conf).read_text(), workspace=ws, launcher=launcher, hosts=placement,
+        nprocs=nprocs, train_steps=0 if opts.test else job.train_steps,
+        max_restarts=opts.max_restarts, options=options, secret=secret)
+    try:
+        fd = os.open(Path(row.log_dir) / "job.pb", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(job.SerializeToString())
+        master = _start_master(reg, row)
+    except (OSError, subprocess.SubprocessError) as e:
+        reg.transition(row.id, R.FAILED, f"could not start the job master: {e}")
+        raise UserError(f"job {row.id}: could not start the job master: {e}") from None
+    reg.set_master(row.id, master.pid, _start_time(master.pid))
+    return row.id
+
+
+def _start_master(reg: R.JobRegistry, row: R.Job) -> subprocess.Popen:
+    log_path = Path(row.log_dir) / "master.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "runtime.jobs.master", str(row.id)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=dict(os.environ, SINGA_HOME=str(reg.home)),
+                                start_new_session=True)
+
+
+def _start_time(pid: int) -> float | None:
+    from runtime.jobs import pgroup
+
+    return pgroup.start_time(pid)
+
+
+# ------------------------------------------------------------------ follow ---
+
+def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+           grace: float = 5.0) -> int:
+    """Stream process 0's log until the job ends; Ctrl-C or TERM stops the job."""
+    from runtime.jobs import logs
+
+    tty = err.isatty()
+    status = _Status(err) if tty else None
+    interrupted = False
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        attempt = 0
+        reader = None
+        while True:
+            job = reg.reconcile(reg.job(job_id))
+            procs = reg.procs(job_id)
+            if procs and procs[0].attempt != attempt:
+                attempt = procs[0].attempt
+                if reader is not None:
+                    for line in reader.drain():
+                        _emit(line, out, status)
+                    reader.close()
+                    print(f"singa: job {job_id}: attempt {attempt} of "
+                          f"{job.max_restarts + 1}: {job.reason}", file=err, flush=True)
+                reader = logs.reader(job, procs[0], from_start=True)
+            if reader is not None:
+                for line in reader.read():
+                    _emit(line, out, status)
+            if status is not None:
+                status.show(job)
+            if job.terminal:
+                if reader is not None:
+                    for line in reader.drain():
+                        _emit(line, out, status)
+                    reader.close()
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        if status is not None:
+            status.clear()
+        from runtime.jobs.kill import kill_job
+
+        print(f"singa: job {job_id}: interrupted; stopping it (submit --detach leaves a job "
+              "running)", file=err, flush=True)
+        kill_job(reg, job_id, grace, "interrupted from the submitting terminal")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if status is not None:
+            status.clear()
+    job = reg.job(job_id)
+    return _report_end(reg, job, err, interrupted)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _emit(line: str, out: TextIO, status: "_Status | None") -> None:
+    if status is not None:
+        status.clear()
+    out.write(line if line.endswith("\n") else line + "\n")
+    out.flush()
+
+
+def _report_end(reg: R.JobRegistry, job: R.Job, err: TextIO, interrupted: bool) -> int:
+    took = _clock(job.elapsed)
+    if job.state == R.SUCCEEDED:
+        print(f"singa: job {job.id} SUCCEEDED in {took}", file=err, flush=True)
+        return 0
+    print(f"singa: job {job.id} {job.state}" + (f": {job.reason}" if job.reason else ""),
+          file=err, flush=True)
+    if job.state in (R.FAILED, R.LOST):
+        from runtime.jobs import logs
+
+        failed = next((p for p in reg.procs(job.id) if p.state == R.FAILED), None)
+        if failed is not None and failed.procs_id != 0:
+            lines = logs.tail(job, failed, 20)
+            if lines:
+                print(f"--- last lines of process {failed.procs_id}'s log ({failed.host}: "
+                      f"{failed.log_path}) ---", file=err)
+                for line in lines:
+                    print(line.rstrip("\n"), file=err)
+        print(f"singa: details: singa view {job.id}; logs: singa log {job.id}", file=err, flush=True)
+    return 130 if interrupted else 1
+
+
+def _clock(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _Status:
+    """The live progress line at the bottom of a terminal."""
+
+    def __init__(self, err: TextIO):
+        self.err = err
+        self.shown = False
+
+    def show(self, job: R.Job) -> None:
+        parts = [f"job {job.id} {job.state}"]
+        if job.train_steps:
+            parts.append(f"step {job.step or 0}/{job.train_steps}")
+        if job.loss is not None:
+            parts.append(f"loss {job.loss:.4f}")
+        if job.accuracy is not None:
+            parts.append(f"accuracy {job.accuracy:.4f}")
+        if job.samples_per_s:
+            parts.append(f"{job.samples_per_s:,.0f} samples/s")
+            if job.train_steps and job.step is not None and job.state == R.RUNNING:
+                left = _eta(job)
+                if left is not None:
+                    parts.append(f"ETA {_clock(left)}")
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        self.err.write("\r\x1b[K" + "  ".join(parts)[:width])
+        self.err.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self.shown = False
+
+
+def _eta(job: R.Job) -> float | None:
+    """Seconds left, from the steps done so far and the time they took."""
+    if not job.started or not job.step:
+        return None
+    rate = job.step / max(1e-9, time.time() - job.started)
+    return (job.train_steps - job.step) / rate if rate > 0 else None

@@ -1,0 +1,144 @@
+"""A LeNet job across real hosts: network namespaces joined by a bridge, each
+with its own sshd (netns.py). The job master runs here, in the root
+namespace; its processes are started over ssh from a hostfile of the
+namespaces' addresses and talk tcp with CurveZMQ.
+
+Checked: processes on every host in `view`, a remote log through `singa log`,
+a remote worker killed with SIGKILL fails the job within 5 s with nothing left
+anywhere, and `singa kill` leaves no process on any host.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.jobs import pgroup
+from runtime.jobs import registry as R
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "examples" / "mnist"
+
+
+def lenet_conf(tmp: Path, name: str, steps: int, cluster: str) -> Path:
+    if not (DATA / "train_data.bin").exists():
+        pytest.skip("Fashion-MNIST is not imported: run bin/setup (singa data fetch)")
+    text = (DATA / "conv.conf").read_text()
+    text = re.sub(r"^train_steps: \d+", f"train_steps: {steps}", text, flags=re.M)
+    text = re.sub(r"^test_steps: \d+", "test_steps: 5", text, flags=re.M)
+    text = re.sub(r"^test_freq: \d+", f"test_freq: {steps}", text, flags=re.M)
+    text = re.sub(r"^disp_freq: \d+", "disp_freq: 10", text, flags=re.M)
+    text = re.sub(r"^num_openblas_threads: \d+", "num_openblas_threads: 1", text, flags=re.M)
+    text = text.replace('path: "train_data.bin"', f'path: "{DATA}/train_data.bin"')
+    text = text.replace('path: "test_data.bin"', f'path: "{DATA}/test_data.bin"')
+    text = re.sub(r"cluster \{.*\}\s*$", "cluster {\n  " + cluster + f'\n  workspace: "{tmp}/{name}.ws"\n}}\n',
+                  text, flags=re.S)
+    p = tmp / f"{name}.conf"
+    p.write_text(text)
+    return p
+
+
+def singa(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "singa_cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submitted_id(r: subprocess.CompletedProcess) -> int:
+    m = re.search(r"Submitted job (\d+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    return int(m.group(1))
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def nothing_left(cluster, job: R.Job) -> None:
+    """No process of the job on any host, nor its master here."""
+    for i in range(len(cluster.addresses)):
+        assert cluster.wait_idle(i, timeout=10) == [], f"processes left on host {i}"
+    assert not pgroup.alive(job.master_pid, job.master_start)
+
+
+@pytest.fixture
+def hosts_args(ssh_cluster):
+    return ["-H", str(ssh_cluster.hostfile(1)), "--ssh-config", str(ssh_cluster.ssh_config)]
+
+
+def test_lenet_across_two_hosts(ssh_cluster, hosts_args, tmp_path):
+    conf = lenet_conf(tmp_path, "sync", 40, "nworkers_per_group: 2")
+    r = singa("submit", str(conf), *hosts_args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = submitted_id(r)
+    # process 0's log streams from its host to the submitting terminal
+    assert "Test @ step 40  Loss = " in r.stdout
+    assert f"job {job_id} SUCCEEDED" in r.stderr
+
+    v = singa("view", str(job_id), cwd=tmp_path)
+    assert v.returncode == 0, v.stderr
+    for addr in ssh_cluster.addresses:
+        assert re.search(rf"^\d+\s+{re.escape(addr)}\s+\d+\s+worker 0/\d.*SUCCEEDED", v.stdout, re.M), v.stdout
+    job = R.JobRegistry().job(job_id)
+    assert job.launcher == "ssh" and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
+    # the keys of the job never show up on a command line or in its logs
+    secret = job.secret["curve"]["secret"]
+    for log in Path(job.log_dir).rglob("*.log"):
+        assert secret not in log.read_text(errors="replace"), log
+
+    # a remote log, read over ssh
+    lg = singa("log", str(job_id), "--proc", "1", cwd=tmp_path)
+    assert lg.returncode == 0, lg.stderr
+    proc1 = next(p for p in R.JobRegistry().procs(job_id) if p.procs_id == 1)
+    assert proc1.host == ssh_cluster.addresses[1]
+    nothing_left(ssh_cluster, job)
+
+
+def test_sigkill_of_a_remote_worker_fails_the_job_within_5s(ssh_cluster, hosts_args, tmp_path):
+    conf = lenet_conf(tmp_path, "victim", 10**6, "nworkers_per_group: 2")
+    r = singa("submit", "--detach", str(conf), *hosts_args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = submitted_id(r)
+    reg = R.JobRegistry()
+    wait_for(lambda: (reg.job(job_id).step or 0) >= 10, 60, "training steps")
+    victim = next(p for p in reg.procs(job_id) if p.procs_id == 1)
+    assert victim.host == ssh_cluster.addresses[1]
+    k = ssh_cluster.ssh(1, ["kill", "-KILL", str(victim.pid)])
+    assert k.returncode == 0, k.stderr
+    t0 = time.monotonic()
+    job = wait_for(lambda: (lambda j: j if j.terminal else None)(reg.job(job_id)), 10, "FAILED")
+    took = time.monotonic() - t0
+    assert job.state == R.FAILED, job
+    assert took <= 5.0, f"FAILED after {took:.1f} s"
+    assert f"process 1 on {victim.host}, pid {victim.pid}" in job.reason, job.reason
+    assert "was killed by SIGKILL" in job.reason, job.reason
+    wait_for(lambda: not pgroup.alive(job.master_pid, job.master_start), 20, "the master to exit")
+    nothing_left(ssh_cluster, job)
+    v = singa("view", str(job_id), cwd=tmp_path)
+    assert "FAILED" in v.stdout and job.reason.split(":")[0] in v.stdout
+
+
+def test_kill_leaves_no_process_on_any_host(ssh_cluster, hosts_args, tmp_path):
+    conf = lenet_conf(tmp_path, "long", 10**6, "nworkers_per_group: 2")
+    r = singa("submit", "--detach", str(conf), *hosts_args, cwd=tmp_path)
+    job_id = submitted_id(r)
+    reg = R.JobRegistry()
+    wait_for(lambda: reg.job(job_id).state == R.RUNNING, 60, "RUNNING")
+    k = singa("kill", str(job_id), "--grace", "3", cwd=tmp_path)
+    assert k.returncode == 0, k.stderr
+    assert f"job {job_id} KILLED" in k.stdout
+    job = reg.job(job_id)
+    assert job.state == R.KILLED
+    nothing_left(ssh_cluster, job)
+    assert all(p.state == R.KILLED for p in reg.procs(job_id))
