@@ -82,9 +82,13 @@ def decode(data: bytes, path: str = "<bytes>") -> dict[str, tuple[int, np.ndarra
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def checkpoint_dir(workspace: str) -> Path:
@@ -95,16 +99,21 @@ def save(workspace: str, step: int, worker: int, params: list[tuple[str, int, np
          resume_state: dict | None = None) -> Path:
     """Write `step<step>-worker<worker>` (and its `.resume` file); return its path."""
     d = checkpoint_dir(workspace)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"step{step}-worker{worker}"
-    if resume_state is not None:
-        arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
-        meta = json.dumps(resume_state.get("meta", {})).encode()
-        arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
-        tmp = path.with_name(path.name + ".resume.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path.with_name(path.name + ".resume"))
-    _atomic_write(path, encode(params))
+    tmp = path.with_name(path.name + ".resume.tmp.npz")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if resume_state is not None:
+            arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
+            meta = json.dumps(resume_state.get("meta", {})).encode()
+            arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path.with_name(path.name + ".resume"))
+        _atomic_write(path, encode(params))
+    except OSError as e:
+        # a full or read-only disk: say so plainly; no half-written file stays
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
     return path
 
 

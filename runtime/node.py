@@ -86,6 +86,7 @@ class Node:
         self.stub.plan = self.plan
         self.errors: list[BaseException] = []
         self.workers: list = []
+        self.resumed = False  # set when started with --resume
         self._linked = threading.Event()
 
     def rendezvous(self) -> None:
@@ -167,12 +168,26 @@ class Node:
         self._linked.wait()
         try:
             worker.init_params()
+            if self.resumed and (g, w) == (0, 0):
+                # params from the latest checkpoint; the updater's history
+                # (momentum) lived on the servers and starts afresh
+                worker.log(f"Resumed from step {self.job.step}")
             worker.run()
-        except BaseException as e:
-            self.errors.append(e)
-            log.exception("worker (%d,%d) failed", g, w)
+        except BaseException as e:  # noqa: BLE001 - any failure ends the process
+            self._fatal(g, w, e)
         finally:
             channel.stop()
+
+    def _fatal(self, g: int, w: int, e: BaseException) -> None:
+        """A worker that fails ends its process at once, with the reason as the
+        last line of the log: its group cannot go on without it, and the job
+        master stops the other processes and records the failure."""
+        if isinstance(e, UserError):
+            print(f"singa: procs {self.procs}: worker ({g},{w}): {e}", file=sys.stderr, flush=True)
+            os._exit(2)
+        log.error("worker (%d,%d) failed", g, w, exc_info=e)
+        print(f"singa: procs {self.procs}: worker ({g},{w}) failed: {e!r}", file=sys.stderr, flush=True)
+        os._exit(1)
 
     def _workers_done(self) -> None:
         self.link.done()
@@ -315,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
             driver.setup_resume(job)
         node = Node(job, procs, link, ctl, transport, host, keys)
+        node.resumed = args.resume
         link.step = node.step
         return node.run()
     except UserError as e:

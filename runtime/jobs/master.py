@@ -66,7 +66,7 @@ def batch_size(job: job_pb2.JobProto) -> int:
 
 @dataclass
 class Outcome:
-    state: str                 # SUCCEEDED, FAILED or KILLED
+    state: str                 # SUCCEEDED, FAILED, KILLED, or RESTART (failed, restarts left)
     reason: str = ""
 
 
@@ -92,15 +92,20 @@ class JobMaster:
             attempt = self.reg.begin_attempt(self.id)
             out = self.run_attempt(attempt, resume)
             log.info("attempt %d: %s %s", attempt, out.state, out.reason)
-            if out.state == "FAILED" and self.stop_signal is None \
-                    and attempt <= self.row.max_restarts and not self._killed():
-                resume = self._can_resume()
-                self.reg.note(self.id, f"attempt {attempt} failed: {out.reason}; restarting "
-                              f"(attempt {attempt + 1} of {self.row.max_restarts + 1}) "
-                              + ("from the latest checkpoint" if resume else "from scratch: no checkpoint yet"))
-                continue
-            self.reg.transition(self.id, out.state, out.reason)
-            return 0 if out.state == "SUCCEEDED" else 1
+            if out.state != "RESTART":
+                return 0 if out.state == "SUCCEEDED" else 1
+            resume = self._can_resume()
+
+    def _settle(self, attempt: int, out: Outcome) -> Outcome:
+        """Record how the attempt ended: the job's final state, or (a failure
+        while restarts are left) RESTART with the reason noted."""
+        if out.state == "FAILED" and self.stop_signal is None \
+                and attempt <= self.row.max_restarts and not self._killed():
+            self.reg.note(self.id, f"attempt {attempt} failed: {out.reason}; restarting "
+                          f"(attempt {attempt + 1} of {self.row.max_restarts + 1})")
+            return Outcome("RESTART", out.reason)
+        self.reg.transition(self.id, out.state, out.reason)
+        return out
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -134,7 +139,10 @@ class JobMaster:
         handles: list[Handle] = []
         try:
             handles = self._launch(attempt, endpoint, resume, keys)
-            return self._serve(attempt, router, handles)
+            out = self._serve(attempt, router, handles)
+            # the job's state is written before the others are stopped: a
+            # failure shows at once, not after the grace period
+            return self._settle(attempt, out)
         finally:
             self._stop_all(attempt, handles)
             router.close()
@@ -321,8 +329,10 @@ class JobMaster:
                 h.signal(signal.SIGKILL)
         for p, h in running:
             h.close()
-            self.reg.update_proc(self.id, attempt, p, state=R.KILLED, exit_code=None,
-                                 signal=signal.SIGTERM)
+            code = h.poll()
+            self.reg.update_proc(self.id, attempt, p, state=R.KILLED,
+                                 exit_code=code if code is not None and code >= 0 else None,
+                                 signal=-code if code is not None and code < 0 else None)
 
 
 class _Rate:

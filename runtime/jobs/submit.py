@@ -210,12 +210,14 @@ def _report_end(reg: R.JobRegistry, job: R.Job, err: TextIO, interrupted: bool) 
 
         failed = next((p for p in reg.procs(job.id) if p.state == R.FAILED), None)
         if failed is not None and failed.procs_id != 0:
-            lines = logs.tail(job, failed, 20)
-            if lines:
-                print(f"--- last lines of process {failed.procs_id}'s log ({failed.host}: "
-                      f"{failed.log_path}) ---", file=err)
-                for line in lines:
-                    print(line.rstrip("\n"), file=err)
+            try:
+                lines = logs.tail(job, failed, 20)
+            except UserError as e:
+                lines = [f"(cannot read it: {e})"]
+            print(f"--- last lines of process {failed.procs_id}'s log ({failed.host}: "
+                  f"{failed.log_path}) ---", file=err)
+            for line in lines or ["(empty)"]:
+                print(line.rstrip("\n"), file=err)
         print(f"singa: details: singa view {job.id}; logs: singa log {job.id}", file=err, flush=True)
     return 130 if interrupted else 1
 

@@ -142,3 +142,30 @@ def test_kill_leaves_no_process_on_any_host(ssh_cluster, hosts_args, tmp_path):
     assert job.state == R.KILLED
     nothing_left(ssh_cluster, job)
     assert all(p.state == R.KILLED for p in reg.procs(job_id))
+
+
+def test_an_unreachable_host_fails_the_job_with_the_reason(ssh_cluster, tmp_path):
+    bad = ssh_cluster.addresses[0].rsplit(".", 1)[0] + ".250"  # on the bridge's net, no host
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{ssh_cluster.addresses[0]}\n{bad}  # gone\n")
+    conf = lenet_conf(tmp_path, "stranded", 10**6, "nworkers_per_group: 2")
+    r = singa("submit", str(conf), "-H", str(hosts), "--ssh-config", str(ssh_cluster.ssh_config),
+              cwd=tmp_path)
+    assert r.returncode == 1
+    job = R.JobRegistry().job(submitted_id(r))
+    assert job.state == R.FAILED
+    assert f"process 1 on {bad} (worker 0/1)" in job.reason, job.reason
+    assert "no route to host" in job.reason.lower() or "timed out" in job.reason.lower(), job.reason
+    nothing_left(ssh_cluster, job)
+
+
+def test_hosts_check_probes_each_host_over_ssh(ssh_cluster, tmp_path):
+    conf = lenet_conf(tmp_path, "plan", 10, "nworkers_per_group: 2")
+    r = singa("hosts", "check", str(ssh_cluster.hostfile(1)), "--ssh-config",
+              str(ssh_cluster.ssh_config), "--conf", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for addr in ssh_cluster.addresses:
+        assert re.search(rf"^{re.escape(addr)}\s+1\s+{re.escape(addr)}\s+ok", r.stdout, re.M), r.stdout
+    r = singa("hosts", "check", str(ssh_cluster.hostfile(1)), "--ssh-config",
+              str(ssh_cluster.ssh_config), "--ssh-port", "2", cwd=tmp_path)
+    assert r.returncode == 1 and "refused" in r.stdout.lower(), r.stdout + r.stderr

@@ -1,0 +1,239 @@
+"""The job master's supervision, as fault drills with real processes on this
+host: a worker, a server or the master killed, a process gone silent, a full
+disk, restarts from the latest checkpoint, several jobs at once. Each must
+end in the right state with a reason naming the process, and leave no
+process behind."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.jobs import pgroup
+from runtime.jobs import registry as R
+from tests.test_training import make_conf
+
+
+def job_conf(tmp: Path, name: str, cluster: str = "", steps: int = 10**6, ckpt_freq: int = 0,
+             workspace: str | None = None) -> Path:
+    ws = workspace or f"{tmp}/{name}.ws"
+    p = make_conf(tmp, name + ".conf", steps=steps, test_freq=steps, ckpt_freq=ckpt_freq,
+                  workspace=ws)
+    text = p.read_text().replace(f'cluster {{ workspace: "{ws}" }}',
+                                 f'cluster {{ workspace: "{ws}" {cluster} }}')
+    assert cluster in text
+    p.write_text(text)
+    return p
+
+
+def singa(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "singa_cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit_detached(conf: Path, *args: str) -> int:
+    r = singa("submit", "--detach", str(conf), *args, cwd=conf.parent)
+    assert r.returncode == 0, r.stderr
+    return int(re.search(r"Submitted job (\d+)", r.stdout).group(1))
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def ended(reg: R.JobRegistry, job_id: int, timeout: float = 60) -> R.Job:
+    return wait_for(lambda: (lambda j: j if j.terminal else None)(reg.reconcile(reg.job(job_id))),
+                    timeout, f"job {job_id} to end")
+
+
+def training(reg: R.JobRegistry, job_id: int, steps: int = 5) -> list[R.Proc]:
+    wait_for(lambda: reg.job(job_id).state == R.RUNNING and (reg.job(job_id).step or 0) >= steps,
+             60, f"job {job_id} to train")
+    return reg.procs(job_id)
+
+
+def nothing_left(reg: R.JobRegistry, job_id: int, timeout: float = 15) -> None:
+    job = reg.job(job_id)
+    procs = reg.all_procs(job_id)
+    wait_for(lambda: not any(pgroup.members(p.pgid, p.start_time) for p in procs if p.pgid)
+             and not pgroup.alive(job.master_pid, job.master_start), timeout,
+             f"every process of job {job_id} to exit")
+
+
+@pytest.fixture
+def reg():
+    with R.JobRegistry() as r:
+        yield r
+
+
+def test_a_job_runs_to_success_and_its_files_are_private(tmp_path, reg):
+    conf = job_conf(tmp_path, "ok", "nworkers_per_group: 2", steps=30)
+    job_id = submit_detached(conf)
+    job = ended(reg, job_id)
+    assert job.state == R.SUCCEEDED, job.reason
+    assert job.step == 30 and job.loss is not None and job.accuracy is not None
+    procs = reg.procs(job_id)
+    assert [p.state for p in procs] == [R.SUCCEEDED, R.SUCCEEDED]
+    assert all(p.exit_code == 0 and p.heartbeat and p.pgid == p.pid for p in procs)
+    for path in [reg.path, *Path(job.log_dir).rglob("*")]:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    nothing_left(reg, job_id)
+
+
+@pytest.mark.parametrize("role, cluster", [
+    ("worker 0/1", "nworkers_per_group: 2"),
+    ("server 0/0", "server_worker_separate: true"),
+])
+def test_sigkill_of_a_process_fails_the_job_within_5s(tmp_path, reg, role, cluster):
+    conf = job_conf(tmp_path, "victim", cluster)
+    job_id = submit_detached(conf)
+    procs = training(reg, job_id)
+    victim = next(p for p in procs if role in p.role)
+    os.kill(victim.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    job = ended(reg, job_id, timeout=10)
+    assert time.monotonic() - t0 <= 5.0
+    assert job.state == R.FAILED
+    assert job.reason.startswith(f"process {victim.procs_id} on localhost, pid {victim.pid} "
+                                 f"({victim.role}) was killed by SIGKILL"), job.reason
+    nothing_left(reg, job_id)
+    states = {p.procs_id: p.state for p in reg.procs(job_id)}
+    assert states.pop(victim.procs_id) == R.FAILED and set(states.values()) == {R.KILLED}
+    v = singa("view", str(job_id), cwd=tmp_path)
+    assert f"Failing process: procs {victim.procs_id}" in v.stdout, v.stdout
+
+
+def test_a_silent_process_fails_the_job_within_5s(tmp_path, reg):
+    conf = job_conf(tmp_path, "silent", "nworkers_per_group: 2")
+    job_id = submit_detached(conf, "--grace", "1")
+    victim = training(reg, job_id)[1]
+    os.kill(victim.pid, signal.SIGSTOP)  # alive, but says nothing
+    t0 = time.monotonic()
+    job = ended(reg, job_id, timeout=10)
+    assert time.monotonic() - t0 <= 5.0
+    assert job.state == R.FAILED
+    assert re.search(r"process 1 on localhost, pid \d+ \(worker 0/1\) went silent: "
+                     r"no heartbeat for 3\.\d s", job.reason), job.reason
+    nothing_left(reg, job_id)
+
+
+def test_the_master_killed_makes_the_job_lost_and_its_processes_exit(tmp_path, reg):
+    conf = job_conf(tmp_path, "orphans", "nworkers_per_group: 2")
+    job_id = submit_detached(conf)
+    procs = training(reg, job_id)
+    job = reg.job(job_id)
+    os.kill(job.master_pid, signal.SIGKILL)
+    wait_for(lambda: not pgroup.alive(job.master_pid, job.master_start), 5, "the master to die")
+    r = singa("list", "--all", cwd=tmp_path)
+    assert re.search(rf"^{job_id}\s+\S+\s+LOST\s", r.stdout, re.M), r.stdout
+    job = reg.job(job_id)
+    assert job.state == R.LOST and f"pid {job.master_pid}" in job.reason
+    # without their master the processes stop by themselves: no orphans
+    wait_for(lambda: not any(pgroup.members(p.pgid, p.start_time) for p in procs), 15,
+             "the processes to exit")
+    assert "no word from the job master" in Path(procs[0].log_path).read_text()
+
+
+def test_a_full_disk_fails_the_job_with_the_reason(tmp_path, reg):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a full disk) needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        conf = job_conf(tmp_path, "full", "nworkers_per_group: 2", steps=200, ckpt_freq=20,
+                        workspace=str(disk / "ws"))
+        (disk / "filler").write_bytes(b"\0" * 40_000)
+        job_id = submit_detached(conf)
+        job = ended(reg, job_id)
+        assert job.state == R.FAILED
+        assert "process 0 on localhost" in job.reason and "No space left on device" in job.reason, job.reason
+        nothing_left(reg, job_id)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_max_restarts_relaunches_from_the_latest_checkpoint(tmp_path, reg):
+    conf = job_conf(tmp_path, "phoenix", "nworkers_per_group: 2", steps=3000, ckpt_freq=200)
+    job_id = submit_detached(conf, "--max-restarts", "1")
+    procs = training(reg, job_id)
+    wait_for(lambda: list((tmp_path / "phoenix.ws" / "checkpoint").glob("step[1-9]*-worker0")), 60,
+             "a checkpoint after step 0")
+    os.kill(procs[1].pid, signal.SIGKILL)
+    job = ended(reg, job_id, timeout=120)
+    assert job.state == R.SUCCEEDED, job.reason
+    assert job.attempts == 2 and job.step == 3000
+    first, second = reg.procs(job_id, 1), reg.procs(job_id, 2)
+    assert first[1].state == R.FAILED and [p.state for p in second] == [R.SUCCEEDED] * 2
+    # the first attempt's logs are kept; the second resumed from a checkpoint
+    assert Path(first[0].log_path).exists() and first[0].log_path != second[0].log_path
+    assert re.search(r"^Resumed from step [1-9]\d*00$", Path(second[0].log_path).read_text(), re.M)
+    v = singa("view", str(job_id), cwd=tmp_path)
+    assert "attempts:  2 (max restarts 1)" in v.stdout, v.stdout
+    nothing_left(reg, job_id)
+
+
+def test_kill_stops_every_process_and_is_final(tmp_path, reg):
+    conf = job_conf(tmp_path, "stopme", "nworker_groups: 2")
+    job_id = submit_detached(conf)
+    training(reg, job_id)
+    r = singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
+    assert r.returncode == 0 and f"job {job_id} KILLED" in r.stdout, r.stderr
+    job = reg.job(job_id)
+    assert job.state == R.KILLED and job.reason == "killed with singa kill"
+    nothing_left(reg, job_id)
+    assert reg.job(job_id).state == R.KILLED  # the master did not write over it
+    r = singa("kill", str(job_id), cwd=tmp_path)
+    assert r.returncode == 0 and "already ended: KILLED" in r.stdout
+
+
+def test_concurrent_submits_all_succeed(tmp_path, reg):
+    """20 submits at once (two jobs per host and more): distinct ids, every job
+    SUCCEEDED, no process left."""
+    confs = [job_conf(tmp_path, f"c{i}", steps=5) for i in range(20)]
+    runs = [subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", "--detach", str(c)],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for c in confs]
+    ids = []
+    for p in runs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        ids.append(int(re.search(r"Submitted job (\d+)", out).group(1)))
+    assert len(set(ids)) == 20
+    for job_id in ids:
+        job = ended(reg, job_id, timeout=180)
+        assert job.state == R.SUCCEEDED, (job_id, job.reason)
+        nothing_left(reg, job_id)
+
+
+def test_submit_follows_a_failing_job_and_shows_why(tmp_path, reg):
+    conf = job_conf(tmp_path, "doomed", "nworkers_per_group: 2")
+    proc = subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = wait_for(lambda: next((j.id for j in reg.jobs() if j.conf_path == str(conf)), None),
+                      30, "the job")
+    victim = training(reg, job_id)[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "Train @ step 0  Loss = " in out  # process 0's log, streamed
+    assert (f"singa: job {job_id} FAILED: process 1 on localhost, pid {victim.pid} (worker 0/1) "
+            "was killed by SIGKILL") in err, err
+    assert f"--- last lines of process 1's log (localhost: {victim.log_path}) ---" in err
+    assert f"singa: details: singa view {job_id}; logs: singa log {job_id}" in err
+    nothing_left(reg, job_id)
