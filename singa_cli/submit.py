@@ -43,8 +43,9 @@ _COMMON = [
     click.option("-H", "--hostfile", type=click.Path(), default=None,
                  help="Hosts to run on: 'host', 'host slots=N' a line; # comments."),
     click.option("--hosts", default=None, metavar="H:N,...", help="Hosts inline: h1:2,h2:2."),
-    click.option("--launcher", type=click.Choice(["local", "ssh"]), default=None,
-                 help="How processes start (default: ssh when a host is remote, else local)."),
+    click.option("--launcher", type=click.Choice(["local", "ssh", "slurm", "mpi"]), default=None,
+                 help="How processes start: local, ssh (default when a host is remote), "
+                      "slurm (sbatch + srun), mpi (mpirun)."),
     click.option("--oversubscribe", is_flag=True, help="Allow more processes than slots."),
     click.option("--ssh-port", type=int, default=None, help="sshd's port on the hosts."),
     click.option("--ssh-identity", type=click.Path(), default=None, help="ssh private key file."),

@@ -12,6 +12,14 @@ def _singa_home(tmp_path_factory):
     old = os.environ.get("SINGA_HOME")
     os.environ["SINGA_HOME"] = str(tmp_path_factory.mktemp("singa-home"))
     yield
+    # a test that failed half-way may leave a job running: stop them all, so a
+    # test run never leaves processes behind (pytest later deletes the registry)
+    from runtime.jobs import registry as R
+    from runtime.jobs.kill import kill_job
+
+    with R.JobRegistry() as reg:
+        for job in reg.jobs([R.PENDING, R.RUNNING]):
+            kill_job(reg, job.id, grace=1.0, reason="left running by the test session")
     if old is None:
         os.environ.pop("SINGA_HOME", None)
     else:

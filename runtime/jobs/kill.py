@@ -29,6 +29,11 @@ def kill_job(reg: R.JobRegistry, job_id: int, grace: float = 10.0,
     if pgroup.alive(job.master_pid, job.master_start):
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGTERM)
     problems: list[str] = []
+    if job.launcher == "slurm" and job.external_id:
+        # the processes are Slurm's to stop, on hosts we do not ssh into
+        import subprocess
+
+        subprocess.run(["scancel", job.external_id], capture_output=True)
     procs = [p for p in reg.procs(job_id) if p.pgid]
     left = _signal_all(job, procs, signal.SIGTERM, problems)
     deadline = time.monotonic() + grace
@@ -58,6 +63,8 @@ def _signal(job: R.Job, p: R.Proc, sig: int, problems: list[str]) -> bool:
 
     if is_local(p.host):
         return pgroup.signal_group(p.pgid, p.start_time, sig)
+    if job.launcher == "slurm":
+        return False  # scancel did it: no ssh into a Slurm allocation
     return _remote(job, p, ["signal", str(p.pgid), repr(p.start_time), signal.Signals(sig).name],
                    problems)
 
@@ -67,6 +74,8 @@ def _alive(job: R.Job, p: R.Proc, problems: list[str]) -> bool:
 
     if is_local(p.host):
         return bool(pgroup.members(p.pgid, p.start_time))
+    if job.launcher == "slurm":
+        return False
     return _remote(job, p, ["alive", str(p.pgid), repr(p.start_time)], problems)
 
 

@@ -196,3 +196,184 @@ class SshLauncher(Launcher):
                                      start_new_session=True)
         _feed(popen, spec.handoff)
         return SshHandle(spec, popen, self.opts)
+
+
+# ------------------------------------------------- engines: slurm and mpi ---
+class Engine:
+    """An external engine that starts every process of an attempt at once
+    (`sbatch`+`srun`, `mpirun`); each process takes its rank from the
+    environment the engine sets (`runtime.jobs.envrank`) and reads the job
+    from a file on a filesystem every node shares (`JobFiles`)."""
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class EngineHandle(Handle):
+    """One process of an engine's launch: its exit is the engine's (an
+    engine reports one status for the whole launch); its host, pid and
+    process group are what it said in its kConnect."""
+
+    def __init__(self, spec: ProcSpec, engine: Engine):
+        self.spec = spec
+        self.engine = engine
+        self.pid = self.pgid = self.start_time = None
+        self.reported_host: str | None = None
+
+    @property
+    def host(self) -> str:
+        return self.reported_host or self.spec.host
+
+    def poll(self) -> int | None:
+        return self.engine.poll()
+
+    def signal(self, sig: int) -> None:
+        self.engine.signal(sig)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass
+class JobFiles:
+    """Where an engine's processes find the job: `job.pb` and its `.keys`
+    (0600), and their logs (`attempt-A/procs-%t.log`, %t the rank)."""
+    job_file: Path
+    log_pattern: Path
+
+
+def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
+    """The node argv of a spec, rank-less: the engine gives each its rank."""
+    argv = [python, "-m", "runtime.node"]
+    skip = {"--procs", "--log"}
+    it = iter(spec.argv[3:])
+    for a in it:
+        if a in skip:
+            next(it)
+            continue
+        argv.append(a)
+    return argv + ["--job-file", str(files.job_file), "--log", str(files.log_pattern)]
+
+
+class MpirunEngine(Engine):
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def signal(self, sig: int) -> None:
+        # mpirun forwards TERM to its ranks and KILLs what is left; it leads
+        # its own session, so its whole group gets the signal
+        pgroup.signal_group(self.popen.pid, pgroup.start_time(self.popen.pid), sig)
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+
+
+@launcher_registry.register("mpi")
+class MpiLauncher(Launcher):
+    """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.node ...`
+    (Open MPI's spelling); ZeroMQ stays the data plane, MPI only starts the
+    processes. Each process takes its rank from OMPI_COMM_WORLD_RANK or
+    PMI_RANK."""
+
+    name = "mpi"
+
+    def __init__(self, hostfile: str | None = None):
+        self.hostfile = hostfile
+
+    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
+        spec = specs[0]
+        cmd = ["mpirun", "-np", str(len(specs))]
+        if self.hostfile:
+            cmd += ["--hostfile", self.hostfile]
+        for k in sorted(spec.env):
+            cmd += ["-x", k]
+        cmd += _engine_argv(spec.argv[0], files, spec)
+        with _open_log(spec.launch_log) as out:
+            popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     env=dict(os.environ, **spec.env), cwd=spec.cwd,
+                                     start_new_session=True)
+        engine = MpirunEngine(popen)
+        return [EngineHandle(s, engine) for s in specs]
+
+
+class SlurmEngine(Engine):
+    """A batch job: its state from `squeue`, its exit from `sacct`."""
+
+    def __init__(self, slurm_id: str):
+        self.id = slurm_id
+        self._checked = 0.0
+        self._code: int | None = None
+
+    def poll(self) -> int | None:
+        import time
+
+        if self._code is not None or time.monotonic() - self._checked < 1.0:
+            return self._code
+        self._checked = time.monotonic()
+        q = subprocess.run(["squeue", "-h", "-j", self.id, "-o", "%T"], capture_output=True, text=True)
+        state = q.stdout.strip()
+        if q.returncode == 0 and state and state not in ("COMPLETED", "FAILED", "CANCELLED",
+                                                         "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return None
+        a = subprocess.run(["sacct", "-n", "-P", "-X", "-j", self.id, "-o", "ExitCode"],
+                           capture_output=True, text=True)
+        code, _, sig = (a.stdout.strip().splitlines() or ["1:0"])[0].partition(":")
+        self._code = -int(sig) if sig and int(sig) else int(code or 1)
+        return self._code
+
+    def signal(self, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            subprocess.run(["scancel", self.id], capture_output=True)
+        else:
+            subprocess.run(["scancel", "--signal", signal.Signals(sig).name[3:], self.id],
+                           capture_output=True)
+
+
+@launcher_registry.register("slurm")
+class SlurmLauncher(Launcher):
+    """Writes a batch script that runs the processes with `srun` and submits
+    it with `sbatch`; each process takes its rank from SLURM_PROCID. The
+    Slurm job id is mirrored in the registry (`external_id`)."""
+
+    name = "slurm"
+
+    def __init__(self, job_name: str = "singa"):
+        self.job_name = job_name
+        self.slurm_id: str | None = None
+
+    def script(self, specs: list[ProcSpec], files: JobFiles) -> str:
+        import shlex
+
+        spec = specs[0]
+        argv = _engine_argv(spec.argv[0], files, spec)
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
+        return (f"#!/bin/sh\n"
+                f"#SBATCH --job-name={shlex.quote(self.job_name)}\n"
+                f"#SBATCH --ntasks={len(specs)}\n"
+                f"#SBATCH --output={files.log_pattern.parent}/slurm-%j.out\n"
+                f"cd {shlex.quote(spec.cwd)} || exit 1\n"
+                f"exec env {env} srun --kill-on-bad-exit=1 {shlex.join(argv)}\n")
+
+    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
+        from runtime.errors import UserError
+
+        path = files.log_pattern.parent / "job.sbatch"
+        path.write_text(self.script(specs, files))
+        r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
+                           cwd=specs[0].cwd)
+        if r.returncode != 0:
+            raise UserError(f"sbatch {path} failed: {r.stderr.strip() or r.stdout.strip()}")
+        self.slurm_id = r.stdout.strip().split(";")[0]
+        engine = SlurmEngine(self.slurm_id)
+        return [EngineHandle(s, engine) for s in specs]

@@ -30,10 +30,16 @@ def ssh_options(job: R.Job):
     return SshOptions(**job.options.get("ssh", {}))
 
 
+def _here(job: R.Job, proc: R.Proc) -> bool:
+    """Whether the log is readable on this host: its process ran here, or an
+    engine (Slurm, MPI) wrote it on the filesystem the job's nodes share."""
+    return _is_local(proc.host) or job.launcher in ("slurm", "mpi")
+
+
 def tail(job: R.Job, proc: R.Proc, n: int) -> list[str]:
     if not proc.log_path:
         return []
-    if _is_local(proc.host):
+    if _here(job, proc):
         return logfile.tail(proc.log_path, n)
     from runtime.errors import UserError
     from runtime.jobs import ssh
@@ -145,6 +151,6 @@ class RemoteReader:
 
 
 def reader(job: R.Job, proc: R.Proc, from_start: bool = True):
-    if _is_local(proc.host):
+    if _here(job, proc):
         return LocalReader(proc.log_path, from_start)
     return RemoteReader(job, proc, from_start)

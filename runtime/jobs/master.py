@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ from runtime.comm import socket as S
 from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
 from runtime.comm.msg import Addr, Msg
 from runtime.jobs import registry as R
-from runtime.jobs.launcher import Handle, ProcSpec, handoff, launcher_registry
+from runtime.errors import UserError
+from runtime.jobs.launcher import (EngineHandle, Handle, JobFiles, ProcSpec, handoff,
+                                   launcher_registry)
 
 log = logging.getLogger("singa.master")
 
@@ -132,13 +135,18 @@ class JobMaster:
         guard = Guard(ctx, keys) if keys is not None else None
         router = S.router(ctx, keys=keys)
         if remote:
-            addr = hostfile.advertise_address(peer=remote[0], interface=self.opts.get("interface"))
+            # under Slurm the hosts are not known yet: advertise this host's own address
+            peer = socket.gethostname() if self.opts.get("launcher") == "slurm" else remote[0]
+            addr = hostfile.advertise_address(peer=peer, interface=self.opts.get("interface"))
             endpoint = S.bind(router, "tcp", host=addr, name="master")
         else:
             endpoint = S.bind(router, "ipc", name="master")
         handles: list[Handle] = []
         try:
-            handles = self._launch(attempt, endpoint, resume, keys)
+            try:
+                handles = self._launch(attempt, endpoint, resume, keys)
+            except UserError as e:  # e.g. sbatch refused the job
+                return self._settle(attempt, Outcome("FAILED", str(e)))
             out = self._serve(attempt, router, handles)
             # the job's state is written before the others are stopped: a
             # failure shows at once, not after the grace period
@@ -154,11 +162,15 @@ class JobMaster:
         adir = Path(self.row.log_dir) / f"attempt-{attempt}"
         adir.mkdir(mode=0o700, parents=True, exist_ok=True)
         launcher = self._launcher()
+        engine = hasattr(launcher, "start_all")
+        if engine:
+            files = self._job_files(attempt, keys)
+            adir = files.log_pattern.parent
         data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None)
         per_host: dict[str, int] = {}
         for h in self.hosts:
             per_host[h] = per_host.get(h, 0) + 1
-        handles = []
+        specs = []
         for p, host in enumerate(self.hosts):
             log_path = adir / f"procs-{p}.log"
             self.reg.add_proc(self.id, attempt, p, host=host, role=self._role(p), log_path=str(log_path))
@@ -170,13 +182,38 @@ class JobMaster:
                 argv.append("--test")
             for m in self.opts.get("modules", []):
                 argv += ["--module", m]
-            spec = ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
-                            adir / f"procs-{p}.launch.log", cwd=self.opts.get("cwd") or os.getcwd())
+            specs.append(ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
+                                  adir / f"procs-{p}.launch.log",
+                                  cwd=self.opts.get("cwd") or os.getcwd()))
+        if engine:
+            handles = launcher.start_all(specs, files)
+            if getattr(launcher, "slurm_id", None):
+                self.reg.set_external_id(self.id, launcher.slurm_id)
+            return handles
+        handles = []
+        for spec in specs:
             h = launcher.start(spec)
             handles.append(h)
-            self.reg.update_proc(self.id, attempt, p, pid=h.pid, pgid=h.pgid,
+            self.reg.update_proc(self.id, attempt, spec.procs, pid=h.pid, pgid=h.pgid,
                                  start_time=h.start_time)
         return handles
+
+    def _job_files(self, attempt: int, keys) -> JobFiles:
+        """For an engine's processes: the job and its keys (0600) and their
+        logs, in the workspace, which every node of the job must share."""
+        shared = Path(self.job.cluster.workspace) / f"singa-job-{self.id}"
+        adir = shared / f"attempt-{attempt}"
+        adir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        job_file = shared / "job.pb"
+        for path, data in ((job_file, self.job.SerializeToString()),
+                           (Path(str(job_file) + ".keys"),
+                            json.dumps(keys.to_dict()).encode() if keys is not None else None)):
+            if data is None:
+                continue
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as f:
+                f.write(data)
+        return JobFiles(job_file, adir / "procs-%t.log")
 
     def _launcher(self):
         name = self.opts.get("launcher", "local")
@@ -185,6 +222,15 @@ class JobMaster:
             from runtime.jobs.ssh import SshOptions
 
             return cls(SshOptions(**self.opts.get("ssh", {})))
+        if name == "mpi":
+            hosts = self.opts.get("mpi_hosts")
+            if not hosts:
+                return cls(None)
+            path = Path(self.row.log_dir) / "mpi-hostfile"
+            path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
+            return cls(str(path))
+        if name == "slurm":
+            return cls(f"singa-{self.id}-{self.row.name}")
         return cls()
 
     def _env(self, procs_on_host: int) -> dict[str, str]:
@@ -271,6 +317,9 @@ class JobMaster:
                 idents[p] = ident
                 book[p] = info.get("endpoint", "")
                 handles[p].learned(info["pid"], info["pgid"], info["start_time"])
+                if isinstance(handles[p], EngineHandle):
+                    handles[p].reported_host = info.get("host")
+                    self.reg.update_proc(self.id, attempt, p, host=handles[p].host)
                 self.reg.update_proc(self.id, attempt, p, state=R.RUNNING, pid=info["pid"],
                                      pgid=info["pgid"], start_time=info["start_time"],
                                      endpoint=book[p], heartbeat=time.time())
@@ -312,7 +361,9 @@ class JobMaster:
     def _blame(self, p: int, h: Handle, words: str) -> str:
         pid = f", pid {h.pid}" if h.pid else ""
         why = f"process {p} on {h.host}{pid} ({self._role(p)}) {words}"
-        last = _last_error(h.spec.log_path) if _is_local(h.host) else ""
+        # an engine's logs are on the filesystem its nodes share with this host
+        readable = _is_local(h.host) or isinstance(h, EngineHandle)
+        last = _last_error(h.spec.log_path) if readable else ""
         return f"{why}: {last}" if last else why
 
     # --------------------------------------------------------------- stop ---

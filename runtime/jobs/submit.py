@@ -31,7 +31,7 @@ from runtime.jobs import registry as R
 class SubmitOptions:
     hostfile: str | None = None
     hosts: str | None = None
-    launcher: str | None = None       # local, ssh; default: ssh when a host is remote
+    launcher: str | None = None       # local, ssh, slurm, mpi; default: ssh when a host is remote
     name: str | None = None
     resume: bool = False
     test: bool = False
@@ -69,27 +69,45 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
     nprocs = 1 if opts.test else cluster.nprocs
     if opts.hostfile and opts.hosts:
         raise UserError("give the hosts once: --hostfile or --hosts, not both")
-    if opts.hostfile:
-        hosts = hostfile.parse_hostfile(opts.hostfile)
-    elif opts.hosts:
-        hosts = hostfile.parse_hosts(opts.hosts)
+    launcher = opts.launcher
+    if launcher not in (None, "local", "ssh", "slurm", "mpi"):
+        raise UserError(f"--launcher {launcher}: unknown; known: local, ssh, slurm, mpi")
+    what = f"{cluster.nworkers} workers and {cluster.nservers} servers"
+    extra: dict = {}
+    if launcher == "slurm":
+        if opts.hostfile or opts.hosts:
+            raise UserError("--launcher slurm: Slurm chooses the hosts; drop --hostfile/--hosts "
+                            "(ask sbatch for nodes in the batch script or its defaults)")
+        if shutil.which("sbatch") is None:
+            raise UserError("--launcher slurm: sbatch is not on the PATH of this host")
+        placement = ["slurm"] * nprocs
+        remote = ["slurm"]
     else:
-        hosts = [hostfile.Host("localhost", nprocs, "this host")]
-    placement = hostfile.place(hosts, nprocs, oversubscribe=opts.oversubscribe,
-                               what=f"{cluster.nworkers} workers and {cluster.nservers} servers")
-    remote = sorted({h for h in placement if not hostfile.is_local(h)})
-    launcher = opts.launcher or ("ssh" if remote else "local")
-    if launcher not in ("local", "ssh"):
-        raise UserError(f"--launcher {launcher}: not available here; known: local, ssh")
-    if launcher == "local" and remote:
-        raise UserError(f"--launcher local cannot start processes on {', '.join(remote)}; "
-                        "use --launcher ssh (the default with remote hosts)")
+        if opts.hostfile:
+            hosts = hostfile.parse_hostfile(opts.hostfile)
+        elif opts.hosts:
+            hosts = hostfile.parse_hosts(opts.hosts)
+        else:
+            hosts = [hostfile.Host("localhost", nprocs, "this host")]
+        placement = hostfile.place(hosts, nprocs, oversubscribe=opts.oversubscribe, what=what)
+        remote = sorted({h for h in placement if not hostfile.is_local(h)})
+        launcher = launcher or ("ssh" if remote else "local")
+        if launcher == "local" and remote:
+            raise UserError(f"--launcher local cannot start processes on {', '.join(remote)}; "
+                            "use --launcher ssh (the default with remote hosts)")
+        if launcher == "mpi":
+            if shutil.which("mpirun") is None:
+                raise UserError("--launcher mpi: mpirun is not on the PATH of this host")
+            if opts.hostfile or opts.hosts:
+                # mpirun reads MPI's dialect; the hosts were checked above
+                extra["mpi_hosts"] = [[h.name, h.slots] for h in hosts]
     secret = None
     if remote:
         from runtime.comm.security import JobKeys
 
         secret = {"curve": JobKeys.generate().to_dict()}
-        hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
+        if launcher != "slurm":
+            hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
     driver.prepare_workspace(job)
     options = {
         "launcher": launcher, "modules": list(modules), "resume": opts.resume, "test": opts.test,
@@ -97,6 +115,7 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         "ssh": {k: v for k, v in (("port", opts.ssh_port), ("identity", opts.ssh_identity),
                                   ("config", opts.ssh_config)) if v is not None},
         "cores": os.cpu_count() or 1,
+        **extra,
     }
     reg = reg or R.JobRegistry()
     row = reg.create_job(
