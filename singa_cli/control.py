@@ -53,6 +53,10 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
             click.echo(line)
         return
     procs = reg.procs(job_id, attempt)
+    while follow and not procs and not job.terminal:  # just submitted: wait for its launch
+        time.sleep(0.1)
+        job = reg.reconcile(reg.job(job_id))
+        procs = reg.procs(job_id, attempt)
     if not procs:
         raise UserError(f"job {job_id} has no processes yet ({job.state})"
                         + (f" in attempt {attempt}" if attempt else ""))

@@ -135,6 +135,13 @@ def test_kill_leaves_no_process_on_any_host(ssh_cluster, hosts_args, tmp_path):
     job_id = submitted_id(r)
     reg = R.JobRegistry()
     wait_for(lambda: reg.job(job_id).state == R.RUNNING, 60, "RUNNING")
+    # the job's CURVE secret is on no command line of any process (all hosts
+    # share this process table: namespaces separate only the network)
+    import psutil
+
+    secret = reg.job(job_id).secret["curve"]["secret"]
+    assert not [p.pid for p in psutil.process_iter(["cmdline"])
+                if secret in " ".join(p.info["cmdline"] or [])]
     k = singa("kill", str(job_id), "--grace", "3", cwd=tmp_path)
     assert k.returncode == 0, k.stderr
     assert f"job {job_id} KILLED" in k.stdout

@@ -237,3 +237,32 @@ def test_submit_follows_a_failing_job_and_shows_why(tmp_path, reg):
     assert f"--- last lines of process 1's log (localhost: {victim.log_path}) ---" in err
     assert f"singa: details: singa view {job_id}; logs: singa log {job_id}" in err
     nothing_left(reg, job_id)
+
+
+def test_log_follows_a_running_job_until_it_ends(tmp_path, reg):
+    conf = job_conf(tmp_path, "followed", "nworkers_per_group: 2", steps=400)
+    job_id = submit_detached(conf)
+    r = singa("log", str(job_id), "-f", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Test @ step 0") and "Test @ step 400  Loss = " in r.stdout
+    assert reg.job(job_id).state == R.SUCCEEDED
+    tail = singa("log", str(job_id), "--tail", "1", cwd=tmp_path)
+    assert tail.stdout.startswith("Server (0,0): ")
+
+
+def test_the_progress_line_shows_step_loss_accuracy_rate_and_eta():
+    import io
+
+    from runtime.jobs.submit import _Status
+
+    now = time.time()
+    job = R.Job(**{**{f: None for f in R.Job.__dataclass_fields__},
+                   "id": 3, "state": R.RUNNING, "train_steps": 1000, "step": 250, "loss": 0.5123,
+                   "accuracy": 0.8125, "samples_per_s": 5120.0, "started": now - 10,
+                   "options": {}, "hosts": [], "secret": None})
+    err = io.StringIO()
+    _Status(err).show(job)
+    line = err.getvalue()
+    assert line.startswith("\r\x1b[K")
+    assert ("job 3 RUNNING  step 250/1000  loss 0.5123  accuracy 0.8125  5,120 samples/s  "
+            "ETA 0:00:3") in line  # 750 steps left at 25 steps/s: about 30 s
