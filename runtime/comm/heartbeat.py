@@ -56,7 +56,7 @@ class MasterLink:
         self.on_master_lost = on_master_lost or _exit_lost
         self.sock = S.dealer(ctx, f"procs{procs}".encode(), keys=keys)
         self.sock.connect(master)
-        self._out: queue.SimpleQueue[Msg] = queue.SimpleQueue()
+        self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,7 +88,9 @@ class MasterLink:
         self._out.put(Msg(self.me, MASTER, C.kMetric).add_bytes(json.dumps(record).encode()))
 
     def done(self) -> None:
-        """This process's workers have all finished."""
+        """This process's workers have all finished (after a last heartbeat
+        with the final step)."""
+        self._out.put(None)
         self._out.put(Msg(self.me, MASTER, C.kStop))
 
     def close(self, timeout: float = 2.0) -> None:
@@ -140,7 +142,10 @@ class MasterLink:
                 msg = self._out.get_nowait()
             except queue.Empty:
                 return
-            S.send(self.sock, msg)
+            if msg is None:
+                self._send_heartbeat()
+            else:
+                S.send(self.sock, msg)
 
 
 def _exit_lost(why: str) -> None:

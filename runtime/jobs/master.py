@@ -346,6 +346,8 @@ class JobMaster:
                     self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
             elif msg.type == C.kStop:
                 done.add(p)
+                if p in steps:
+                    self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
                 if len(done) == n and not stopping:
                     stopping = True
                     for q, who in idents.items():
