@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import zmq
 
@@ -86,6 +87,7 @@ class Node:
         self.stub.plan = self.plan
         self.errors: list[BaseException] = []
         self.workers: list = []
+        self.servers: list[Server] = []
         self.resumed = False  # set when started with --resume
         self._linked = threading.Event()
 
@@ -96,11 +98,22 @@ class Node:
     def step(self) -> int:
         return max((w.step for w in self.workers), default=0)
 
+    def server_metrics(self) -> list[dict]:
+        """Each local server's update count and staleness, per worker group."""
+        out = []
+        for server in list(self.servers):
+            for g, v in sorted(server.stats().get("groups", {}).items()):
+                out.append({"phase": "server", "group": g, "server": f"{server.grp}/{server.sid}",
+                            "updates": v["updates"], "staleness_mean": round(v["mean_staleness"], 3),
+                            "staleness_max": v["max_staleness"]})
+        return out
+
     def run(self) -> int:
         self.rendezvous()
         threads = []
         for g, s in self.cluster.servers_of_procs(self.procs):
             server = Server(g, s, create_updater(self.job.updater), self.plan)
+            self.servers.append(server)
             sock = S.dealer(self.ctx, identity(server.addr))
             sock.connect(self.stub.inproc)
             threads.append(threading.Thread(target=self._serve, args=(server, sock),
@@ -129,6 +142,7 @@ class Node:
         self.stub.run()
         for t in threads:
             t.join(timeout=10)
+        self.link.close()  # the servers' final counts go out with it
         self.stub.close()
         return 1 if self.errors else 0
 
@@ -153,8 +167,8 @@ class Node:
             channel = self.stub.channel(g, w)
             quiet = (lambda line: None) if (g, w) != (0, 0) else log_to_stdout
             worker = create_worker(job, channel, g, w, log=quiet)
-            if (g, w) == (0, 0):
-                worker.on_report = self.link.metric
+            if w == 0:  # each group's first worker speaks for its group
+                worker.on_report = metric_reporter(self.link, self.job, g, w)
             self.workers.append(worker)
             worker.setup()
             owned = worker.owned_params()
@@ -196,6 +210,22 @@ class Node:
         # the master's kStop ends this process: stop the servers, then the stub
         if msg.type == C.kStop:
             self.stub.stop()
+
+
+def metric_reporter(link: MasterLink, job: job_pb2.JobProto, g: int, w: int):
+    """A worker's `on_report`: its records, with who made them and the
+    learning rate at their step, to the job master's metrics stream."""
+    from runtime.lr import create_lr
+
+    lr = create_lr(job.updater.learning_rate) if job.updater.HasField("learning_rate") else None
+
+    def report(rec: dict) -> None:
+        extra = {"time": round(time.time(), 4), "group": g, "worker": w}
+        if lr is not None:
+            extra["lr"] = float(lr.get(int(rec.get("step", 0))))
+        link.metric({**rec, **extra})
+
+    return report
 
 
 def process_info(procs: int, endpoint: str) -> dict:
@@ -242,7 +272,7 @@ def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume:
 
     def track(self, *a, **kw):  # the driver builds the worker; the link watches it
         hook(self, *a, **kw)
-        self.on_report = link.metric
+        self.on_report = metric_reporter(link, job, 0, 0)
         current.append(self)
 
     Worker.__init__ = track
@@ -331,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             driver.setup_resume(job)
         node = Node(job, procs, link, ctl, transport, host, keys)
         node.resumed = args.resume
+        link.periodic = node.server_metrics
         link.step = node.step
         return node.run()
     except UserError as e:

@@ -87,6 +87,13 @@ class Worker:
         return self.grp_id == 0 and self.id == 0
 
     @property
+    def displays(self) -> bool:
+        """SINGA displays from group 0's first worker only; beyond SINGA the
+        first worker of every group reports its train metrics when someone
+        listens (`on_report`: the metrics stream, a curve per group)."""
+        return self.is_first or (self.id == 0 and self.on_report is not None)
+
+    @property
     def writes_checkpoints(self) -> bool:
         # SINGA: group 0 writes. The workers of a group hold replicas of the
         # same params (batch partitions), so its first worker writes them.
@@ -155,7 +162,7 @@ class Worker:
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
             self.step = step  # read by the heartbeat thread
-            if display_now(step) and self.is_first:
+            if display_now(step) and self.displays:
                 now = time.perf_counter()
                 batches = step + 1 - last_disp[0]
                 self.display(step, batches / max(now - last_disp[1], 1e-9))

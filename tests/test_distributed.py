@@ -82,6 +82,18 @@ def test_async_groups_train_and_report_staleness(tmp_path):
     line = next(l for l in r.stdout.splitlines() if l.startswith("Server (0,0): "))
     # 4 param slices x 60 steps per group
     assert "group 0: 240 updates, staleness mean" in line and "group 1: 240 updates" in line, line
+    # the metrics stream holds both groups' curves and the servers' staleness
+    from runtime.jobs.metrics import read
+
+    recs = read(tmp_path / "async.conf.ws")
+    train = [r for r in recs if r["phase"] == "train"]
+    assert {r["group"] for r in train} == {0, 1}
+    assert all(r["lr"] > 0 and "loss" in r and "accuracy" in r for r in train)
+    assert any("samples_per_s" in r for r in train if r["group"] == 1)
+    server = [r for r in recs if r["phase"] == "server"]
+    final = {r["group"]: r for r in server}  # the last record of each group
+    assert final[0]["updates"] == 240 and final[1]["updates"] == 240
+    assert all(r["staleness_max"] >= 0 and "staleness_mean" in r for r in server)
 
 
 def test_stub_survives_a_foreign_peer_sending_garbage():

@@ -40,6 +40,7 @@ log = logging.getLogger("singa.heartbeat")
 HEARTBEAT_S = 1.0
 MISSED = 3  # heartbeats missed before the peer counts as gone
 MASTER = Addr.stub(-1)
+PERIODIC_BEATS = 5  # periodic records every this many heartbeats
 
 
 class MasterLink:
@@ -54,6 +55,8 @@ class MasterLink:
         self.step = step
         self.ctl_endpoint = ctl_endpoint
         self.on_master_lost = on_master_lost or _exit_lost
+        # records to report now and then (e.g. the servers' staleness), and at close()
+        self.periodic: Callable[[], list[dict]] = lambda: []
         self.sock = S.dealer(ctx, f"procs{procs}".encode(), keys=keys)
         self.sock.connect(master)
         self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
@@ -94,10 +97,14 @@ class MasterLink:
         self._out.put(Msg(self.me, MASTER, C.kStop))
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued, then stop the thread and close the socket."""
+        """Send the periodic records a last time and what is queued, then
+        stop the thread and close the socket."""
+        for rec in self.periodic():
+            self.metric(rec)
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.sock.setsockopt(zmq.LINGER, int(timeout * 1000))  # what is sent still goes
         self.sock.close()
 
     # ------------------------------------------------------------- thread ---
@@ -108,6 +115,7 @@ class MasterLink:
             ctl.setsockopt(zmq.LINGER, 0)
             ctl.connect(self.ctl_endpoint)
         heard = sent = time.monotonic()
+        beats = 0
         self._send_heartbeat()
         try:
             while True:
@@ -124,6 +132,10 @@ class MasterLink:
                 if now - sent >= HEARTBEAT_S:
                     self._send_heartbeat()
                     sent = now
+                    beats += 1
+                    if beats % PERIODIC_BEATS == 0:
+                        for rec in self.periodic():
+                            self.metric(rec)
                 if now - heard > MISSED * HEARTBEAT_S + 2:
                     self.on_master_lost(f"no word from the job master at {self.master} "
                                         f"for {now - heard:.0f} s")

@@ -45,6 +45,7 @@ from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
 from runtime.comm.msg import Addr, Msg
 from runtime.jobs import registry as R
 from runtime.errors import UserError
+from runtime.jobs.metrics import MetricsWriter
 from runtime.jobs.launcher import (EngineHandle, Handle, JobFiles, ProcSpec, handoff,
                                    launcher_registry)
 
@@ -62,7 +63,9 @@ def batch_size(job: job_pb2.JobProto) -> int:
             continue
         for fd, value in layer.ListFields():
             size = getattr(value, "batchsize", 0) if fd.message_type is not None else 0
-            if isinstance(size, int) and size > 0:
+            if not isinstance(size, int):  # StoreProto's is repeated (one per phase)
+                size = size[0] if len(size) else 0
+            if size > 0:
                 return size
     return 0
 
@@ -84,6 +87,7 @@ class JobMaster:
         self.stop_signal: int | None = None
         self.samples_per_step = batch_size(self.job) * max(1, self.job.cluster.nworker_groups)
         self.grace = float(self.opts.get("grace", GRACE_S))
+        self.metrics = MetricsWriter(self.job.cluster.workspace, batch_size(self.job))
 
     # ---------------------------------------------------------------- run ---
     def run(self) -> int:
@@ -93,7 +97,10 @@ class JobMaster:
         resume = bool(self.opts.get("resume"))
         while True:
             attempt = self.reg.begin_attempt(self.id)
-            out = self.run_attempt(attempt, resume)
+            try:
+                out = self.run_attempt(attempt, resume)
+            finally:
+                self.metrics.flush()
             log.info("attempt %d: %s %s", attempt, out.state, out.reason)
             if out.state != "RESTART":
                 return 0 if out.state == "SUCCEEDED" else 1
@@ -275,6 +282,7 @@ class JobMaster:
                 return Outcome("KILLED", f"the job master got {signal.Signals(self.stop_signal).name}")
             if now - last_check >= 1.0:
                 last_check = now
+                self.metrics.flush()
                 if self._killed():
                     return Outcome("KILLED")
             for p, h in enumerate(handles):
@@ -339,8 +347,8 @@ class JobMaster:
                         self.reg.progress(self.id, steps[p], samples_per_s=(
                             sps * self.samples_per_step if sps is not None else None))
             elif msg.type == C.kMetric:
-                rec = json.loads(msg.bytes(0))
-                if rec.get("phase") in ("train", "test"):
+                rec = self.metrics.add(json.loads(msg.bytes(0)))
+                if rec.get("phase") in ("train", "test") and not rec.get("group"):
                     loss = rec.get("loss")
                     acc = rec.get("accuracy")
                     self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
