@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import zmq
 
@@ -307,12 +308,22 @@ def main(argv: list[str] | None = None) -> int:
     _own_session()
     from runtime.jobs.launcher import read_handoff
 
+    from runtime.jobs import code
+
     if args.job_file:
         job_bytes = open(args.job_file, "rb").read()
         keys_path = args.job_file + ".keys"
         keys = json.load(open(keys_path)) if os.path.exists(keys_path) else None
+        code_dir = Path(args.job_file).parent / "code"
     else:
-        job_bytes, keys = read_handoff(sys.stdin.buffer)
+        job_bytes, keys, files = read_handoff(sys.stdin.buffer)
+        import tempfile
+
+        code_dir = Path(tempfile.mkdtemp(prefix="singa-code-"))
+        code.unpack(files, code_dir)
+    # the user's code as shipped with the job comes first on the path
+    sys.path.insert(0, str(code_dir))
+    modules = code.modules_to_load(args.module, code_dir)
     procs = args.procs
     if procs is None:
         from runtime.jobs.envrank import rank_from_env
@@ -334,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = zmq.Context()
     try:
-        plugins.load(args.module)
+        plugins.load(modules)
         job = job_pb2.JobProto.FromString(job_bytes)
         if keys is not None:
             from runtime.comm.security import Guard, JobKeys

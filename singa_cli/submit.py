@@ -21,10 +21,11 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
     return path
 
 
-def _run(conf: str, detach: bool, **kw) -> int:
+def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), **kw) -> int:
     from runtime.jobs import registry as R
     from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
 
+    kw["modules"] = tuple(execs) + tuple(kw.get("modules", ()))
     opts = SubmitOptions(**kw, warn=lambda line: click.echo(line, err=True))
     reg = R.JobRegistry()
     job_id = submit_job(conf, opts, reg)
@@ -55,6 +56,10 @@ _COMMON = [
     click.option("--module", "modules", multiple=True, metavar="MODULE",
                  help="Import a module (dotted name or .py file) that registers user layers, "
                       "updaters or algorithms, in every process; repeatable."),
+    click.option("--exec", "execs", multiple=True, metavar="MAIN.py",
+                 help="The user's main file (SINGA's -exec): imported in every process like "
+                      "--module, so the classes it registers are known there; its "
+                      "`if __name__ == '__main__':` part does not run there."),
     click.option("--name", default=None, help="The job's name in singa list (default: the conf's name)."),
     click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted."),
     click.option("--grace", type=float, default=5.0, show_default=True,

@@ -42,17 +42,19 @@ class ProcSpec:
     cwd: str = field(default_factory=os.getcwd)
 
 
-def handoff(job_bytes: bytes, keys: dict | None) -> bytes:
-    """What a runtime process reads first on its stdin: one JSON line."""
-    return json.dumps({"job": base64.b64encode(job_bytes).decode(), "keys": keys}).encode() + b"\n"
+def handoff(job_bytes: bytes, keys: dict | None, code: dict[str, str] | None = None) -> bytes:
+    """What a runtime process reads first on its stdin: one JSON line with
+    the job, the job's keys and the user's code (`runtime.jobs.code.pack`)."""
+    return json.dumps({"job": base64.b64encode(job_bytes).decode(), "keys": keys,
+                       "code": code or {}}).encode() + b"\n"
 
 
-def read_handoff(stream) -> tuple[bytes, dict | None]:
+def read_handoff(stream) -> tuple[bytes, dict | None, dict[str, str]]:
     line = stream.readline()
     if not line:
         raise ValueError("nothing on stdin: a runtime process is started by the job master")
     d = json.loads(line)
-    return base64.b64decode(d["job"]), d.get("keys")
+    return base64.b64decode(d["job"]), d.get("keys"), d.get("code") or {}
 
 
 class Handle:

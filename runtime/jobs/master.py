@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -173,7 +174,10 @@ class JobMaster:
         if engine:
             files = self._job_files(attempt, keys)
             adir = files.log_pattern.parent
-        data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None)
+        from runtime.jobs import code
+
+        data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None,
+                       code.pack(Path(self.row.log_dir) / "code"))
         per_host: dict[str, int] = {}
         for h in self.hosts:
             per_host[h] = per_host.get(h, 0) + 1
@@ -212,6 +216,10 @@ class JobMaster:
         adir = shared / f"attempt-{attempt}"
         adir.mkdir(mode=0o700, parents=True, exist_ok=True)
         job_file = shared / "job.pb"
+        bundle = Path(self.row.log_dir) / "code"
+        if bundle.is_dir():  # the user's code, beside the job, for every node
+            shutil.rmtree(shared / "code", ignore_errors=True)
+            shutil.copytree(bundle, shared / "code")
         for path, data in ((job_file, self.job.SerializeToString()),
                            (Path(str(job_file) + ".keys"),
                             json.dumps(keys.to_dict()).encode() if keys is not None else None)):

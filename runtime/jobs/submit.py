@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,16 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         if launcher != "slurm":
             hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
     driver.prepare_workspace(job)
+    from runtime.jobs import code
+
+    staged = Path(tempfile.mkdtemp(prefix="singa-code-"))
+    try:
+        loads = code.bundle(modules, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     options = {
-        "launcher": launcher, "modules": list(modules), "resume": opts.resume, "test": opts.test,
+        "launcher": launcher, "modules": loads, "resume": opts.resume, "test": opts.test,
         "cwd": os.getcwd(), "grace": opts.grace, "interface": opts.interface,
         "ssh": {k: v for k, v in (("port", opts.ssh_port), ("identity", opts.ssh_identity),
                                   ("config", opts.ssh_config)) if v is not None},
@@ -124,6 +133,7 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         nprocs=nprocs, train_steps=0 if opts.test else job.train_steps,
         max_restarts=opts.max_restarts, options=options, secret=secret)
     try:
+        shutil.move(str(staged), Path(row.log_dir) / "code")
         fd = os.open(Path(row.log_dir) / "job.pb", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "wb") as f:
             f.write(job.SerializeToString())

@@ -176,3 +176,15 @@ def test_hosts_check_probes_each_host_over_ssh(ssh_cluster, tmp_path):
     r = singa("hosts", "check", str(ssh_cluster.hostfile(1)), "--ssh-config",
               str(ssh_cluster.ssh_config), "--ssh-port", "2", cwd=tmp_path)
     assert r.returncode == 1 and "refused" in r.stdout.lower(), r.stdout + r.stderr
+
+
+def test_a_user_layer_runs_across_hosts(ssh_cluster, hosts_args, tmp_path):
+    from tests.jobs.test_code_shipping import user_layer_conf
+    from tests.test_training import USER_LAYER
+
+    (tmp_path / "mylayers.py").write_text(USER_LAYER)
+    conf = user_layer_conf(tmp_path, "userhosts", "nworkers_per_group: 2")
+    r = singa("submit", str(conf), "--exec", str(tmp_path / "mylayers.py"), *hosts_args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job = R.JobRegistry().job(submitted_id(r))
+    assert job.state == R.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
