@@ -113,3 +113,61 @@ def test(job: job_pb2.JobProto, log: Callable[[str], None] | None = None) -> dic
         return worker.test(job.step, job.test_steps, job_pb2.kTest, worker.test_net, "Test")
     finally:
         worker.test_net.close()
+
+
+class Driver:
+    """SINGA's Driver for a user's own main program: register your classes,
+    then submit the job, with the options and behaviour of `singa submit`.
+
+        # main.py
+        from runtime.driver import Driver
+        from runtime.neuralnet.layer import Layer, layer_registry
+
+        @layer_registry.register("MyLayer")
+        class MyLayer(Layer): ...
+
+        if __name__ == "__main__":
+            sys.exit(Driver(hosts="node1:2,node2:2").submit("job.conf"))
+
+    `submit(job)` takes a job.conf path or a JobProto built in code. The main
+    file itself ships with the job (like `--exec main.py`), so every process
+    on every host knows the classes it registers; there it is imported, not
+    run, so keep the submit under `if __name__ == "__main__":`. Returns the
+    exit code `singa submit` would (0 only if the job SUCCEEDED), or with
+    `detach=True` the job id at once.
+    """
+
+    def __init__(self, **options):
+        from runtime.jobs.submit import SubmitOptions
+
+        self.options = SubmitOptions(**options)
+
+    def submit(self, job: "str | job_pb2.JobProto", detach: bool = False) -> int:
+        import dataclasses
+        import sys
+        import tempfile
+
+        from google.protobuf import text_format
+
+        from runtime.config.paths import resolve_paths
+        from runtime.jobs import registry as R
+        from runtime.jobs.submit import follow, submit
+
+        opts = dataclasses.replace(self.options)
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main and main.endswith(".py"):
+            # already imported here (as __main__); the job's processes import it
+            opts.ship_only = (*opts.ship_only, str(Path(main).resolve()))
+        if isinstance(job, job_pb2.JobProto):
+            proto = job_pb2.JobProto()
+            proto.CopyFrom(job)
+            # a job built in code: its relative paths are relative to the cwd
+            resolve_paths(proto, str(Path.cwd() / "job.conf"))
+            d = Path(tempfile.mkdtemp(prefix="singa-driver-"))
+            conf = d / f"{proto.name or 'job'}.conf"
+            conf.write_text(text_format.MessageToString(proto))
+        else:
+            conf = Path(job)
+        reg = R.JobRegistry()
+        job_id = submit(str(conf), opts, reg)
+        return job_id if detach else follow(reg, job_id, grace=opts.grace)

@@ -43,6 +43,7 @@ class SubmitOptions:
     ssh_config: str | None = None
     interface: str | None = None
     modules: tuple[str, ...] = ()
+    ship_only: tuple[str, ...] = ()   # shipped to the processes, already loaded here
     grace: float = 5.0
     warn: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
@@ -114,7 +115,7 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
 
     staged = Path(tempfile.mkdtemp(prefix="singa-code-"))
     try:
-        loads = code.bundle(modules, staged)
+        loads = code.bundle(modules + tuple(opts.ship_only), staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
