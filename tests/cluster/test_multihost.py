@@ -9,9 +9,7 @@ anywhere, and `singa kill` leaves no process on any host.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import pytest
 
 from runtime.jobs import pgroup
 from runtime.jobs import registry as R
+from tests.jobs.test_supervision import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "mnist"
@@ -53,16 +52,6 @@ def submitted_id(r: subprocess.CompletedProcess) -> int:
     m = re.search(r"Submitted job (\d+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     return int(m.group(1))
-
-
-def wait_for(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def nothing_left(cluster, job: R.Job) -> None:
