@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from conf import job_pb2
-from runtime import checkpoint
+from runtime import checkpoint, debug
 from runtime.errors import UserError
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
@@ -103,6 +103,8 @@ class Worker:
         net = self.job.neuralnet
         self.train_net = NeuralNet.create(net, job_pb2.kTrain)
         self.train_net.set_rng(self.train_rng)
+        if self.job.debug:
+            debug.watch(self.train_net)  # keeps each layer's gradient for the display step
         if self.is_first and self.job.test_steps > 0:
             self.test_net = self._side_net(job_pb2.kTest)
         if self.is_first and self.job.validate_steps > 0:
@@ -162,6 +164,10 @@ class Worker:
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
             self.step = step  # read by the heartbeat thread
+            if job.debug and self.grp_id == 0 and display_now(step):
+                # SINGA's debug: per-layer norms of data, grads and params
+                debug.write(self.train_net, step, job.cluster.workspace, group=self.grp_id,
+                            worker=self.id)
             if display_now(step) and self.displays:
                 now = time.perf_counter()
                 batches = step + 1 - last_disp[0]

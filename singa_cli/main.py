@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "log": ("singa_cli.control:log", "Print or follow the log of one process of a job."),
     "kill": ("singa_cli.control:kill", "Stop a job: TERM to its process groups, then KILL."),
     "hosts": ("singa_cli.hosts:hosts", "Check a hostfile and show the slots it gives."),
+    "plot": ("singa_cli.plot:plot", "Plot a job's training and test curves to a PNG or SVG."),
+    "top": ("singa_cli.top:top", "A live table of a job's processes: speed, CPU, memory, stragglers."),
+    "draw": ("singa_cli.draw:draw", "Draw a job's net graph or a checkpoint's filters as a PNG."),
     "validate": ("singa_cli.validate:validate", "Check a job.conf and print what the job is."),
     "data": ("singa_cli.data:data", "Import datasets into record files (kvfile of RecordProto)."),
 }

@@ -89,6 +89,10 @@ class JobMaster:
         self.samples_per_step = batch_size(self.job) * max(1, self.job.cluster.nworker_groups)
         self.grace = float(self.opts.get("grace", GRACE_S))
         self.metrics = MetricsWriter(self.job.cluster.workspace, batch_size(self.job))
+        from runtime.jobs.tensorboard import TensorBoardSink
+
+        self.tensorboard = TensorBoardSink(self.job.cluster.workspace)
+        self.metrics.add_sink(self.tensorboard)
 
     # ---------------------------------------------------------------- run ---
     def run(self) -> int:
@@ -102,6 +106,7 @@ class JobMaster:
                 out = self.run_attempt(attempt, resume)
             finally:
                 self.metrics.flush()
+                self.tensorboard.flush()
             log.info("attempt %d: %s %s", attempt, out.state, out.reason)
             if out.state != "RESTART":
                 return 0 if out.state == "SUCCEEDED" else 1
