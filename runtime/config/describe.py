@@ -73,8 +73,8 @@ def _phase(job, phase: int) -> dict[str, Any]:
     net = job.nets.get(phase)
     built = {}
     if net is not None:
-        for l in net.layers:
-            built.setdefault(l.name, l)
+        for l in net.layers:  # an unrolled net: each conf layer by its first copy
+            built.setdefault(net.origin(l), l)
     rows = []
     count = 0
     for _, proto in phase_layers(job.proto.neuralnet, phase):
@@ -95,7 +95,8 @@ def _phase(job, phase: int) -> dict[str, Any]:
             "shape": list(layer.shape) if layer is not None else None,
             "params": params,
         })
-    inserted = [l.name for l in net.layers if l.name not in {r["name"] for r in rows}] \
+    names = {r["name"] for r in rows}
+    inserted = [l.name for l in net.layers if net.origin(l) not in names] \
         if net is not None else []
     unknown = sum(1 for r in rows if r["shape"] is None)
     return {"layers": rows, "inserted": inserted, "params": count, "bytes": 4 * count,

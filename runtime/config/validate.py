@@ -214,6 +214,7 @@ class _Checker:
         self.algorithm()
         self.updater()
         self.cluster()
+        self.unrolled_algorithm()
         phases, unused = self.phases_used()
         self.include_exclude()
         for i, layer in enumerate(self.layers):
@@ -493,6 +494,20 @@ class _Checker:
             self.add(self.where(self.first_written("cluster", f), self.path + " (cluster)"),
                      f"cluster: {msg}")
         self.async_learning_rate(c)
+
+    def unrolled_algorithm(self) -> None:
+        """Unrolled copies share their params and must add their gradients:
+        only BPTT does; BP would keep the last copy's gradient alone."""
+        net = self.job.neuralnet
+        unrolled = net.unroll_len > 1 or any(l.unroll_len > 1 for l in self.layers)
+        if unrolled and not self.test_only and self.job.train_one_batch.alg != job_pb2.kBPTT \
+                and not self.job.train_one_batch.user_alg:
+            alg = job_pb2.AlgType.Name(self.job.train_one_batch.alg)
+            self.add(self.where(self.first_written("train_one_batch", "alg"),
+                                self.path + " (train_one_batch)"),
+                     f"train_one_batch: the net is unrolled (unroll_len > 1) but alg is {alg}; "
+                     "only kBPTT adds the gradients of the unrolled copies (the others keep "
+                     "one copy's gradient)", "warning")
 
     def async_learning_rate(self, c: Cluster) -> None:
         """Worker groups update the params asynchronously, each at the full
@@ -806,7 +821,8 @@ class _Checker:
 
         # param counts for layer types that have no implementation to check them
         for i, l in enumerate(self.layers):
-            if l.user_type or (layer_reg is not None and l.type in layer_reg):
+            if l.user_type or (layer_reg is not None and l.type in layer_reg
+                               and l.type not in PARAM_COUNTS):
                 continue
             n = len(l.param)
             want = PARAM_COUNTS.get(l.type)
@@ -835,7 +851,9 @@ class _Checker:
                                            "types: " + ", ".join(init_builtin))
                     continue
                 if init.type == job_pb2.kUserInit:
-                    if have_ckpt and (ckpt_names is None or p.name in ckpt_names):
+                    # an unrolled net's checkpoint names its params' first copies 0#name
+                    if have_ckpt and (ckpt_names is None or p.name in ckpt_names
+                                      or f"0#{p.name}" in ckpt_names):
                         continue  # loaded from the checkpoint
                     why = (f" and checkpoint_path has no param named '{p.name}'"
                            if have_ckpt else "")

@@ -57,7 +57,9 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
 
     modules = tuple(os.path.abspath(m) if m.endswith(".py") else m for m in opts.modules)
     plugins.load(modules)
-    loaded = load_job(conf, submit=True)
+    # a test-only conf (SINGA's sample.conf: no train_steps, no updater) is
+    # checked as such; data files must exist either way
+    loaded = load_job(conf, strict=True, submit=not opts.test)
     for w in loaded.warnings:
         opts.warn(str(w))
     job = loaded.proto

@@ -2,11 +2,12 @@
 `NeuralNet::Create` does.
 
 The pipeline: filter the layers by phase (include/exclude) and fill their
-net-level defaults; create a Layer per proto; insert a `split(<name>)` layer
-after a layer whose output goes to several consumers when it cannot feed them
-directly; sort topologically (an RBM's vis<->hid pair is a legal cycle: a
-layer whose source is also its consumer waits only for its first source); set
-every layer up in that order (shape inference); resolve `share_from`.
+net-level defaults; unroll a recurrent net (below); create a Layer per proto;
+insert a `split(<name>)` layer after a layer whose output goes to several
+consumers when it cannot feed them directly; sort topologically (an RBM's
+vis<->hid pair is a legal cycle: a layer whose source is also its consumer
+waits only for its first source); set every layer up in that order (shape
+inference); resolve `share_from`.
 
 Every problem found is collected and raised at once as a `ConfigError`; a
 layer whose setup fails, or whose sources failed, is skipped so that one bad
@@ -15,8 +16,29 @@ the LayerType enum but has no implementation registered is reported as a
 warning when only shapes are wanted (`allocate=False`, as `singa validate`
 does), so a valid SINGA conf is not rejected for a missing layer here.
 
-Not here (yet): unrolling for BPTT, and partitioning by feature
-(`partition_dim: 1`) with its connection layers.
+Unrolling (SINGA's `NeuralNet::Unrolling`, for BPTT): every layer becomes
+`unroll_len` copies named `<i>#<name>` with `unroll_index` i, and its params
+`<i>#<pname>`; copies i > 0 share their params with copy 0 (`share_from:
+"0#<pname>"`): the values *and* the gradient array, which the copies add to
+under `kAggGrad`, so that copy 0's params carry the sum over time steps and
+only they are sent as updates (the copies are marked `trainable = False`).
+A copy's srclayers follow `unroll_conn_type` (one per srclayer, default
+kUnrollOneToOne) and `shift`: OneToOne links copy j to the source's copy
+j - shift (copies j < shift get no edge from that source); OneToAll links
+every copy to all of the source's copies; FirstToLast links copy 0 to the
+source's last copy. A layer class with `takes_previous_copy = True` (GRU)
+also gets copy j - 1 as its last srclayer.
+
+Which nets are unrolled: SINGA v0.3 unrolls, and so renames, every net. Here
+a net is unrolled when one of its layers has `unroll_len > 1` or is of a
+layer class marked `recurrent = True` (GRU, CharRNN, RNNLabel, RNNDummy,
+CharRNNOutput), so that a recurrent net's params are named as SINGA names
+them (a sampling net with unroll_len 1 loads `0#<pname>` from the training
+checkpoint) while feed-forward nets keep their plain names (and their
+checkpoints). `create(..., unroll=True/False)` overrides the rule.
+
+Not here (yet): partitioning by feature (`partition_dim: 1`) with its
+connection layers.
 """
 from __future__ import annotations
 
@@ -26,6 +48,8 @@ from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
 from runtime.neuralnet.layer import Layer, create_layer, kOneToOne, layer_registry
 from runtime.param import Param
+
+UNROLL_SEP = "#"
 
 PHASE_NAMES = {job_pb2.kTrain: "train", job_pb2.kVal: "validation", job_pb2.kTest: "test"}
 
@@ -51,6 +75,131 @@ def filter_phase(net: job_pb2.NetProto, phase: int) -> list[tuple[int, job_pb2.L
     return out
 
 
+def _layer_class(proto: job_pb2.LayerProto):
+    """The registered class of a proto's type, or None when there is none."""
+    try:
+        return layer_registry.lookup(proto.type, proto.user_type)
+    except UserError:
+        return None
+
+
+def needs_unrolling(protos: list[tuple[int, job_pb2.LayerProto]]) -> bool:
+    """Whether a net of these layers is unrolled (see the module docstring):
+    a layer has unroll_len > 1 or is of a class marked `recurrent`."""
+    return any(p.unroll_len > 1 or getattr(_layer_class(p), "recurrent", False)
+               for _, p in protos)
+
+
+def unrolled_name(name: str, index: int) -> str:
+    """The name of copy `index` of layer or param `name` (SINGA's `<i>#<name>`)."""
+    return f"{index}{UNROLL_SEP}{name}"
+
+
+def origin_name(name: str) -> str:
+    """The conf name an unrolled layer or param name comes from ("3#gru" -> "gru")."""
+    head, sep, rest = name.partition(UNROLL_SEP)
+    return rest if sep and head.isdigit() else name
+
+
+def unroll_protos(protos: list[tuple[int, job_pb2.LayerProto]], locate: Locate
+           ) -> tuple[list[tuple[int, job_pb2.LayerProto]], list[Problem]]:
+    """SINGA's `NeuralNet::Unrolling`: each layer's `unroll_len` copies, wired
+    by `unroll_conn_type` and `shift` (see the module docstring).
+
+    Returns the copies as (index of the original in NetProto.layer, proto)
+    in conf order (the copies of a layer together, by unroll_index), and the
+    problems found. A srclayer that is not in the phase keeps its plain
+    name, so that the builder reports it as for any net. Layer protos keep
+    `unroll_len` (the number of copies) and lose `unroll_conn_type`/`shift`.
+    """
+    problems: list[Problem] = []
+    groups: dict[str, list[job_pb2.LayerProto]] = {}
+    out: list[tuple[int, job_pb2.LayerProto]] = []
+    originals: list[tuple[int, job_pb2.LayerProto]] = []
+    for i, proto in protos:
+        if proto.name in groups:
+            continue  # a duplicate name: the builder keeps the first
+        originals.append((i, proto))
+        n = max(1, proto.unroll_len)
+        copies = []
+        for k in range(n):
+            q = job_pb2.LayerProto()
+            q.CopyFrom(proto)
+            q.name = unrolled_name(proto.name, k)
+            q.unroll_index = k
+            q.unroll_len = n
+            q.ClearField("unroll_conn_type")
+            q.ClearField("shift")
+            del q.srclayers[:]
+            for param in q.param:
+                if k > 0:
+                    param.share_from = unrolled_name(param.name, 0)
+                elif param.share_from and origin_name(param.share_from) == param.share_from:
+                    # a conf-level share_from names a conf param: its copy 0
+                    # (SINGA wants "0#w" written out; both spellings work here)
+                    param.share_from = unrolled_name(param.share_from, 0)
+                param.name = unrolled_name(param.name, k)
+            copies.append(q)
+            out.append((i, q))
+        groups[proto.name] = copies
+
+    OneToOne, OneToAll = job_pb2.kUnrollOneToOne, job_pb2.kUnrollOneToAll
+    FirstToLast = job_pb2.kUnrollFirstToLast
+    for i, proto in originals:
+        copies = groups[proto.name]
+        types, shifts = list(proto.unroll_conn_type), list(proto.shift)
+        nsrc = len(proto.srclayers)
+        if len(types) > nsrc:
+            problems.append(Problem(locate(i, "unroll_conn_type"),
+                                    f"{len(types)} unroll_conn_type values for {nsrc} srclayers; "
+                                    "give one per srclayer, in the same order"))
+        if len(shifts) > nsrc:
+            problems.append(Problem(locate(i, "shift"),
+                                    f"{len(shifts)} shift values for {nsrc} srclayers; give one "
+                                    "per srclayer, in the same order"))
+        for s_idx, src in enumerate(proto.srclayers):
+            ctype = types[s_idx] if s_idx < len(types) else OneToOne
+            shift = shifts[s_idx] if s_idx < len(shifts) else 0
+            srcs = groups.get(src)
+            if srcs is None:
+                for q in copies:
+                    q.srclayers.append(src)
+                continue
+            if ctype == OneToAll:
+                for q in copies:
+                    q.srclayers.extend(c.name for c in srcs)
+            elif ctype == FirstToLast:
+                copies[0].srclayers.append(srcs[-1].name)
+            elif ctype == OneToOne:
+                if shift < 0:
+                    problems.append(Problem(locate(i, f"shift[{s_idx}]"),
+                                            f"shift must be >= 0, got {shift}"))
+                    continue
+                last = len(copies) - 1 - shift
+                if last >= len(srcs):
+                    problems.append(Problem(
+                        locate(i, f"srclayers[{s_idx}]"),
+                        f"'{proto.name}' has {len(copies)} unrolled copies and connects one to "
+                        f"one (unroll_conn_type kUnrollOneToOne, shift {shift}) to '{src}', "
+                        f"which has {len(srcs)}; set unroll_conn_type: kUnrollOneToAll for this "
+                        "srclayer, or give both layers the same unroll_len"))
+                    continue
+                for j, q in enumerate(copies):
+                    if j >= shift:
+                        q.srclayers.append(srcs[j - shift].name)
+            else:
+                name = job_pb2.UnrollConnType.Name(ctype) if ctype in \
+                    job_pb2.UnrollConnType.values() else str(ctype)
+                problems.append(Problem(
+                    locate(i, f"unroll_conn_type[{s_idx}]"),
+                    f"unroll_conn_type {name} is not implemented (nor is it in SINGA v0.3); use "
+                    "kUnrollOneToOne, kUnrollOneToAll or kUnrollFirstToLast"))
+        if getattr(_layer_class(proto), "takes_previous_copy", False):
+            for j in range(1, len(copies)):
+                copies[j].srclayers.append(copies[j - 1].name)
+    return out, problems
+
+
 def _default_locate(names: dict[int, str]) -> Locate:
     def locate(index: int, field: str) -> str:
         where = f"layer '{names.get(index, index)}'"
@@ -72,14 +221,20 @@ class NeuralNet:
         self.layers: list[Layer] = []
         self.params: list[Param] = []
         self.warnings: list[Problem] = []
+        self.unrolled = False  # whether names are SINGA's unrolled `<i>#<name>`
         self._src: dict[str, list[Layer]] = {}
         self._dst: dict[str, list[Layer]] = {}
         self._index: dict[str, int] = {}  # layer name -> index in NetProto.layer
+        self._copies: dict[str, list[Layer]] = {}  # conf layer name -> its unrolled copies
+        self._heads: dict[int, Param] = {}  # id(param of a copy i > 0) -> copy 0's param
 
     # ------------------------------------------------------------ build ---
     @classmethod
     def create(cls, net: job_pb2.NetProto, phase: int, npartitions: int = 1,
-               locate: Locate | None = None, allocate: bool = True) -> "NeuralNet":
+               locate: Locate | None = None, allocate: bool = True,
+               unroll: bool | None = None) -> "NeuralNet":
+        """Build the net of `phase`. `unroll`: unroll it (None: when
+        `needs_unrolling` says so). Raises ConfigError with every problem."""
         self = cls(phase)
         protos = filter_phase(net, phase)
         if npartitions > 1:
@@ -95,6 +250,21 @@ class NeuralNet:
         locate = locate or _default_locate({i: p.name for i, p in protos})
         pname = PHASE_NAMES.get(phase, str(phase))
         problems: list[Problem] = []
+        conf_names = [p.name for _, p in protos]
+        self.unrolled = needs_unrolling(protos) if unroll is None else unroll
+        if self.unrolled:
+            protos, found = unroll_protos(protos, locate)
+            problems.extend(found)
+        # A problem of an unrolled layer is reported once, by the first copy
+        # to have it: the other copies have the same conf and location.
+        reported: set[str] = set()  # locations of problems of unrolled copies
+
+        def report(layer_name: str, problem: Problem) -> None:
+            if self.unrolled:
+                if problem.where in reported:
+                    return
+                reported.add(problem.where)
+            problems.append(problem)
 
         # 1. create the layers; names are unique within a phase (the validator
         # reports duplicates; here the first one wins)
@@ -139,14 +309,15 @@ class NeuralNet:
                 elif s in failed:
                     failed.add(layer.name)
                 elif s in all_names:
-                    problems.append(Problem(locate(i, f"srclayers[{k}]"),
-                                            f"srclayer '{s}' is not in the {pname} net "
-                                            "(its include/exclude leaves it out)"))
+                    report(layer.name, Problem(locate(i, f"srclayers[{k}]"),
+                                               f"srclayer '{s}' is not in the {pname} net "
+                                               "(its include/exclude leaves it out)"))
                     failed.add(layer.name)
                 else:
-                    problems.append(Problem(locate(i, f"srclayers[{k}]"),
-                                            f"unknown srclayer '{s}'; layers of the {pname} net: "
-                                            + ", ".join(sorted(by_name))))
+                    known = conf_names if self.unrolled else by_name
+                    report(layer.name, Problem(locate(i, f"srclayers[{k}]"),
+                                               f"unknown srclayer '{s}'; layers of the {pname} "
+                                               "net: " + ", ".join(sorted(set(known)))))
                     failed.add(layer.name)
             self._src[layer.name] = srcs
             self._dst.setdefault(layer.name, [])
@@ -183,8 +354,8 @@ class NeuralNet:
                 if not ok:
                     want = " or ".join(map(str, expected)) if isinstance(expected, tuple) else str(expected)
                     tname = layer.proto.user_type or job_pb2.LayerType.Name(layer.proto.type)
-                    problems.append(Problem(locate(i, "param" if n else ""),
-                                            f"a {tname} layer takes {want} param(s), got {n}"))
+                    report(layer.name, Problem(locate(i, "param" if n else ""),
+                                               f"a {tname} layer takes {want} param(s), got {n}"))
                     failed.add(layer.name)
                     continue
             try:
@@ -193,14 +364,16 @@ class NeuralNet:
                         layer.add_dst(d)
                 layer.setup(srcs)
             except LayerError as e:
-                problems.append(Problem(locate(i, ""), str(e)))
+                report(layer.name, Problem(locate(i, ""), str(e)))
                 failed.add(layer.name)
                 continue
             self.layers.append(layer)
             self.params.extend(layer.params)
 
-        # 6. share_from
+        # 6. share_from (unrolled copies share copy 0's params)
         problems.extend(self._share_params(locate))
+        if self.unrolled:
+            self._link_copies()
 
         self.warnings = [p for p in problems if p.severity == "warning"]
         if any(p.severity == "error" for p in problems):
@@ -213,7 +386,28 @@ class NeuralNet:
                 if p.owner is not None:
                     p.share_from(p.owner)
                     p.allocate()
+            # the copies add their gradients into copy 0's (kAggGrad)
+            for p in self.params:
+                head = self._heads.get(id(p))
+                if head is not None:
+                    p.grad = head.grad
         return self
+
+    def _link_copies(self) -> None:
+        """Group the unrolled copies by conf layer; point each param of a
+        copy i > 0 at copy 0's param (its gradient goes there)."""
+        for layer in self.layers:
+            if origin_name(layer.name) != layer.name:  # not a layer the builder added
+                self._copies.setdefault(origin_name(layer.name), []).append(layer)
+        for copies in self._copies.values():
+            copies.sort(key=lambda l: l.proto.unroll_index)
+            first = copies[0]
+            if first.proto.unroll_index != 0:
+                continue
+            for layer in copies[1:]:
+                for p, head in zip(layer.params, first.params):
+                    self._heads[id(p)] = head
+                    p.trainable = False  # its gradient is copy 0's: never sent itself
 
     def _add_split(self, layer: Layer, dsts: list[Layer]) -> Layer:
         proto = job_pb2.LayerProto(name=f"split({layer.name})", type=job_pb2.kSplit)
@@ -254,10 +448,15 @@ class NeuralNet:
         return done, pending
 
     def _share_params(self, locate: Locate) -> list[Problem]:
+        """Resolve `share_from`: each sharer's owner is the param at the end
+        of its chain of share_from names, whose config it takes (keeping its
+        own name), as SINGA copies the owner's ParamProto."""
         problems = []
         by_name: dict[str, Param] = {}
         for p in self.params:
             by_name.setdefault(p.name, p)
+        shown = (lambda n: origin_name(n)) if self.unrolled else (lambda n: n)
+        direct: dict[int, Param] = {}
         for layer in self.layers:
             i = self._index.get(layer.name, -1)
             for k, p in enumerate(layer.params):
@@ -268,22 +467,36 @@ class NeuralNet:
                 if owner is None or owner is p:
                     problems.append(Problem(
                         locate(i, f"param[{k}].share_from"),
-                        f"param '{p.name}' shares from unknown param '{src}'; params of the "
-                        f"{PHASE_NAMES.get(self.phase, self.phase)} net: "
-                        + ", ".join(sorted(n for n in by_name if n != p.name))))
+                        f"param '{shown(p.name)}' shares from unknown param '{shown(src)}'; "
+                        f"params of the {PHASE_NAMES.get(self.phase, self.phase)} net: "
+                        + ", ".join(sorted({shown(n) for n in by_name if n != p.name}))))
                     continue
                 if owner.shape != p.shape:
                     problems.append(Problem(
                         locate(i, f"param[{k}].share_from"),
-                        f"param '{p.name}' of shape {list(p.shape)} cannot share from "
-                        f"'{src}' of shape {list(owner.shape)}"))
+                        f"param '{shown(p.name)}' of shape {list(p.shape)} cannot share from "
+                        f"'{shown(src)}' of shape {list(owner.shape)}"))
                     continue
-                # as in SINGA: the sharer takes the owner's config, keeps its name
-                proto = job_pb2.ParamProto()
-                proto.CopyFrom(owner.proto)
-                proto.name, proto.share_from = p.name, src
-                p.proto = proto
-                p.owner = owner.owner or owner
+                direct[id(p)] = owner
+        for p in self.params:
+            owner = direct.get(id(p))
+            if owner is None:
+                continue
+            seen = {id(p)}
+            while id(owner) in direct and id(owner) not in seen:
+                seen.add(id(owner))
+                owner = direct[id(owner)]
+            if id(owner) in seen:
+                problems.append(Problem(f"param '{shown(p.name)}'",
+                                        "share_from names form a cycle; one param of the "
+                                        "chain must own the values"))
+                continue
+            # as in SINGA: the sharer takes the owner's config, keeps its name
+            proto = job_pb2.ParamProto()
+            proto.CopyFrom(owner.proto)
+            proto.name, proto.share_from = p.name, p.proto.share_from
+            p.proto = proto
+            p.owner = owner
         return problems
 
     # ------------------------------------------------------------- query ---
@@ -292,6 +505,33 @@ class NeuralNet:
 
     def dstlayers(self, layer: Layer) -> list[Layer]:
         return self._dst.get(layer.name, [])
+
+    def copies(self, name: str) -> list[Layer]:
+        """The unrolled copies of conf layer `name` by unroll_index ([] if the
+        net is not unrolled or has no such layer)."""
+        return self._copies.get(name, [])
+
+    def origin(self, layer: Layer | str) -> str:
+        """The conf name of a layer (itself for a net that is not unrolled and
+        for the layers the builder adds, e.g. `split(0#x)` stays as it is)."""
+        name = layer if isinstance(layer, str) else layer.name
+        return origin_name(name) if self.unrolled else name
+
+    def copy_of(self, name: str, index: int) -> Layer | None:
+        """Copy `index` of conf layer `name`; in a net that is not unrolled,
+        the layer `name` itself for index 0."""
+        if not self.unrolled:
+            try:
+                return self.layer(name) if index == 0 else None
+            except KeyError:
+                return None
+        copies = self._copies.get(name, [])
+        return copies[index] if 0 <= index < len(copies) else None
+
+    def head(self, param: Param) -> Param:
+        """The param that carries `param`'s gradient: copy 0's for a param of
+        an unrolled copy i > 0, else the param itself."""
+        return self._heads.get(id(param), param)
 
     def layer(self, name: str) -> Layer:
         for l in self.layers:
