@@ -62,6 +62,7 @@ class MasterLink:
         self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self.dropped = 0  # messages the master's full queue had no room for
 
     # -------------------------------------------------------------- start ---
     def connect(self, info: dict, timeout: float = 120.0) -> dict[int, str]:
@@ -146,7 +147,17 @@ class MasterLink:
 
     def _send_heartbeat(self) -> None:
         body = json.dumps({"step": int(self.step())}).encode()
-        S.send(self.sock, Msg(self.me, MASTER, C.kHeartbeat).add_bytes(body))
+        self._send(Msg(self.me, MASTER, C.kHeartbeat).add_bytes(body))
+
+    def _send(self, msg: Msg) -> None:
+        # Never block: with the master gone the socket's queue fills up (a
+        # metric every disp_freq steps) and a blocking send would stop this
+        # thread before it sees that the master is gone. What cannot be
+        # queued is dropped; a master that is there drains the queue.
+        try:
+            self.sock.send_multipart(msg.to_frames(), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped += 1
 
     def _flush(self) -> None:
         while True:
@@ -157,7 +168,7 @@ class MasterLink:
             if msg is None:
                 self._send_heartbeat()
             else:
-                S.send(self.sock, msg)
+                self._send(msg)
 
 
 def _exit_lost(why: str) -> None:
