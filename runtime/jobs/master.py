@@ -362,7 +362,8 @@ class JobMaster:
             elif msg.type == C.kMetric:
                 rec = self.metrics.add(json.loads(msg.bytes(0)))
                 if rec.get("phase") in ("train", "test") and not rec.get("group"):
-                    loss = rec.get("loss")
+                    # an energy model (CD) reports its reconstruction error instead
+                    loss = rec.get("loss", rec.get("squared_error"))
                     acc = rec.get("accuracy")
                     self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
             elif msg.type == C.kStop:
