@@ -42,7 +42,7 @@ from runtime.registry import Registry
 
 InitFn = Callable[[job_pb2.ParamGenProto, tuple, np.random.Generator], np.ndarray]
 
-init_registry = Registry("init method", job_pb2.InitMethod)
+init_registry = Registry("init method", job_pb2.InitMethod, required=("__call__",))
 
 
 def register_init(name: str) -> Callable[[InitFn], InitFn]:

@@ -6,9 +6,25 @@ Each class registers itself where it is defined:
     class InnerProductLayer(Layer): ...
 
 A lookup of an unknown key raises a `UserError` that lists the known ones.
+
+Registration is checked when it happens, so a user's mistake shows where the
+user made it (at import of their module), not in the middle of a job:
+
+- a key registered twice (to another class) is an error;
+- a class that lacks one of the registry's `required` methods is an error
+  naming every missing method. A method that the class only inherits as a
+  stub of its base (a body that just raises `NotImplementedError`, or one
+  marked `abc.abstractmethod`) counts as missing: a `Layer` subclass without
+  `compute_gradient` is refused although `Layer` defines one that raises.
+  The other stubs of a base that provides required methods are required
+  too (`Updater.rule`: `Updater` defines apply/update/state/load_state on
+  top of it), so whatever such a base leaves abstract, the class registered
+  must define. A registry without `required` methods checks nothing.
 """
 from __future__ import annotations
 
+import dis
+import inspect
 from typing import Any, Callable, TypeVar
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -42,7 +58,16 @@ class Registry:
         return str(key)
 
     def register(self, *keys: int | str) -> Callable[[T], T]:
-        """Decorator: register the class under every key given."""
+        """Decorator: register the class under every key given.
+
+        `@registry.register` without a key (or with a class as the key) is a
+        UserError at once, rather than silently replacing the class.
+        """
+        if not keys or any(not isinstance(k, (int, str)) or isinstance(k, bool) or k == ""
+                           for k in keys):
+            given = ", ".join(_name(k) for k in keys) or "nothing"
+            raise UserError(f"{self.what}: register() takes the names to register under, e.g. "
+                            f"@register(\"MyName\"); got {given}")
 
         def add(cls: T) -> T:
             for key in keys:
@@ -52,14 +77,21 @@ class Registry:
         return add
 
     def add(self, key: int | str, cls: Any) -> None:
+        """Register `cls` under `key`; a UserError if the key is taken by
+        another class or `cls` lacks a required method (see the module doc)."""
+        if not isinstance(key, (int, str)) or isinstance(key, bool) or key == "":
+            raise UserError(f"cannot register {_name(cls)!r} as {self.what} {key!r}: the key "
+                            "must be a non-empty name string (or a built-in enum value)")
         if key in self._classes and self._classes[key] is not cls:
+            old = self._classes[key]
             raise UserError(
                 f"{self.what} {self.key_name(key)!r} is already registered "
-                f"to {self._classes[key].__qualname__}")
-        missing = [m for m in self.required if not callable(getattr(cls, m, None))]
+                f"to {_name(old)} (from {getattr(old, '__module__', '?')}); cannot register "
+                f"{_name(cls)} (from {getattr(cls, '__module__', '?')}) under the same name")
+        missing = missing_methods(cls, self.required)
         if missing:
             raise UserError(
-                f"cannot register {getattr(cls, '__qualname__', cls)!r} as "
+                f"cannot register {_name(cls)!r} as "
                 f"{self.what} {self.key_name(key)!r}: it lacks the method(s) "
                 + ", ".join(missing))
         self._classes[key] = cls
@@ -107,3 +139,68 @@ class Registry:
     def lookup(self, enum_value: int, user_type: str = "") -> Any:
         """The class for a proto's (type, user_type) pair: user_type wins when set."""
         return self.get(user_type if user_type else enum_value)
+
+
+# ------------------------------------------------------------ method checks --
+# Instructions that carry no behaviour of their own around a `raise`.
+_NOISE = {"RESUME", "NOP", "CACHE", "PUSH_NULL", "EXTENDED_ARG", "PRECALL", "CALL",
+          "CALL_FUNCTION", "KW_NAMES", "LOAD_CONST", "LOAD_FAST", "FORMAT_VALUE",
+          "BUILD_STRING", "COPY_FREE_VARS", "MAKE_CELL"}
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or repr(obj)
+
+
+def is_stub(fn: Any) -> bool:
+    """Whether `fn` is an abstract placeholder: marked `abc.abstractmethod`,
+    or a body that only raises NotImplementedError (with or without a message)."""
+    if getattr(fn, "__isabstractmethod__", False):
+        return True
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return False
+    ops = [i for i in dis.get_instructions(code) if i.opname not in _NOISE]
+    if len(ops) < 2 or ops[-1].opname != "RAISE_VARARGS":
+        return False
+    if ops[0].opname not in ("LOAD_GLOBAL", "LOAD_NAME") or ops[0].argval != "NotImplementedError":
+        return False
+    # between the two only the message may be built: no branch, return or store
+    return not any(i.opname.startswith(("RETURN", "JUMP", "POP_JUMP", "STORE", "RAISE"))
+                   for i in ops[1:-1])
+
+
+def missing_methods(cls: Any, required: tuple[str, ...] = ()) -> list[str]:
+    """The methods `cls` must define but does not, in order: the `required`
+    ones that are absent, not callable, or only inherited as a base's stub,
+    then the other stubs it inherits from a base that provides some of the
+    `required` methods (see `is_stub`).
+
+    A stub the class defines itself is taken as deliberate and not reported.
+    For a function (not a class), or with no `required`, only `required` is
+    checked.
+    """
+    missing = [m for m in required if not callable(getattr(cls, m, None))]
+    if not isinstance(cls, type) or not required:
+        return missing
+    for name, owner in _inherited_stubs(cls):
+        contract = name in required or any(m in vars(owner) for m in required)
+        if name not in missing and contract and not name.startswith("__"):
+            missing.append(name)
+    order = {m: k for k, m in enumerate(required)}
+    return sorted(missing, key=lambda m: order.get(m, len(order)))
+
+
+def _inherited_stubs(cls: type) -> list[tuple[str, type]]:
+    """(name, defining base) of each method `cls` resolves to a stub of a base."""
+    out = []
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        for name, attr in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if klass is not cls and klass is not object and inspect.isfunction(
+                    getattr(attr, "__func__", attr)) and is_stub(attr):
+                out.append((name, klass))
+    return out

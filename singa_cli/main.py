@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top": ("singa_cli.top:top", "A live table of a job's processes: speed, CPU, memory, stragglers."),
     "draw": ("singa_cli.draw:draw", "Draw a job's net graph or a checkpoint's filters as a PNG."),
     "validate": ("singa_cli.validate:validate", "Check a job.conf and print what the job is."),
+    "export": ("singa_cli.export:export", "Run a Python file that builds a job and write its job.conf."),
     "data": ("singa_cli.data:data", "Import datasets into record files (kvfile of RecordProto)."),
 }
 

@@ -21,11 +21,17 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
     return path
 
 
-def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), **kw) -> int:
+def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), protos: tuple[str, ...] = (),
+         **kw) -> int:
+    from runtime.errors import UserError
     from runtime.jobs import registry as R
     from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
 
-    kw["modules"] = tuple(execs) + tuple(kw.get("modules", ()))
+    for p in protos:
+        if not p.endswith(".proto"):
+            raise UserError(f"--proto {p}: expected a .proto file (a module goes to --module)")
+    # protos first: the [ext] blocks of the conf and the user's modules need them
+    kw["modules"] = tuple(protos) + tuple(execs) + tuple(kw.get("modules", ()))
     opts = SubmitOptions(**kw, warn=lambda line: click.echo(line, err=True))
     reg = R.JobRegistry()
     job_id = submit_job(conf, opts, reg)
@@ -56,6 +62,10 @@ _COMMON = [
     click.option("--module", "modules", multiple=True, metavar="MODULE",
                  help="Import a module (dotted name or .py file) that registers user layers, "
                       "updaters or algorithms, in every process; repeatable."),
+    click.option("--proto", "protos", multiple=True, metavar="FILE.proto",
+                 help="A .proto of the user's own config messages (extending LayerProto, "
+                      "UpdaterProto, ...): compiled, loaded here and shipped to every process; "
+                      "repeatable."),
     click.option("--exec", "execs", multiple=True, metavar="MAIN.py",
                  help="The user's main file (SINGA's -exec): imported in every process like "
                       "--module, so the classes it registers are known there; its "

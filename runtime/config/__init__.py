@@ -23,7 +23,7 @@ from runtime.config.paths import PathReport, resolve_paths
 from runtime.config.validate import Validation, check
 from runtime.errors import ConfigError, Problem, UserError
 
-__all__ = ["JobConf", "load_job", "parse_text", "read_text", "Locator"]
+__all__ = ["JobConf", "load_job", "load_text", "parse_text", "read_text", "Locator"]
 
 
 @dataclass
@@ -67,13 +67,21 @@ def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobCon
     holds the warnings found on the way. Missing data files are
     warnings unless `strict` or `submit`; layer types, algorithms and
     updaters that are not implemented yet are warnings unless `submit`.
+    An `[ext] { }` block that no loaded `.proto` defines is an error.
     """
-    text = read_text(path)
+    return load_text(read_text(path), path, strict=strict, submit=submit)
+
+
+def load_text(text: str, path: str, *, strict: bool = False, submit: bool = False,
+              base: str | None = None) -> JobConf:
+    """`load_job` for job.conf text that is not (or not yet) in a file:
+    problems are located as `path:LINE:COL`; relative paths in the job are
+    resolved against the directory of `base` (default: `path`)."""
     proto, locator = parse_text(text, path)
-    report = resolve_paths(proto, path)
+    report = resolve_paths(proto, base or path)
     result = check(proto, locator, path, strict=strict, submit=submit, paths=report)
-    ext = unknown_extensions(locator)
-    result.problems.extend(ext)
+    # after the rules: a user's block the parser skipped must not hide the rest
+    result.problems.extend(unknown_extensions(locator, severity="error"))
     if result.errors:
         err = ConfigError(result.errors)
         err.warnings = result.warnings  # type: ignore[attr-defined]

@@ -3,8 +3,10 @@
 SINGA's text conventions all parse, because this is protobuf's own text
 parser: `#` comments, `field {` and `field: {`, `field < >`, trailing `;` or
 `,`, repeated fields written several times or as `[a, b]`, and `[ext] { }`
-extension fields (an extension this build does not know is skipped with a
-warning, as user code may register it).
+extension fields of a user's `.proto` (runtime.config.extensions). The parser
+skips an extension that no loaded module defines, so that every problem of
+the file is found in one pass; `unknown_extensions` then reports each one
+where it is written (`load_job` makes them errors).
 
 A syntax error raises `ConfigError` with one problem located at
 `PATH:LINE:COL` (lines and columns from 1), whose message says what was
@@ -17,6 +19,7 @@ import difflib
 import re
 
 from google.protobuf import descriptor_pool, text_format
+from google.protobuf.descriptor import Descriptor
 
 from conf import job_pb2
 from runtime.config.locate import Locator
@@ -51,6 +54,7 @@ _REMOVED = {
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
 _NO_ENUM = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
 _EXT_PATH = re.compile(r"(?:^|\.)\[([\w./]+)\]$")
+_WRONG_EXT = re.compile(r'Extension "([\w.]+)" does not extend message type "([\w.]+)"')
 
 
 def parse_text(text: str, path: str = "<text>") -> tuple[job_pb2.JobProto, Locator]:
@@ -67,9 +71,15 @@ def parse_text(text: str, path: str = "<text>") -> tuple[job_pb2.JobProto, Locat
     return proto, Locator(text, proto.DESCRIPTOR, path)
 
 
-def unknown_extensions(locator: Locator) -> list[Problem]:
-    """Warnings for `[name] { }` extension fields this build does not know
-    (protobuf skips them; a user module may define them)."""
+def unknown_extensions(locator: Locator, severity: str = "warning") -> list[Problem]:
+    """A problem for each `[name] { }` extension field of the text that no
+    loaded module defines (the parser skipped it), at its LINE:COL, with
+    `severity` ("error" in `load_job`).
+
+    The message names the message it would extend, suggests a loaded
+    extension of that message with a close name (`[data_conf]` for
+    `[rnnlm.data_conf]`) and says how to load the `.proto` that defines it.
+    """
     pool = descriptor_pool.Default()
     out = []
     for fpath, (line, col) in sorted(locator.positions.items(), key=lambda kv: kv[1]):
@@ -82,10 +92,45 @@ def unknown_extensions(locator: Locator) -> list[Problem]:
             continue
         except KeyError:
             pass
+        container = _container(fpath[:m.start()].lstrip("."))
         out.append(Problem(f"{locator.path}:{line}:{col}",
-                           f"extension field [{name}] is not defined by any loaded module; "
-                           "it is ignored", "warning"))
+                           _unknown_extension_message(name, container), severity))
     return out
+
+
+def _container(prefix: str) -> Descriptor | None:
+    """The message type at a field path such as `neuralnet.layer[2]` ('' is the JobProto)."""
+    desc = job_pb2.JobProto.DESCRIPTOR
+    pool = descriptor_pool.Default()
+    for part in re.findall(r"\[[^\]]*\]|[^.\[\]]+", re.sub(r"\[\d+\]", "", prefix)):
+        try:
+            if part.startswith("["):
+                field = pool.FindExtensionByName(part[1:-1])
+            else:
+                field = desc.fields_by_name[part]
+        except KeyError:
+            return None
+        desc = field.message_type
+        if desc is None:
+            return None
+    return desc
+
+
+def _unknown_extension_message(name: str, container: Descriptor | None) -> str:
+    loaded = ([f.full_name for f in descriptor_pool.Default().FindAllExtensions(container)]
+              if container is not None else [])
+    where = container.full_name if container is not None else "this message"
+    msg = f"extension [{name}] is not defined: no loaded .proto extends {where} with it"
+    short = name.rpartition(".")[2]
+    same = [f for f in loaded if f.rpartition(".")[2] == short]
+    close = same or _close(name, loaded)
+    if close:
+        return msg + "; did you mean " + " or ".join(f"[{c}]" for c in close) + "?"
+    msg += ("; give the .proto that defines it to singa (validate/submit --proto FILE.proto, "
+            "or --module FILE.proto)")
+    if loaded:
+        msg += "; extensions of " + where + " loaded: " + ", ".join(f"[{f}]" for f in loaded)
+    return msg
 
 
 def _syntax_problem(e: text_format.ParseError, text: str, path: str) -> Problem:
@@ -132,6 +177,13 @@ def _close(word: str, choices: list[str]) -> list[str]:
 
 def _hint(msg: str) -> str:
     pool = descriptor_pool.Default()
+    m = _WRONG_EXT.search(msg)
+    if m:
+        try:
+            owner = pool.FindExtensionByName(m.group(1)).containing_type.full_name
+        except KeyError:
+            return ""
+        return f"; [{m.group(1)}] extends {owner}: write it inside a block of that type"
     m = _NO_FIELD.search(msg)
     if m:
         type_name, name = m.groups()

@@ -55,7 +55,9 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
     from runtime.config import load_job
     from runtime.jobs import hostfile
 
-    modules = tuple(os.path.abspath(m) if m.endswith(".py") else m for m in opts.modules)
+    # a .proto is compiled to its _pb2.py, which is what loads and ships
+    modules = tuple(os.path.abspath(m) if m.endswith(".py") else m
+                    for m in plugins.expand(opts.modules))
     plugins.load(modules)
     # a test-only conf (SINGA's sample.conf: no train_steps, no updater) is
     # checked as such; data files must exist either way

@@ -96,7 +96,7 @@ def test_syntax_error_is_one_located_problem(text, where, message):
     assert str(p) == f"{where}: {p.message}"
 
 
-def test_unknown_extension_is_skipped_with_a_warning():
+def test_the_parser_skips_an_unknown_extension_and_locates_it():
     job, loc = parse_text('neuralnet { layer { name: "a" [data_conf] { path: "x" } } }', "j")
     assert job.neuralnet.layer[0].name == "a"
     (w,) = unknown_extensions(loc)

@@ -119,7 +119,7 @@ def test_include_and_exclude_mixed(tmp_path):
 
 def test_duplicate_and_unknown_share_from_param_names(tmp_path):
     body = (HEAD + "neuralnet {\n" + DATA
-            + 'layer { name: "h" type: kRBMHid srclayers: "data" rbm_conf { hdim: 2 }\n'
+            + 'layer { name: "h" type: kInnerProduct srclayers: "data" innerproduct_conf { num_output: 2 }\n'
             '  param { name: "w" init { type: kGaussian } } param { name: "w" share_from: "ww" } }\n}\n')
     text = "\n".join(errors_of(tmp_path, body))
     assert at(body, 'name: "w"', 1) + "layer 'h': duplicate param name 'w'" in text
@@ -182,7 +182,7 @@ def test_required_field_with_a_default_must_still_be_written(tmp_path):
 
 
 def test_param_init_missing_unless_shared_or_from_a_checkpoint(tmp_path):
-    layer = ('layer { name: "h" type: kRBMHid srclayers: "data" rbm_conf { hdim: 2 }\n'
+    layer = ('layer { name: "h" type: kInnerProduct srclayers: "data" innerproduct_conf { num_output: 2 }\n'
              '  param { name: "w" } param { name: "b" init { type: kConstant } } }\n')
     body = HEAD + "neuralnet {\n" + DATA + layer + "}\n"
     text = "\n".join(errors_of(tmp_path, body))
