@@ -71,9 +71,18 @@ calling `handle` (or `run`, which calls it); nothing in it is locked.
 `request_stop()` and `stats()` may be called from any thread (`stats` reads
 counters that may be one message behind). `state()`/`load_state()` belong to
 the driving thread, or to any thread while no `run` is active; call
-`load_state` before the first message. Replies carry copies of the values
-(one copy per version, shared by its replies), never the live array, so a
-reply may be sent without copying while the server goes on updating.
+`load_state` before the first message. A reply's values are those of the
+version it names, for as long as the reply (or any array or frame taken
+from it) lives: replies carry a read-only view of the slice's array (one
+per version, shared by its replies) and the server writes that array in
+place only when nothing outside holds the view any more (CPython reference
+count); otherwise it first moves the slice to a fresh copy (copy on write).
+A 4 MB slice is then sent and updated with no copy at all in the steady
+state, where zmq has released the previous reply before the next update
+arrives, and never changes under a reply still in flight. The grads of a
+round are summed in one pass when its last one arrives: until then the
+earlier ones are held as views of their frames, so a sender must not change
+a grad it has sent before its reply (workers wait in `collect`).
 The updater must be this server's own (its keys "param:slice" repeat in
 every server group). Who sends what: workers, through their stub, send
 Put/Get/Update and receive kRGet/kRUpdate; the driver sends kStop; servers
@@ -84,6 +93,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -91,7 +101,7 @@ import numpy as np
 import zmq
 
 from conf import common_pb2 as pb
-from runtime.comm.msg import Addr, Msg, MsgError
+from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
 from runtime.errors import UserError
 from runtime.param_slice import SlicePlan
 from runtime.updater import Updater
@@ -126,6 +136,7 @@ class _Round:
     base: int | None = None
     step: int = 0
     acc: np.ndarray | None = None  # the sum of grads, kept between rounds
+    held: np.ndarray | None = None  # the round's first grad (a view of its frame)
 
 
 @dataclass
@@ -142,7 +153,7 @@ class _Slice:
     n_pending_sync: int = 0       # sync requests without a response
     rounds: dict[int, _Round] = field(default_factory=dict)
     gets: list[Msg] = field(default_factory=list)  # Gets for a version not reached
-    snap: np.ndarray | None = None  # a copy of data at `version`, for replies
+    lent: np.ndarray | None = None  # read-only view of data at `version`, in replies
 
     @property
     def key(self) -> str:
@@ -203,11 +214,14 @@ class Server:
         """Serve messages from `sock` until kStop or `request_stop()`.
 
         `sock` is a DEALER (or PAIR) whose peer routes by `dst`, normally the
-        stub's ROUTER: every frame list is one message. A ROUTER is accepted
-        too: replies go to the identity a destination was last heard from, and
-        messages to a destination never heard from are dropped with an error.
-        Frames that are not a message are logged and dropped. Waits at most
-        `poll_time` ms at a time, so a stop request is seen within that time.
+        stub's ROUTER: every frame list is one message or an envelope of
+        several (`runtime.comm.msg.split`), handled in order; the replies
+        to one destination that a frame list causes leave as one envelope.
+        A ROUTER is accepted too: replies go to the identity a destination
+        was last heard from, and messages to a destination never heard from
+        are dropped with an error. Frames that are not a message are logged
+        and dropped. Waits at most `poll_time` ms at a time, so a stop
+        request is seen within that time.
         Any other exception (an updater error, a bug) ends the loop and
         propagates to the caller, which reports the failure.
         """
@@ -219,21 +233,37 @@ class Server:
         while not self.stopped and not self._halt.is_set():
             if not poller.poll(self.poll_time):
                 continue
-            frames = sock.recv_multipart(copy=False)
-            ident = None
-            if router:
-                ident, frames = frames[0].bytes, frames[1:]
-            try:
-                msg = Msg.from_frames(frames)
-            except MsgError as e:
-                self._counts["dropped"] += 1
-                log.warning("%r: dropped %d frames that are not a message: %s", self, len(frames), e)
-                continue
+            # the message polled for, then those queued meanwhile, without a
+            # poll each
+            while True:
+                self._serve_one(sock, router, peers)
+                if self.stopped or not readable(sock):
+                    break
+        log.info("%r stopped: %s", self, self.stats())
+
+    def _serve_one(self, sock: zmq.Socket, router: bool, peers: dict[Addr, bytes]) -> None:
+        # A method of its own, so that no message or reply stays bound to a
+        # variable of the loop: a reply still referenced would cost a copy
+        # of its slice at the next update.
+        frames = recv_frames(sock)
+        ident = None
+        if router:
+            ident, frames = frames[0].bytes, frames[1:]
+        try:
+            msgs = Msg.all_from_frames(frames)  # a message, or an envelope of several
+        except MsgError as e:
+            self._counts["dropped"] += 1
+            log.warning("%r: dropped %d frames that are not a message: %s", self, len(frames), e)
+            return
+        # the replies to one destination go as one envelope, in order
+        out: dict[Addr, list[Msg]] = {}
+        for msg in msgs:
             if router:
                 peers[msg.src] = ident
-            for out in self.handle(msg):
-                self._send(sock, out, peers if router else None)
-        log.info("%r stopped: %s", self, self.stats())
+            for reply in self.handle(msg):
+                out.setdefault(reply.dst, []).append(reply)
+        for replies in out.values():
+            self._send(sock, replies, peers if router else None)
 
     def request_stop(self) -> None:
         """Make `run` return within poll_time ms (any thread)."""
@@ -376,11 +406,15 @@ class Server:
         rnd.count += num_update
         if first and rnd.count >= e.num_total:
             total = grad  # one message carries the whole group: no copy
+        elif first:
+            rnd.held = grad  # summed with the next one, in one pass over memory
+            return []
         else:
-            if first:
-                if rnd.acc is None:
-                    rnd.acc = np.empty_like(e.data)
-                np.copyto(rnd.acc, grad)
+            if rnd.acc is None:
+                rnd.acc = np.empty_like(e.data)
+            if rnd.held is not None:
+                np.add(rnd.held, grad, out=rnd.acc)
+                rnd.held = None
             else:
                 rnd.acc += grad
             if rnd.count < e.num_total:
@@ -392,6 +426,7 @@ class Server:
         return self._apply(e, msg.src.grp, rnd, total)
 
     def _apply(self, e: _Slice, wgrp: int, rnd: _Round, grad: np.ndarray) -> list[Msg]:
+        self._writable(e)
         self.updater.apply(rnd.step, e.key, e.data, grad, e.lr_scale, e.wd_scale,
                            1.0 / e.num_total)
         if rnd.base is not None:
@@ -403,7 +438,6 @@ class Server:
             log.debug("%r: slice %d v%d -> v%d by worker group %d at step %d, staleness %d",
                       self, e.id, e.version, e.version + 1, wgrp, rnd.step, stale)
         e.version += 1
-        e.snap = None
         self._counts["updates"] += 1
         out = [self._values(e, src, pb.kRUpdate) for src in rnd.senders]
         rnd.count, rnd.senders, rnd.base = 0, [], None
@@ -433,8 +467,8 @@ class Server:
         if e.last_sync is not None:
             log.warning("%r: sync request for slice %d from %r, but group %d is its master",
                         self, e.id, msg.src, self.plan.slices[e.id].group)
+        self._writable(e)
         e.data += delta
-        e.snap = None
         self._counts["sync_served"] += 1
         return [self._values(e, msg.src, pb.kSyncResponse)]
 
@@ -445,10 +479,10 @@ class Server:
             raise MsgError(f"values of {master.size}, expected {e.data.size} for slice {e.id}")
         if e.last_sync is None:
             raise MsgError(f"slice {e.id} is mastered by this group; it never asks for a sync")
+        self._writable(e)
         e.data += master - e.last_sync  # cur = master + local changes since the request
         np.copyto(e.last_sync, e.data)
         e.n_pending_sync = max(0, e.n_pending_sync - 1)
-        e.snap = None
         self._counts["sync_applied"] += 1
         return []
 
@@ -479,23 +513,39 @@ class Server:
         return []
 
     def _values(self, e: _Slice, dst: Addr, mtype: int) -> Msg:
-        if e.snap is None:
-            e.snap = e.data.copy()
-        return Msg(self.addr, dst, mtype, e.param, e.id, e.version).add_array(e.snap)
+        if e.lent is None:
+            e.lent = e.data.view()
+            e.lent.flags.writeable = False
+        return Msg(self.addr, dst, mtype, e.param, e.id, e.version).add_array(e.lent)
 
-    def _send(self, sock: zmq.Socket, msg: Msg, peers: dict[Addr, bytes] | None) -> None:
-        frames = msg.to_frames()
+    @staticmethod
+    def _writable(e: _Slice) -> None:
+        """Make `e.data` safe to write in place: the replies of its version see
+        no change (see the concurrency contract in the module doc)."""
+        lent, e.lent = e.lent, None
+        # Every holder of a reply (a Msg, a frame zmq has not sent yet, an
+        # array from Msg.array) keeps a reference to `lent`; ours are the
+        # local name and getrefcount's argument.
+        if lent is not None and sys.getrefcount(lent) > 2:
+            e.data = e.data.copy()
+
+    def _send(self, sock: zmq.Socket, msgs: list[Msg], peers: dict[Addr, bytes] | None) -> None:
+        """Send messages to one destination, as one envelope."""
+        frames = envelope(msgs)
+        dst = msgs[0].dst
         if peers is not None:
-            ident = peers.get(msg.dst)
+            ident = peers.get(dst)
             if ident is None:
-                log.error("%r: no route to %r for %r (a ROUTER socket only answers peers it "
-                          "has heard from)", self, msg.dst, msg)
+                for msg in msgs:
+                    log.error("%r: no route to %r for %r (a ROUTER socket only answers peers it "
+                              "has heard from)", self, dst, msg)
                 return
             frames = [ident, *frames]
         try:
-            sock.send_multipart(frames, copy=False)
+            send_frames(sock, frames)
         except zmq.ZMQError as e:
-            log.error("%r: could not send %r: %s", self, msg, e)
+            for msg in msgs:
+                log.error("%r: could not send %r: %s", self, msg, e)
 
     def __repr__(self) -> str:
         return f"Server({self.grp},{self.sid}: {len(self._slices)} slices)"

@@ -3,7 +3,8 @@
 Forward runs the layers in topological order, first collecting each layer's
 fresh params; backward runs them in reverse and sends each param's update
 right after its layer's gradient is computed, so that communication with
-the servers overlaps the rest of the backward pass.
+the servers overlaps the rest of the backward pass (all of a layer's params
+at once, when the channel has `update_many`).
 """
 from __future__ import annotations
 
@@ -31,14 +32,19 @@ class BPWorker(Worker):
 
     def backward(self, step: int, net: NeuralNet) -> None:
         flag = job_pb2.kTrain | job_pb2.kBackward
+        # a channel may take a layer's updates at once (the stub's batches them)
+        update_many = getattr(self.channel, "update_many", None)
         for layer in reversed(net.layers):
             if layer.is_input:
                 continue
             if layer.grad is None and not layer.is_loss:
                 continue  # its output reaches no loss: nothing to propagate
             layer.compute_gradient(flag, net.srclayers(layer))
-            for p in layer.params:
-                if p.trainable:
+            params = [p for p in layer.params if p.trainable]
+            if len(params) > 1 and update_many is not None:
+                update_many(step, params)  # one message per server for the layer
+            else:
+                for p in params:
                     self.channel.update(step, p)
             if not layer.is_loss:
                 layer.grad = None

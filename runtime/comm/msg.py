@@ -2,13 +2,23 @@
 
 A message is a fixed 27-byte header plus zero or more body frames. The
 header holds a magic tag and protocol version, the `MsgType`, the source and
-destination `Addr`, and the target: param id, slice id and version (or step).
+destination `Addr`, the number of body frames, and the target: param id,
+slice id and version (or step).
 Body frames are raw bytes; arrays travel as their float32 buffer, sent
 without copying (`zmq.Socket.send_multipart(..., copy=False)`), and are read
 back with `np.frombuffer`. Nothing is pickled.
 
 A frame list that is not a message of this protocol (wrong magic, version,
 size or type) raises `MsgError`; receivers log it and drop the message.
+
+Envelopes. The header counts its message's body frames (1..255; 0 means
+"all the frames that follow", as a message of more than 255 frames has), so
+several messages to one destination can travel as one zmq multipart
+message, their frame lists one after the other (`envelope`, `split`). A
+router forwards an envelope by its first header's destination, and the
+receiver handles its messages in order. The workers send the updates of a
+layer's params so, and the servers their replies: fewer zmq messages, fewer
+thread wake-ups in each process on a step's path.
 
     m = Msg(Addr.worker(0, 1), Addr.server(0, 0), kUpdate, param=3, slice=0, version=12)
     m.add_array(grad_slice)
@@ -22,13 +32,15 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import zmq
 
 from conf import common_pb2
 
 MAGIC = b"SG"
 PROTOCOL = 1
-# magic, protocol, type, src (grp, id, kind), dst (grp, id, kind), param, slice, version
-_HEADER = struct.Struct("<2sBB hhB hhB x iii")
+# magic, protocol, type, src (grp, id, kind), dst (grp, id, kind), body frames
+# (0: all that follow), param, slice, version
+_HEADER = struct.Struct("<2sBB hhB hhB B iii")
 HEADER_SIZE = _HEADER.size
 
 _TYPE_NAMES = {v: k for k, v in common_pb2.MsgType.items()}
@@ -38,6 +50,100 @@ _KIND_NAMES = {common_pb2.kWorkerParam: "w", common_pb2.kWorkerLayer: "wl",
 
 class MsgError(ValueError):
     """Frames that are not a message of this protocol."""
+
+
+# pyzmq's flags are enum members, and combining or comparing them costs more
+# than the call they go with; the hot loops use these plain ints instead.
+SNDMORE = int(zmq.SNDMORE)
+POLLIN = int(zmq.POLLIN)
+EVENTS = int(zmq.EVENTS)
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence) -> None:
+    """`sock.send_multipart(frames, copy=False)`, for the hot paths: zmq
+    Frames are passed on by reference, buffers of pyzmq's copy threshold or
+    more are sent without copying (smaller ones are copied: cheaper than the
+    release of a zero-copy buffer)."""
+    send = sock.send
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        send(f, SNDMORE if i < last else 0, copy=False)
+
+
+def recv_frames(sock: zmq.Socket) -> list:
+    """`sock.recv_multipart(copy=False)`, for the hot paths (blocks)."""
+    recv = sock.recv
+    f = recv(0, copy=False)
+    frames = [f]
+    while f.more:
+        f = recv(0, copy=False)
+        frames.append(f)
+    return frames
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message is waiting on `sock` (no system call)."""
+    return bool(sock.getsockopt(EVENTS) & POLLIN)
+
+
+def parse_header(head) -> tuple:
+    """The fields of a header frame (bytes, buffer or `zmq.Frame`), checked:
+    (type, src grp, src id, src kind, dst grp, dst id, dst kind, param,
+    slice, version, body frames). Raises MsgError for anything that is not a
+    header of this protocol. Routers use it to forward a message by its
+    `dst` without building a `Msg` or copying its frames."""
+    head = getattr(head, "buffer", head)
+    if len(head) != HEADER_SIZE:
+        raise MsgError(f"header of {len(head)} bytes, expected {HEADER_SIZE}")
+    (magic, proto, mtype, sg, si, sk, dg, di, dk, nbody, param, sl, version) = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise MsgError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if proto != PROTOCOL:
+        raise MsgError(f"protocol version {proto}, expected {PROTOCOL}")
+    if mtype not in _TYPE_NAMES:
+        raise MsgError(f"unknown message type {mtype}")
+    return (mtype, sg, si, sk, dg, di, dk, param, sl, version, nbody)
+
+
+def pack_header(mtype: int, src: Addr, dst: Addr, param: int, slice: int, version: int,
+                nbody: int) -> bytes:
+    """The header frame of a message with `nbody` body frames (what
+    `Msg.header` gives), for senders that build frame lists themselves."""
+    return _HEADER.pack(MAGIC, PROTOCOL, mtype, src.grp, src.id, src.kind,
+                        dst.grp, dst.id, dst.kind, nbody if nbody <= 255 else 0,
+                        param, slice, version)
+
+
+def split(frames: Sequence) -> list[tuple[tuple, list]]:
+    """The messages of an envelope (a single message is an envelope of one),
+    as (its `parse_header` fields, its body frames). Raises MsgError when a
+    header is bad or counts more frames than there are."""
+    out = []
+    i, n = 0, len(frames)
+    if n == 0:
+        raise MsgError("empty message")
+    while i < n:
+        fields = parse_header(frames[i])
+        nbody = fields[-1]
+        end = n if nbody == 0 else i + 1 + nbody
+        if end > n:
+            raise MsgError(f"header {len(out)} of an envelope counts {nbody} body frames, "
+                           f"{n - i - 1} follow")
+        out.append((fields, list(frames[i + 1:end])))
+        i = end
+    return out
+
+
+def envelope(msgs: Sequence["Msg"]) -> list:
+    """The frames of `msgs` (to one destination) as one multipart message."""
+    if len(msgs) == 1:
+        return msgs[0].to_frames()
+    out: list = []
+    for m in msgs:
+        if not 0 < len(m.frames) <= 255:
+            raise ValueError(f"{m!r}: a message in an envelope needs 1 to 255 body frames")
+        out += m.to_frames()
+    return out
 
 
 @dataclass(frozen=True, order=True)
@@ -75,6 +181,22 @@ class Addr:
         return f"{name}({self.grp},{self.id})"
 
 
+# Addresses met on the wire, so that parsing a header builds no new objects
+# (bounded: a foreign peer cannot grow it without limit).
+_ADDRS: dict[tuple[int, int, int], Addr] = {}
+_ADDRS_MAX = 4096
+
+
+def _addr(grp: int, id: int, kind: int) -> Addr:
+    key = (grp, id, kind)
+    a = _ADDRS.get(key)
+    if a is None:
+        a = Addr(grp, id, kind)
+        if len(_ADDRS) < _ADDRS_MAX:
+            _ADDRS[key] = a
+    return a
+
+
 @dataclass
 class Msg:
     src: Addr
@@ -110,30 +232,33 @@ class Msg:
 
     # --------------------------------------------------------- wire ---
     def header(self) -> bytes:
-        return _HEADER.pack(MAGIC, PROTOCOL, self.type,
-                            self.src.grp, self.src.id, self.src.kind,
-                            self.dst.grp, self.dst.id, self.dst.kind,
-                            self.param, self.slice, self.version)
+        return pack_header(self.type, self.src, self.dst, self.param, self.slice, self.version,
+                           len(self.frames))
 
     def to_frames(self) -> list:
         return [self.header(), *self.frames]
 
     @classmethod
     def from_frames(cls, frames: Sequence) -> "Msg":
+        """One message (not an envelope of several: see `all_from_frames`)."""
         if not frames:
             raise MsgError("empty message")
-        head = frames[0]
-        head = bytes(getattr(head, "buffer", head))
-        if len(head) != HEADER_SIZE:
-            raise MsgError(f"header of {len(head)} bytes, expected {HEADER_SIZE}")
-        (magic, proto, mtype, sg, si, sk, dg, di, dk, param, sl, version) = _HEADER.unpack(head)
-        if magic != MAGIC:
-            raise MsgError(f"bad magic {magic!r}, expected {MAGIC!r}")
-        if proto != PROTOCOL:
-            raise MsgError(f"protocol version {proto}, expected {PROTOCOL}")
-        if mtype not in _TYPE_NAMES:
-            raise MsgError(f"unknown message type {mtype}")
-        return cls(Addr(sg, si, sk), Addr(dg, di, dk), mtype, param, sl, version, list(frames[1:]))
+        fields = parse_header(frames[0])
+        nbody = fields[-1]
+        if nbody and nbody != len(frames) - 1:
+            raise MsgError(f"header counts {nbody} body frames, {len(frames) - 1} follow")
+        return cls.from_parts(fields, list(frames[1:]))
+
+    @classmethod
+    def from_parts(cls, fields: tuple, body: list) -> "Msg":
+        """A message from `parse_header` fields and its body frames."""
+        (mtype, sg, si, sk, dg, di, dk, param, sl, version, _) = fields
+        return cls(_addr(sg, si, sk), _addr(dg, di, dk), mtype, param, sl, version, body)
+
+    @classmethod
+    def all_from_frames(cls, frames: Sequence) -> list["Msg"]:
+        """The messages of an envelope, in order."""
+        return [cls.from_parts(fields, body) for fields, body in split(frames)]
 
     def reply(self, mtype: int, version: int | None = None) -> "Msg":
         """A message back to the sender about the same target."""

@@ -46,3 +46,47 @@ def test_bad_array_frame_is_a_msgerror():
     m = Msg.from_frames([Msg(Addr.worker(0, 0), Addr.server(0, 0), c.kUpdate).header(), b"abc"])
     with pytest.raises(MsgError, match="not a float32 array"):
         m.array(0)
+
+
+def _update(param: int, *arrays: np.ndarray) -> Msg:
+    m = Msg(Addr.worker(0, 1), Addr.server(0, 0), c.kUpdate, param=param, slice=0, version=param * 10)
+    for a in arrays:
+        m.add_array(a)
+    return m
+
+
+def test_an_envelope_splits_back_into_its_messages_in_order():
+    from runtime.comm.msg import envelope
+
+    a, b, d = (np.full(3, v, np.float32) for v in (1, 2, 3))
+    msgs = [_update(1, a), _update(2, b, d), _update(3, d)]
+    frames = [bytes(f) for f in envelope(msgs)]
+    assert len(frames) == 3 + 4  # a header and its bodies per message
+    back = Msg.all_from_frames(frames)
+    assert [(m.param, m.version, len(m.frames)) for m in back] == [(1, 10, 1), (2, 20, 2), (3, 30, 1)]
+    assert back[1].array(1).tolist() == [3, 3, 3]
+    # a single message is an envelope of one, and from_frames still reads it
+    assert Msg.from_frames(envelope(msgs[:1])).param == 1
+
+
+def test_an_envelope_read_as_one_message_or_cut_short_is_a_msgerror():
+    from runtime.comm.msg import envelope, split
+
+    frames = envelope([_update(1, np.ones(2, np.float32)), _update(2, np.ones(2, np.float32))])
+    with pytest.raises(MsgError, match="header counts 1 body frames, 3 follow"):
+        Msg.from_frames(frames)
+    m = _update(4, *(np.ones(1, np.float32) for _ in range(3)))
+    with pytest.raises(MsgError, match="counts 3 body frames, 1 follow"):
+        split(m.to_frames()[:2])
+
+
+def test_a_message_of_more_than_255_frames_counts_zero_and_takes_the_rest():
+    from runtime.comm.msg import envelope, parse_header
+
+    m = _update(5, *(np.full(1, i, np.float32) for i in range(300)))
+    frames = m.to_frames()
+    assert parse_header(frames[0])[-1] == 0
+    back = Msg.from_frames(frames)
+    assert len(back.frames) == 300 and back.array(299)[0] == 299
+    with pytest.raises(ValueError, match="1 to 255 body frames"):
+        envelope([m, _update(6, np.ones(1, np.float32))])
