@@ -43,30 +43,32 @@ from runtime.comm import socket as S
 from runtime.comm.heartbeat import MasterLink
 from runtime.comm.msg import Msg
 from runtime.errors import UserError
+from runtime.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
+from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.net import NeuralNet
 from runtime.param_slice import SlicePlan
 from runtime.server import Server
 from runtime.stub import Stub, identity
 from runtime.updater import create_updater
+from runtime.viz.graph import write_visualization
 from runtime.worker import create_worker, log_to_stdout
 
 log = logging.getLogger("singa.node")
 
 
 def partition_job(job: job_pb2.JobProto, cluster: Cluster, wid: int) -> job_pb2.JobProto:
-    """The job as worker `wid` of its group sees it: its batch partition of
-    every layer (data parallelism inside a group)."""
+    """The job as worker `wid` of its group sees it: every layer marked as
+    partition `wid` of `nworkers_per_group`. The builder then makes the
+    training net of that partition, by each layer's partition_dim (the
+    net's when the layer sets none), with the connection and bridge layers
+    SINGA inserts (runtime.neuralnet.partition); test and validation nets
+    stay whole."""
     n = cluster.nworkers_per_group
     if n == 1:
         return job
     mine = job_pb2.JobProto()
     mine.CopyFrom(job)
     for layer in mine.neuralnet.layer:
-        dim = layer.partition_dim if layer.HasField("partition_dim") else mine.neuralnet.partition_dim
-        if dim != 0:
-            raise UserError(f"layer '{layer.name}': partition_dim {dim} over {n} workers of a "
-                            "group (feature partitioning) is not implemented yet")
-        layer.partition_dim = 0
         layer.num_partitions = n
         layer.partition_id = wid
     return mine
@@ -82,10 +84,18 @@ class Node:
         self.stub = Stub(self.ctx, self.cluster, procs, transport, host, keys=keys)
         self.link = link
         self.ctl = ctl
-        net = NeuralNet.create(job.neuralnet, job_pb2.kTrain, allocate=False)
-        owned = [p for p in net.params if p.owner is None]
+        # the group's whole training graph: its params are what the servers hold
+        # (replicas once, each part of a feature-partitioned param on its own)
+        self.net = NeuralNet.create(job.neuralnet, job_pb2.kTrain,
+                                    self.cluster.nworkers_per_group, allocate=False)
+        owned = self.net.group_params()
+        self.pids = {p.name: i for i, p in enumerate(owned)}
         self.plan = SlicePlan([(p.name, p.size) for p in owned], self.cluster)
         self.stub.plan = self.plan
+        self.hub = BridgeHub()  # the local workers' bridge layers receive here
+        self.stub.on_data = self.hub.deliver
+        self._nets: dict[tuple[int, int], NeuralNet] = {}        # local (g, w) -> train net
+        self._wholes: dict[int, WholeChannel] = {}                # g -> its worker 0's channel
         self.errors: list[BaseException] = []
         self.workers: list = []
         self.servers: list[Server] = []
@@ -134,8 +144,11 @@ class Node:
                 if isinstance(e, UserError):
                     raise e
                 raise RuntimeError(f"a worker failed to start: {e!r}") from e
+            self._wire_groups()
             self.stub.link()
             self._linked.set()
+        if any(w == (0, 0) for w in local):
+            write_visualization(self.job, self.net)
         self.stub.on_workers_done = self._workers_done
         self.stub.watch.append((self.ctl, self._from_master))
         if not local:
@@ -162,19 +175,31 @@ class Node:
                   + (f" ({groups})" if groups else "") + syncs, flush=True)
 
     def _work(self, g: int, w: int, ready) -> None:
-        channel = None
+        channel = link = None
         try:
             job = partition_job(self.job, self.cluster, w)
             channel = self.stub.channel(g, w)
             quiet = (lambda line: None) if (g, w) != (0, 0) else log_to_stdout
-            worker = create_worker(job, channel, g, w, log=quiet)
+            # the group's first worker holds feature-partitioned params whole
+            wholes = WholeChannel(channel, self.stub, self.cluster, g, w) \
+                if w == 0 and self.net.wholes else None
+            worker = create_worker(job, wholes or channel, g, w, log=quiet)
             if w == 0:  # each group's first worker speaks for its group
                 worker.on_report = metric_reporter(self.link, self.job, g, w)
             self.workers.append(worker)
             worker.setup()
-            owned = worker.owned_params()
-            channel.bind_params(owned)
-            self.stub.register(g, w, owned, num_total=self.cluster.nworkers_per_group)
+            net = worker.train_net
+            params = net.group_params()
+            pids = [self.pids[p.name] for p in params]
+            channel.bind_params(params, pids)
+            self.stub.register(g, w, params, [net.replicas(p) for p in params], pids=pids)
+            if wholes is not None:
+                wholes.bind(net, self.pids)
+                self._wholes[g] = wholes
+            link = BridgeLink(self.hub, g, w, self.procs, self.cluster.procs_of_worker,
+                              self.stub.dealer_to)
+            attach(net.layers, link)
+            self._nets[(g, w)] = net
         except BaseException as e:
             self.errors.append(e)
             ready.abort()
@@ -192,6 +217,16 @@ class Node:
             self._fatal(g, w, e)
         finally:
             channel.stop()
+            link.close()
+
+    def _wire_groups(self) -> None:
+        """Once every local worker has built its net, before any param has a
+        value: the feature-partitioned params of each group whose first
+        worker is here become row views of its whole params, with mirrors
+        for the parts in other processes (runtime.group)."""
+        for g, channel in self._wholes.items():
+            local = {w: net for (grp, w), net in self._nets.items() if grp == g and w > 0}
+            wire_wholes(self.stub, g, self._nets[(g, 0)], channel, local, self.pids)
 
     def _fatal(self, g: int, w: int, e: BaseException) -> None:
         """A worker that fails ends its process at once, with the reason as the
@@ -277,6 +312,8 @@ def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume:
         current.append(self)
 
     Worker.__init__ = track
+    if not test:
+        write_visualization(job)
     try:
         if test:
             if resume:

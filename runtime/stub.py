@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import zmq
@@ -42,7 +43,8 @@ import zmq
 from conf import common_pb2 as C
 from runtime.cluster import Cluster
 from runtime.comm import socket as S
-from runtime.comm.msg import Addr, Msg, MsgError, parse_header
+from runtime.comm.msg import (Addr, Msg, MsgError, pack_header, parse_header, readable,
+                              recv_frames, send_frames, split)
 from runtime.param import Param
 from runtime.param_slice import SliceInfo, SlicePlan
 from runtime.server import PUT_META, UPDATE_META
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # Bound of the route cache: addresses come from the wire, and a foreign peer
 # must not grow it without limit.
 _ROUTES_MAX = 4096
+_REPLIES = (C.kRGet, C.kRUpdate)
 
 
 def identity(addr: Addr) -> bytes:
@@ -114,19 +117,27 @@ class Stub:
         self._stopped_servers = 0
         # other sockets the loop serves: (socket, handler(msg))
         self.watch: list[tuple[zmq.Socket, object]] = []
+        # kData for a local worker's bridge layers (runtime.group.BridgeHub.deliver)
+        self.on_data = None
 
     # ------------------------------------------------------------ setup ---
-    def register(self, grp: int, wid: int, params: list[Param], num_total: int) -> None:
+    def register(self, grp: int, wid: int, params: list[Param], num_total: int | Sequence[int],
+                 pids: Sequence[int] | None = None) -> None:
         """Register one local worker's owned params (same order in every worker).
-        Thread-safe; call `link()` once every local worker has registered."""
+        Thread-safe; call `link()` once every local worker has registered.
+        A partitioned group (runtime.group) gives each param its id in the
+        group's param list (`pids`) and its number of replicas in the group
+        (`num_total`, one per param); by default the ids are the positions
+        and every param has `num_total` replicas."""
         with self._reg_lock:
             if self.plan is None:
                 self.plan = SlicePlan([(p.name, p.size) for p in params], self.cluster)
-            for pid, p in enumerate(params):
+            totals = [num_total] * len(params) if isinstance(num_total, int) else list(num_total)
+            for pid, p, total in zip(range(len(params)) if pids is None else pids, params, totals):
                 key = (grp, pid)
                 entry = self.entries.get(key)
                 if entry is None:
-                    self.entries[key] = entry = ParamEntry(grp, pid, [], num_total)
+                    self.entries[key] = entry = ParamEntry(grp, pid, [], total)
                 entry.shares.append(p)
                 entry.wids.append(wid)
 
@@ -213,14 +224,13 @@ class Stub:
         while self.running:
             for sock, _ in poller.poll(self.cluster.poll_time):
                 if sock is router:
-                    # what has queued up meanwhile, without a poll per message
+                    # and what has queued up meanwhile, without a poll each
                     for _ in range(64):
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
+                        frames = recv_frames(router)
                         self._from_router(frames)
                         del frames  # hold no reply's buffer while waiting
+                        if not readable(router):
+                            break
                     continue
                 got = S.recv(sock)
                 if got is None:
@@ -232,26 +242,41 @@ class Stub:
                     log.exception("stub %d: cannot handle %r", self.procs, msg)
 
     def _from_router(self, frames: list) -> None:
-        """One frame list from the ROUTER: forward it as it is, or handle it here."""
+        """One frame list from the ROUTER (a message or an envelope of
+        messages to one destination): forward it as it is, or handle it here."""
         if len(frames) < 2:
             log.warning("dropped a frame list of length %d from a peer", len(frames))
             return
         try:
             head = parse_header(frames[1])
+            sock, ident = self._route(head[4], head[5], head[6])
+            if sock is None:
+                parts = split(frames[1:])
         except MsgError as e:
             log.warning("dropped a message that is not ours from %r: %s", frames[0].bytes, e)
             return
+        except Exception:  # an address of no process: one bad message must not end the process
+            log.exception("stub %d: cannot route %s", self.procs, _describe(frames[1:]))
+            return
+        if sock is None:
+            for fields, body in parts:
+                try:
+                    if fields[0] in _REPLIES and fields[6] == C.kStub and len(body) == 1:
+                        # a server's fresh values: the hot path, no Msg built
+                        self._values_in(fields[4], fields[7], fields[8], fields[9], body[0])
+                    else:
+                        self.handle(Msg.from_parts(fields, body))
+                except Exception:
+                    log.exception("stub %d: cannot handle %r", self.procs, Msg.from_parts(fields, body))
+            return
         try:
-            sock, ident = self._route(head[4], head[5], head[6])
-            if sock is None:
-                self.handle(Msg.from_frames(frames[1:]))
-            elif ident is None:
-                sock.send_multipart(frames[1:], copy=False)
+            if ident is None:
+                send_frames(sock, frames[1:])
             else:
                 frames[0] = ident
-                sock.send_multipart(frames, copy=False)
-        except Exception:  # one bad message must not end the process
-            log.exception("stub %d: cannot handle %r", self.procs, _describe(frames[1:]))
+                send_frames(sock, frames)
+        except Exception:
+            log.exception("stub %d: cannot forward %s", self.procs, _describe(frames[1:]))
 
     def stop(self) -> None:
         """Stop the local servers, then this loop once they have acknowledged."""
@@ -284,6 +309,8 @@ class Stub:
             self._stopped_workers.add(msg.src)
             if len(self._stopped_workers) == len(self.local_workers) and self.on_workers_done:
                 self.on_workers_done()
+        elif t == C.kData and msg.dst.kind == C.kWorkerLayer and self.on_data is not None:
+            self.on_data(msg)
         else:
             log.warning("stub %d: unexpected %r", self.procs, msg)
 
@@ -317,22 +344,30 @@ class Stub:
             self.send(Msg(self._src(entry), server, C.kGet, entry.pid, info.id, msg.version))
 
     def _response(self, msg: Msg) -> None:
-        entry = self.entries[(msg.dst.grp, msg.param)]
-        info = self.plan.slices[msg.slice]  # indexed by global slice id
-        np.copyto(entry.owner.data.reshape(-1)[info.offset:info.offset + info.size],
-                  msg.array(0))
+        self._values_in(msg.dst.grp, msg.param, msg.slice, msg.version, msg.frames[0])
+
+    def _values_in(self, grp: int, pid: int, sid: int, version: int, frame) -> None:
+        """A server's values of slice `sid` of param `pid` (of worker group
+        `grp`) at `version`: copied into the local replicas' memory; the last
+        slice of the param sets their version (which releases `collect`)."""
+        entry = self.entries[(grp, pid)]
+        info = self.plan.slices[sid]  # indexed by global slice id
+        if info.param != pid:
+            raise MsgError(f"slice {sid} belongs to param {info.param}, not {pid}")
+        values = np.frombuffer(getattr(frame, "buffer", frame), dtype=np.float32)
+        np.copyto(entry.owner.data.reshape(-1)[info.offset:info.offset + info.size], values)
         with entry.cond:
             entry.slices_received += 1
             if entry.slices_received >= len(self.targets(entry)):
                 entry.slices_received = 0
                 for p in entry.shares:
-                    p.version = msg.version
+                    p.version = version
                 entry.cond.notify_all()
 
 
 def _describe(frames: list) -> str:
     try:
-        return repr(Msg.from_frames(frames))
+        return ", ".join(repr(m) for m in Msg.all_from_frames(frames))
     except MsgError:
         return f"{len(frames)} frames"
 
@@ -352,11 +387,13 @@ class StubChannel:
         # GIL from the workers) for each of them. Puts and Gets still go
         # through the stub; an update never overtakes them, since a worker
         # updates a param only after the reply to its Get.
-        self._out: dict[Addr, zmq.Socket] = {}
         self._direct: dict[int, zmq.Socket] = {}
+        self._routes: dict[int, tuple] = {}  # id(param) -> what update_many needs of it
 
-    def bind_params(self, params: list[Param]) -> None:
-        self.pids = {id(p): i for i, p in enumerate(params)}
+    def bind_params(self, params: list[Param], pids: Sequence[int] | None = None) -> None:
+        """The ids of the worker's params (default: their positions)."""
+        self.pids = {id(p): i for i, p in zip(range(len(params)) if pids is None else pids,
+                                              params)}
 
     def _entry(self, p: Param) -> ParamEntry:
         return self.stub.entries[(self.addr.grp, self.pids[id(p)])]
@@ -383,41 +420,65 @@ class StubChannel:
     def update(self, step: int, p: Param) -> None:
         """Report p's grad (computed on p.version). The last local replica of
         the param's worker group to report sums the replicas' grads and sends
-        them, sliced, to the servers (through the stub, which only routes);
-        `num_update` is the number of local replicas, `base_version` the
-        oldest version among them, the header's version the step."""
-        p.last_version = p.version
-        entry = self._entry(p)
-        with entry.cond:
-            base = p.version
-            entry.base_version = base if entry.num_update == 0 else min(entry.base_version, base)
-            entry.num_update += 1
-            if entry.num_update < entry.num_local:
-                return
-            entry.num_update = 0
-            entry.slices_received = 0
-            base = entry.base_version
-        # Every other replica has reported and waits in collect: their grads
-        # are final and no reply can come before these messages go out.
+        them, sliced, to the servers (straight to another process's stub, or
+        through this one, which only routes); `num_update` is the number of
+        local replicas, `base_version` the oldest version among them, the
+        header's version the step."""
+        self.update_many(step, (p,))
+
+    def update_many(self, step: int, params: Sequence[Param]) -> None:
+        """`update` of several params (a layer's): their messages to one
+        server go as one envelope."""
+        groups: dict[tuple[int, Addr], tuple[zmq.Socket, list]] = {}
+        for p in params:
+            route = self._routes.get(id(p))
+            if route is None:
+                route = self._routes[id(p)] = self._plan_of(p)
+            entry, src, targets = route
+            p.last_version = p.version
+            with entry.cond:
+                base = p.version
+                entry.base_version = base if entry.num_update == 0 else min(entry.base_version, base)
+                entry.num_update += 1
+                if entry.num_update < entry.num_local:
+                    continue
+                entry.num_update = 0
+                entry.slices_received = 0
+                base = entry.base_version
+            # Every other replica has reported and waits in collect: their
+            # grads are final and no reply can come before these messages go.
+            flat = self._grad(entry).reshape(-1)
+            meta = UPDATE_META.pack(entry.num_local, base)
+            for sock, server, sid, lo, hi in targets:
+                frames = [pack_header(C.kUpdate, src, server, entry.pid, sid, step, 2),
+                          flat[lo:hi], meta]
+                group = groups.get((id(sock), server))
+                if group is None:
+                    groups[(id(sock), server)] = (sock, frames)
+                else:
+                    group[1].extend(frames)
+        for sock, frames in groups.values():
+            send_frames(sock, frames)
+
+    @staticmethod
+    def _grad(entry: ParamEntry) -> np.ndarray:
+        """The grad of the entry's param summed over its local replicas."""
         if entry.num_local == 1:
-            grad = entry.owner.grad
-        else:
-            if entry.grad_sum is None:
-                entry.grad_sum = np.empty(entry.owner.shape, np.float32)
-            np.copyto(entry.grad_sum, entry.shares[0].grad)
-            for q in entry.shares[1:]:
-                entry.grad_sum += q.grad
-            grad = entry.grad_sum
-        flat = grad.reshape(-1)
-        src = self.stub._src(entry)
-        meta = UPDATE_META.pack(entry.num_local, base)
-        for info, server in self.stub.targets(entry):
-            m = Msg(src, server, C.kUpdate, entry.pid, info.id, step)
-            m.add_array(flat[info.offset:info.offset + info.size]).add_bytes(meta)
-            sock = self._out.get(server)
-            if sock is None:
-                sock = self._out[server] = self._socket_to(server)
-            S.send(sock, m)
+            return entry.owner.grad
+        if entry.grad_sum is None:
+            entry.grad_sum = np.empty(entry.owner.shape, np.float32)
+        np.copyto(entry.grad_sum, entry.shares[0].grad)
+        for q in entry.shares[1:]:
+            entry.grad_sum += q.grad
+        return entry.grad_sum
+
+    def _plan_of(self, p: Param) -> tuple[ParamEntry, Addr, list]:
+        """p's entry, the source address of its updates, and for each slice
+        (socket, server, slice id, start, end)."""
+        entry = self._entry(p)
+        targets = [(self._socket_to(server), server, info.id, info.offset, info.offset + info.size)
+                   for info, server in self.stub.targets(entry)]
+        return entry, self.stub._src(entry), targets
 
     def _socket_to(self, server: Addr) -> zmq.Socket:
         p = self.stub.procs_of(server)
@@ -441,7 +502,7 @@ class StubChannel:
         for d in self._direct.values():  # the worker has collected every update
             d.close()
         self._direct.clear()
-        self._out.clear()
+        self._routes.clear()
 
     def state(self) -> dict:
         return {}

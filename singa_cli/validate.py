@@ -1,4 +1,15 @@
-"""`singa validate CONF [--json] [--strict]`: check a job.conf and say what the job is.
+"""`singa validate CONF [--json] [--strict] [--module M] [--proto P] [--graph FILE]`:
+check a job.conf and say what the job is.
+
+`--graph FILE.png|.svg|.pdf` also draws the training net through Graphviz
+`dot`: with several workers per group, every partition (`name@p`, one box
+and colour per worker) with the connection layers the builder inserts
+(split, slice, concate, bridge pairs between workers), as the job runs it.
+
+`--module` imports the user's modules (their layers, updaters... register
+under their user_type names) and `--proto` compiles and loads the user's
+`.proto` files, whose `[ext] { }` blocks then parse; an `[ext]` that nothing
+loaded defines is an error at its LINE:COL.
 
 Valid: exit 0 and print the layers of each phase with their output shapes,
 the params, algorithm, updater and learning-rate schedule, the triggers and
@@ -27,17 +38,31 @@ from runtime.errors import ConfigError, UserError
 @click.option("--module", "modules", multiple=True, metavar="MODULE",
               help="Import a module (dotted name or .py file) that registers user layers, "
                    "updaters or algorithms first; repeatable.")
-def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...]) -> None:
+@click.option("--proto", "protos", multiple=True, metavar="FILE.proto",
+              help="A .proto of the user's own config messages (extending LayerProto, "
+                   "JobProto, UpdaterProto...), compiled and loaded first, so its [ext] { } "
+                   "blocks parse; repeatable.")
+@click.option("--graph", "graph_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.png|.svg",
+              help="Draw the training net, partitioned over the workers of a group, to FILE "
+                   "(.png, .svg or .pdf; needs Graphviz dot).")
+def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...],
+             protos: tuple[str, ...] = (), graph_path: str | None = None) -> None:
     """Check a job.conf and print what the job is."""
     from runtime import plugins  # noqa: PLC0415
     from runtime.config import load_job  # noqa: PLC0415 - keep `singa --help` fast
     from runtime.config.describe import describe, render  # noqa: PLC0415
 
     try:
-        plugins.load(modules)
+        for p in protos:
+            if not p.endswith(".proto"):
+                raise UserError(f"--proto {p}: expected a .proto file (a module goes to --module)")
+        plugins.load(tuple(protos) + tuple(modules))
         job = load_job(conf, strict=strict)
         d = describe(job)
         text = json.dumps({"valid": True, **d}, indent=2) if as_json else render(d)
+        if graph_path:
+            _draw(job, graph_path)
     except ConfigError as e:
         warnings = getattr(e, "warnings", [])
         if as_json:
@@ -68,6 +93,26 @@ def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...]) -
                    "(a bug in singa; set SINGA_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
     click.echo(text)
+
+
+def _draw(job, path: str) -> None:
+    """The training net (partitioned when the group has several workers) to `path`."""
+    from conf import job_pb2  # noqa: PLC0415
+    from runtime.viz import graph  # noqa: PLC0415
+
+    v = job.validation
+    net = getattr(v, "partitioned", None) or job.nets.get(job_pb2.kTrain) \
+        or next(iter(job.nets.values()), None)
+    if net is None:
+        raise UserError(f"--graph {path}: no net of {job.path} could be built to draw")
+    phase = "train" if net.phase == job_pb2.kTrain else ("test" if net.phase == job_pb2.kTest
+                                                          else "validation")
+    g = graph.graph_of(net, job.proto.name or "job", phase,
+                       {l.name for l in job.proto.neuralnet.layer})
+    graph.draw(g, path)
+    click.echo(f"wrote {path}: {phase} net of {job.proto.name or 'job'}, {len(g.nodes)} nodes, "
+               f"{len(g.edges)} edges, {g.npartitions} partition"
+               + ("s" if g.npartitions != 1 else ""), err=True)
 
 
 def _problem(p) -> dict:

@@ -6,6 +6,11 @@ prints that dict as text, so `--json` and the text always say the same:
 - the job's name and conf path;
 - for each phase the job uses (train, validation, test): its layers in
   conf order with type, srclayers, output shape (batch first) and params;
+- with several workers per group, the training net as they run it: per
+  partition (worker) its layers `name@p` in execution order, with the
+  partition dimension, the connection layers the builder inserted (split,
+  slice, concate, bridge pairs between workers), their output shapes and
+  params (a dim-1 layer's params are parts `name@p` of the conf param);
 - total params of the training net and their bytes (float32), counting a
   shared param once;
 - the algorithm, the updater (type, momentum, weight decay, clipping) and
@@ -103,6 +108,41 @@ def _phase(job, phase: int) -> dict[str, Any]:
             "not_set_up": unknown}
 
 
+def _partitions(job) -> dict[str, Any] | None:
+    """The training net over nworkers_per_group partitions (see the module
+    docstring), or None for one worker per group."""
+    net = getattr(job.validation, "partitioned", None) if job.validation is not None else None
+    if net is None:
+        return None
+    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
+    from runtime.neuralnet.partition import pdim, whole_name  # noqa: PLC0415
+
+    conf = {l.name for l in job.proto.neuralnet.layer}
+    parts: list[list[dict]] = [[] for _ in range(net.npartitions)]
+    added = bridges = 0
+    for l in net.layers:
+        row = {
+            "name": l.name,
+            "type": _type(l.proto),
+            "dim": pdim(l.proto),
+            "srclayers": [s.name for s in net.srclayers(l)],
+            "shape": list(l.shape),
+            "params": [{"name": p.name, "shape": list(p.shape)} for p in l.params],
+            "inserted": origin_name(whole_name(l.name)) not in conf,
+            "worker": l.proto.partition_id,
+        }
+        if getattr(l, "grad_scale", 1.0) != 1.0:
+            row["grad_scale"] = float(l.grad_scale)
+        parts[l.proto.partition_id].append(row)
+        added += row["inserted"]
+        bridges += l.proto.type == job_pb2.kBridgeSrc
+    served = net.group_params()
+    return {"count": net.npartitions, "partitions": parts, "inserted": added,
+            "bridge_pairs": bridges,
+            "server_params": [{"name": p.name, "shape": list(p.shape), "replicas": net.replicas(p)}
+                              for p in served]}
+
+
 def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
     t: dict[str, Any] = {}
     if p.disp_freq > 0:
@@ -164,6 +204,7 @@ def describe(job) -> dict[str, Any]:
         "name": p.name,
         "path": job.path,
         "phases": phases,
+        "partitions": _partitions(job),
         "params": {"count": train["params"], "bytes": train["bytes"],
                    "complete": not train.get("not_set_up")},
         "algorithm": alg_d,
@@ -203,6 +244,30 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
+def _render_partitions(parts: dict[str, Any]) -> list[str]:
+    n = parts["count"]
+    out = ["", f"train net over {n} partitions, one per worker of a group (dim 0 = batch, "
+               f"1 = feature; * = inserted by the net builder): {parts['inserted']} layers "
+               f"inserted, {parts['bridge_pairs']} bridge pairs between workers"]
+    for p, rows in enumerate(parts["partitions"]):
+        out.append(f" partition {p} (worker {p}):")
+        table = [["layer", "type", "dim", "srclayers", "output shape", "params"]]
+        for r in rows:
+            params = ", ".join(f"{q['name']} {_shape(q['shape'])}" for q in r["params"]) or "-"
+            srcs = ",".join(r["srclayers"]) or "-"
+            if r["type"] == "kBridgeDst":  # its source runs on the other worker
+                srcs = "from worker " + r["name"][r["name"].index("@") + 1:].split("-", 1)[0]
+            table.append([("*" if r["inserted"] else "") + r["name"], r["type"], str(r["dim"]),
+                          srcs, _shape(r["shape"]), params])
+        out += ["  " + line for line in _table(table)]
+    served = parts["server_params"]
+    split = [q for q in served if q["replicas"] == 1]
+    if split and n > 1:
+        out.append(" params partitioned by feature (each part its own param on the servers): "
+                   + ", ".join(f"{q['name']} {_shape(q['shape'])}" for q in split))
+    return out
+
+
 def _mb(n: int) -> str:
     return f"{n / 2 ** 20:.2f} MB"
 
@@ -221,6 +286,8 @@ def render(d: dict[str, Any]) -> str:
         out += _table(rows)
         if ph["inserted"]:
             out.append("  (inserted by the net builder: " + ", ".join(ph["inserted"]) + ")")
+    if d.get("partitions"):
+        out += _render_partitions(d["partitions"])
     out.append("")
     main = d["phases"].get("train") or next(iter(d["phases"].values()), {})
     nots = main.get("not_set_up", 0)

@@ -90,6 +90,8 @@ class Validation:
     nets: dict[int, Any] = field(default_factory=dict)      # phase -> NeuralNet (1 partition)
     phases: list[int] = field(default_factory=list)         # phases the job uses, in order
     unused_phases: list[int] = field(default_factory=list)  # built only because of include:
+    # the training net over nworkers_per_group partitions, all of them (None: 1 worker)
+    partitioned: Any = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -163,6 +165,7 @@ class _Checker:
         self.test_only = (not submit and not job.HasField("train_steps")
                           and job.test_steps > 0 and bool(job.checkpoint_path))
         self.nets: dict[int, Any] = {}
+        self.partitioned_net = None
         self.cycle_layers: set[str] = set()
         self.net_problem_keys: set[tuple[str, str]] = set()
 
@@ -233,7 +236,7 @@ class _Checker:
                 out.append(p)
         errors = sorted((p for p in out if p.severity == "error"), key=_sort_key)
         warnings = sorted((p for p in out if p.severity != "error"), key=_sort_key)
-        return Validation(errors + warnings, self.nets, phases, unused)
+        return Validation(errors + warnings, self.nets, phases, unused, self.partitioned_net)
 
     # ----------------------------------------------------- required fields ---
     def required_fields(self) -> None:
@@ -998,28 +1001,43 @@ class _Checker:
         self.partitioned(phase, net)
 
     def partitioned(self, phase: int, net) -> None:
-        """The training net over nworkers_per_group partitions (when the
-        one-partition net is fine and the builder can partition)."""
+        """The training net over nworkers_per_group partitions, built whole
+        (when the one-partition net is fine): SINGA's partition rules
+        (runtime.neuralnet.partition.check: what may be partitioned by
+        feature) and the shapes of every partition and connection layer.
+        The net is kept for `singa validate` to show (`Validation.partitioned`)."""
         n = self.job.cluster.nworkers_per_group
         if phase != job_pb2.kTrain or net is None or n <= 1:
             return
         from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
+        from runtime.neuralnet.partition import pdim  # noqa: PLC0415
 
+        prefix = f"with the net partitioned over nworkers_per_group={n} workers: "
+        feature = [l.name for l in net.layers if pdim(l.proto) == 1]
+        if feature and self.job.train_one_batch.alg == job_pb2.kCD:
+            self.add(self.where("train_one_batch.alg", self.path),
+                     prefix + "layers " + ", ".join(f"'{x}'" for x in feature[:5])
+                     + " are partitioned by feature (partition_dim 1), which kCD does not "
+                     "support (its Gibbs steps run the RBM layers only, not the bridges "
+                     "between workers); use partition_dim: 0 or one worker per group")
+            return
         try:
-            NeuralNet.create(self.job.neuralnet, phase, n, locate=self.layer_where,
-                             allocate=False)
+            built = NeuralNet.create(self.job.neuralnet, phase, n, locate=self.layer_where,
+                                     allocate=False)
         except ConfigError as e:
             for p in e.problems:
-                if p.severity == "error":
-                    self.problems.append(Problem(
-                        p.where, f"with the net partitioned over nworkers_per_group={n} "
-                        f"workers: {p.message}"))
+                self.problems.append(Problem(p.where, prefix + p.message, p.severity))
+            return
         except UserError as e:
             self.add(self.where("cluster.nworkers_per_group", self.path),
                      f"the partitioned training net ({n} workers per group) is not checked: {e}",
                      "error" if self.submit else "warning")
+            return
         except Exception:  # noqa: BLE001
             return
+        for p in built.warnings:
+            self.problems.append(Problem(p.where, prefix + p.message, p.severity))
+        self.partitioned_net = built
 
     def loss_check(self, net) -> None:
         if self.job.train_one_batch.alg not in (job_pb2.kBP, job_pb2.kBPTT):

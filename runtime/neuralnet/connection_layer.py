@@ -22,7 +22,11 @@ Labels travel with the data: these layers expose `aux_data_for(dst)` (the
 labels that belong to the piece `dst` reads), which loss and output layers
 prefer over `aux_data` when it exists.
 
-Not here: the bridge layers (they need the worker's sockets).
+Concate layers that the builder inserts between a batch partition and a
+feature partition also rescale the gradient (`grad_scale`): see
+`runtime.neuralnet.partition`.
+
+The bridge layers are in `bridge.py`.
 """
 from __future__ import annotations
 
@@ -166,7 +170,11 @@ class SliceLayer(_Fanout):
 
 @layer_registry.register(job_pb2.kConcate)
 class ConcateLayer(Layer):
-    """Joins >= 2 sources along `concate_dim`; the backward cuts the grad."""
+    """Joins >= 2 sources along `concate_dim`; the backward cuts the grad
+    (times `grad_scale`, 1 unless the net builder sets it)."""
+
+    #: set by the builder on the concate layers it inserts between partitions
+    grad_scale = 1.0
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, (2, 1 << 30))
@@ -198,6 +206,8 @@ class ConcateLayer(Layer):
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         grad = np.asarray(self.grad, dtype=np.float32).reshape(self.shape)
+        if self.grad_scale != 1.0:
+            grad = grad * np.float32(self.grad_scale)
         for s, g in zip(srclayers, np.split(grad, self._cuts, axis=self.dim)):
             s.set_grad(self, g)
 

@@ -37,15 +37,35 @@ them (a sampling net with unroll_len 1 loads `0#<pname>` from the training
 checkpoint) while feed-forward nets keep their plain names (and their
 checkpoints). `create(..., unroll=True/False)` overrides the rule.
 
-Not here (yet): partitioning by feature (`partition_dim: 1`) with its
-connection layers.
+Partitioning (SINGA's `CreateGraph` over `nworkers_per_group`
+partitions; the rules, names and gradient scaling are in `partition.py`):
+with `npartitions` n > 1 the one-partition net above (unrolled, split
+layers inserted, sorted) becomes n nodes per layer, `name@p`, with the
+slice/split, concate and bridge layers SINGA's table asks for, in one
+topological order of the whole graph. `partition=None` keeps the whole
+graph in this net (bridge pairs connect like any edge: for tests, `singa
+validate`, the graph picture); `partition=p` keeps the layers worker p of a
+group runs, whose bridges talk to the other workers through a link
+(`bridge.attach`). A dim-0 layer's params keep their names (replicas; in
+the whole graph partitions p > 0 share partition 0's values); a dim-1
+layer's params are `name@p`, row blocks of the conf param, which the nets
+holding partition 0 keep whole as well (`wholes`; the partitions' values
+are views of it) so that the group's first worker initialises, tests and
+checkpoints the conf params under their conf names.
+
+A training net whose layer protos carry `num_partitions` > 1 (the job of a
+worker of a group, see `runtime.node.partition_job`) is built as partition
+`partition_id` of that many; the test and validation nets are never
+partitioned (SINGA builds them with 1 partition) and read whole batches.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
+from runtime.neuralnet import partition as P
 from runtime.neuralnet.layer import Layer, create_layer, kOneToOne, layer_registry
 from runtime.param import Param
 
@@ -207,6 +227,20 @@ def _default_locate(names: dict[int, str]) -> Locate:
     return locate
 
 
+@dataclass
+class PartOf:
+    """Rows `lo:hi` of conf param `name`: partition `index` of `count` (a
+    param of a feature-partitioned layer); `whole` is the conf param in the
+    nets that hold partition 0."""
+
+    name: str
+    index: int
+    count: int
+    lo: int
+    hi: int
+    whole: Param | None = None
+
+
 class NeuralNet:
     """The layers of one phase in topological order, and their params.
 
@@ -227,26 +261,33 @@ class NeuralNet:
         self._index: dict[str, int] = {}  # layer name -> index in NetProto.layer
         self._copies: dict[str, list[Layer]] = {}  # conf layer name -> its unrolled copies
         self._heads: dict[int, Param] = {}  # id(param of a copy i > 0) -> copy 0's param
+        self.npartitions = 1
+        self.partition: int | None = None  # the partition this net holds (None: all of them)
+        self.wholes: dict[str, Param] = {}  # conf name -> the whole conf param of dim-1 parts
+        self._parts: dict[int, PartOf] = {}  # id(param of a dim-1 layer) -> where it belongs
 
     # ------------------------------------------------------------ build ---
     @classmethod
     def create(cls, net: job_pb2.NetProto, phase: int, npartitions: int = 1,
                locate: Locate | None = None, allocate: bool = True,
-               unroll: bool | None = None) -> "NeuralNet":
+               unroll: bool | None = None, partition: int | None = None) -> "NeuralNet":
         """Build the net of `phase`. `unroll`: unroll it (None: when
-        `needs_unrolling` says so). Raises ConfigError with every problem."""
+        `needs_unrolling` says so). `npartitions` > 1: partition it, keeping
+        all partitions (`partition=None`) or only `partition` (see the module
+        docstring). Raises ConfigError with every problem."""
         self = cls(phase)
         protos = filter_phase(net, phase)
-        if npartitions > 1:
-            # Batch partitioning of every layer (data parallelism inside a
-            # group): each worker's net is partition 0's shape. Partitioning
-            # by feature, with its connection layers, comes later.
-            for _, p in protos:
-                if p.partition_dim != 0:
-                    raise UserError(
-                        f"layer '{p.name}' has partition_dim {p.partition_dim}: partitioning "
-                        "by feature over several workers is not implemented yet")
-                p.num_partitions, p.partition_id = npartitions, 0
+        marked = [p for _, p in protos if p.num_partitions > 1]
+        if phase == job_pb2.kTrain and npartitions <= 1 and marked:
+            npartitions, partition = marked[0].num_partitions, marked[0].partition_id
+        if npartitions > 1 and partition is not None and not 0 <= partition < npartitions:
+            raise UserError(f"partition {partition} of a net of {npartitions} partitions; "
+                            f"expected 0 to {npartitions - 1}")
+        for _, p in protos:  # the one-partition net; partitions get protos of their own
+            p.num_partitions, p.partition_id = 1, 0
+        inherited = {p.name for i, p in protos if not net.layer[i].HasField("partition_dim")}
+        self.npartitions = max(1, npartitions)
+        self.partition = partition if self.npartitions > 1 else None
         locate = locate or _default_locate({i: p.name for i, p in protos})
         pname = PHASE_NAMES.get(phase, str(phase))
         problems: list[Problem] = []
@@ -260,7 +301,7 @@ class NeuralNet:
         reported: set[str] = set()  # locations of problems of unrolled copies
 
         def report(layer_name: str, problem: Problem) -> None:
-            if self.unrolled:
+            if self.unrolled or self.npartitions > 1:
                 if problem.where in reported:
                     return
                 reported.add(problem.where)
@@ -340,6 +381,18 @@ class NeuralNet:
                                     "cycle among layers " + ", ".join(f"'{n}'" for n in names)))
             failed.update(names)
 
+        # 4b. partitions: n nodes per layer and the connection layers
+        if self.npartitions > 1:
+            if self.unrolled:  # a copy inherits the net's partition_dim as its conf layer does
+                inherited = {q.name for _, q in protos if origin_name(q.name) in inherited}
+            found = P.check([l for l in sorted_layers if l.name not in failed], self._index,
+                            locate, self.npartitions, self.unrolled, inherited)
+            for name, problem in found:
+                report(name, problem)
+                if problem.severity == "error":
+                    failed.add(name)
+            sorted_layers, failed = self._partition(sorted_layers, failed)
+
         # 5. set up in order; skip layers fed by failed ones
         for layer in sorted_layers:
             srcs = self._src[layer.name]
@@ -370,7 +423,9 @@ class NeuralNet:
             self.layers.append(layer)
             self.params.extend(layer.params)
 
-        # 6. share_from (unrolled copies share copy 0's params)
+        # 6. partitions' params; share_from (unrolled copies share copy 0's params)
+        if self.npartitions > 1:
+            self._partition_params()
         problems.extend(self._share_params(locate))
         if self.unrolled:
             self._link_copies()
@@ -383,7 +438,11 @@ class NeuralNet:
                 if p.owner is None:
                     p.allocate()
             for p in self.params:
-                if p.owner is not None:
+                part = self._parts.get(id(p))
+                if part is not None and part.whole is not None:
+                    p.data = part.whole.data[part.lo:part.hi]  # a view: the rows of the whole
+                    p.allocate()
+                elif p.owner is not None:
                     p.share_from(p.owner)
                     p.allocate()
             # the copies add their gradients into copy 0's (kAggGrad)
@@ -392,6 +451,111 @@ class NeuralNet:
                 if head is not None:
                     p.grad = head.grad
         return self
+
+    def _partition(self, order: list[Layer], failed: set[str]) -> tuple[list[Layer], set[str]]:
+        """Replace the one-partition layers by the partitioned graph's
+        (`partition.expand`), all partitions or this net's. Returns the new
+        layers in order and the names of those whose one-partition layer
+        failed."""
+        n = self.npartitions
+        nodes = P.expand(order, self._src, n)
+        if self.partition is not None:
+            nodes = P.local_nodes(nodes, self.partition)
+        index, src, dst = {}, {}, {}
+        by_name: dict[str, Layer] = {}
+        out: list[Layer] = []
+        bad: set[str] = set()
+        for node in nodes:
+            layer = create_layer(node.proto)
+            by_name[node.name] = layer
+            out.append(layer)
+            index[node.name] = self._index.get(node.base, -1)
+            if node.base in failed and P.whole_name(node.name) == node.base:
+                bad.add(node.name)  # a partition of a failed layer (its connection
+                # layers are skipped when their own sources failed)
+            if node.bridge >= 0:
+                layer.bridge_id = node.bridge
+                layer.src_partition, layer.dst_partition = node.src_partition, node.dst_partition
+                layer.remote = self.partition is not None
+                if node.twin and not node.srcs:
+                    layer.twin = by_name[node.twin]
+            if node.grad_scale != 1.0:
+                layer.grad_scale = node.grad_scale
+            if node.feature_params:
+                layer._feature_params = True  # noqa: SLF001 - read by _partition_params
+        for node in nodes:  # after: an RBM's vis reads its hid, which comes later
+            layer = by_name[node.name]
+            src[node.name] = [by_name[s] for s in node.srcs]
+            dst.setdefault(node.name, [])
+            for s in node.srcs:
+                dst.setdefault(s, []).append(layer)
+        for node in nodes:
+            if node.dsts is not None:  # a slice's piece j goes to partition j
+                dst[node.name] = [by_name[d] for d in node.dsts if d in by_name]
+        self._index.update(index)
+        self._src, self._dst = src, dst
+        return out, bad
+
+    def _partition_params(self) -> None:
+        """Params of a partitioned net (see the module docstring): in the
+        whole graph, the replicas of partitions p > 0 share partition 0's
+        values; a dim-1 layer's params are parts of their conf param, which
+        the nets holding partition 0 keep whole (inserted before its first
+        part in `params`)."""
+        n = self.npartitions
+        first: dict[str, Layer] = {}
+        for layer in self.layers:
+            base = P.whole_name(layer.name)
+            if getattr(layer, "_feature_params", False):
+                for param in layer.params:
+                    rows = param.shape[0] if param.shape else 1
+                    k = layer.proto.partition_id
+                    part = PartOf(P.whole_name(param.name), k, n, k * rows, (k + 1) * rows)
+                    self._parts[id(param)] = part
+                    if self.partition in (None, 0):
+                        whole = self.wholes.get(part.name)
+                        if whole is None:
+                            proto = job_pb2.ParamProto()
+                            proto.CopyFrom(param.proto)
+                            proto.name = part.name
+                            whole = Param(proto, (rows * n, *param.shape[1:]))
+                            self.wholes[part.name] = whole
+                        part.whole = whole
+                        param.owner = whole
+            elif self.partition is None and layer.params and base != layer.name:
+                head = first.setdefault(base, layer)
+                if head is not layer:
+                    for q, h in zip(layer.params, head.params):
+                        if q.owner is None and not q.proto.share_from:
+                            q.owner = h
+        if self.wholes:
+            params, placed = [], set()
+            for p in self.params:
+                part = self._parts.get(id(p))
+                if part is not None and part.whole is not None and part.name not in placed:
+                    placed.add(part.name)
+                    params.append(part.whole)
+                params.append(p)
+            self.params = params
+
+    def part_of(self, param: Param) -> "PartOf | None":
+        """Where a param of a feature-partitioned layer belongs: its conf
+        param, its partition and rows (None for any other param)."""
+        return self._parts.get(id(param))
+
+    def group_params(self) -> list[Param]:
+        """The params a worker group's parameter service holds for this net,
+        in order: every param that owns its values (replicas of dim-0 layers
+        once, unrolled copies not) and every part of a dim-1 param; not the
+        whole conf params of dim-1 layers, which are made of the parts."""
+        wholes = {id(w) for w in self.wholes.values()}
+        return [p for p in self.params
+                if id(p) not in wholes and (p.owner is None or id(p) in self._parts)]
+
+    def replicas(self, param: Param) -> int:
+        """How many copies of `param` the group's workers hold and update:
+        1 for a part of a dim-1 param, else the number of partitions."""
+        return 1 if id(param) in self._parts else self.npartitions
 
     def _link_copies(self) -> None:
         """Group the unrolled copies by conf layer; point each param of a

@@ -13,8 +13,10 @@ where the partition dimensions of a source and its consumer differ
 (`slice(<src>)` -> `concate(slice(<src>))`, or `split(<src>)` ->
 `concate(split(<src>))`, and a `bridge_src(...)` -> `bridge_dst(...)` pair
 for every edge into a concate layer that crosses partitions). A net whose
-layers all have partition_dim 0 (the only partitioning this runtime runs) is
-n replicas with edges p -> p.
+layers all have partition_dim 0 is n replicas with edges p -> p. (`net_graph`
+lays the graph out from the one-partition net by SINGA's rules without
+setting the partitions up; `graph_of` below draws what the net builder
+built, which is what the workers run.)
 
 Each node shows its name, its layer type, its output shape (of one
 partition) and its params with their shapes; it is coloured by kind (input,
@@ -22,6 +24,11 @@ neuron, loss, output, connection, user), connection layers are drawn as
 hexagons, and the layers the builder added (not in the job.conf) have a
 dashed border. The title names the job, the phase and the partitions, with a
 colour legend.
+
+`graph_of(net)` draws a net the builder made (the partitioned graph as it
+runs, e.g. for `singa validate --graph`), and `write_visualization(job)`
+writes SINGA's `visualization/train_net.json` (and `test_net.json`) to the
+workspace when a job runs.
 """
 from __future__ import annotations
 
@@ -224,6 +231,65 @@ def _create_graph(layers: dict[str, _Layer], edges: list[tuple[str, str]], n: in
                                       "connection", p, (), [], True))
                 out += [(src, bs), (bs, bd), (bd, dst)]
     return nodes, out
+
+
+def graph_of(net, name: str = "job", phase: str = "train",
+             conf_layers: set[str] | None = None) -> Graph:
+    """The graph of a built `NeuralNet`: its layers in its order, one node
+    per layer (`name@p` in its partition's box when the net is
+    partitioned), the edges between them (a bridge pair links two
+    partitions), output shapes and params as the builder set them up.
+    `conf_layers`: the job.conf's layer names; the others are drawn as added
+    by the builder (default: the connection layers)."""
+    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
+    from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
+
+    parts = getattr(net, "npartitions", 1)
+    nodes = []
+    for l in net.layers:
+        conf = origin_name(whole_name(l.name))
+        added = (conf not in conf_layers) if conf_layers is not None else \
+            500 <= l.proto.type < 600
+        nodes.append(Node(l.name, conf, _type_name(l.proto), _kind(l.proto.type, l),
+                          l.proto.partition_id if parts > 1 else None, tuple(l.shape),
+                          [(p.name, tuple(p.shape)) for p in l.params], added))
+    known = {n.id for n in nodes}
+    edges = [(s.name, l.name) for l in net.layers for s in net.srclayers(l) if s.name in known]
+    return Graph(name, phase, parts, nodes, edges)
+
+
+def write_visualization(job: job_pb2.JobProto, train_net=None) -> list[Path]:
+    """SINGA's `<workspace>/visualization/train_net.json` (the training net
+    over `nworkers_per_group` partitions, or `train_net` when given: a whole
+    partitioned graph) and `test_net.json` (when the job tests). Never
+    raises: a picture must not stop a job (a failure is logged)."""
+    import logging  # noqa: PLC0415
+
+    from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
+
+    out: list[Path] = []
+    try:
+        folder = Path(job.cluster.workspace) / "visualization"
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = {l.name for l in job.neuralnet.layer}
+        name = job.name or "job"
+        nets = [("train", job_pb2.kTrain, train_net)]
+        if job.test_steps > 0:
+            nets.append(("test", job_pb2.kTest, None))
+        for phase, ph, net in nets:
+            built = net is None
+            if built:
+                n = max(1, job.cluster.nworkers_per_group) if ph == job_pb2.kTrain else 1
+                net = NeuralNet.create(job.neuralnet, ph, n, allocate=False)
+            try:
+                out.append(write_json(graph_of(net, name, phase, conf),
+                                      folder / f"{phase}_net.json"))
+            finally:
+                if built:
+                    net.close()
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger(__name__).warning("could not write the net's visualization: %s", e)
+    return out
 
 
 # -- output ------------------------------------------------------------------------------------
