@@ -216,3 +216,21 @@ def test_example_confs_validate(name):
     r = _singa("validate", str(ROOT / "examples" / "rbm" / f"{name}.conf"), cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert f"job '{name}'" in r.stdout and "valid" in r.stdout
+
+
+@pytest.mark.parametrize("cluster", [
+    "nworkers_per_group: 2 nworkers_per_procs: 1",   # one group over two processes
+    "nworker_groups: 2 nworkers_per_procs: 1",       # two asynchronous groups
+])
+def test_tied_weights_train_in_several_processes(tmp_path, cluster):
+    """The hidden layer's W is the visible layer's (share_from): one param on
+    the servers however the workers are placed."""
+    path = conf(tmp_path, "multi", rbm_layers(1, "data", 8), steps=40)
+    path.write_text(path.read_text().replace('cluster { workspace: "ws-multi" }',
+                                             f'cluster {{ workspace: "ws-multi" {cluster} }}'))
+    r = _singa("submit", str(path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    errs = [float(l.split("Squared Error = ")[1]) for l in r.stdout.splitlines()
+            if l.startswith("Test @ step")]
+    assert len(errs) == 2 and errs[1] < 0.8 * errs[0], r.stdout
+    assert "Server (0,0): " in r.stdout
