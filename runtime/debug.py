@@ -115,19 +115,12 @@ def layer_norms(net) -> list[dict]:
     return out
 
 
-def _fmt_fp(r: dict) -> str:
-    s = f"{r['layer']}  data:{r['data']:e}" if "data" in r else r["layer"]
+def _fmt(r: dict, key: str) -> str:
+    """A layer's label: its `key` norm ("data" or "grad") and its params'."""
+    s = f"{r['layer']}  {key}:{r[key]:e}" if key in r else r["layer"]
     for name, pv in r.get("params", {}).items():
-        if "data" in pv:
-            s += f" {name}:{pv['data']:13.9f}"
-    return s
-
-
-def _fmt_bp(r: dict) -> str:
-    s = f"{r['layer']}  grad:{r['grad']:e}" if "grad" in r else r["layer"]
-    for name, pv in r.get("params", {}).items():
-        if "grad" in pv:
-            s += f" {name}:{pv['grad']:13.9f}"
+        if key in pv:
+            s += f" {name}:{pv[key]:13.9f}"
     return s
 
 
@@ -157,9 +150,9 @@ def write(net, step: int, workspace: str | Path, *, group: int = 0, worker: int 
     loc = f"loc{worker}" if group == 0 else f"g{group}-loc{worker}"
     by_layer = {r["layer"]: r for r in recs}
     _write_text(vis / f"fp-step{step}-{loc}.json", json.dumps(_graph_json(
-        net, {n: _fmt_fp(r) for n, r in by_layer.items()})))
+        net, {n: _fmt(r, "data") for n, r in by_layer.items()})))
     _write_text(vis / f"bp-step{step}-{loc}.json", json.dumps(_graph_json(
-        net, {n: _fmt_bp(r) for n, r in by_layer.items()})))
+        net, {n: _fmt(r, "grad") for n, r in by_layer.items()})))
     now = round(time.time(), 3)
     out = [{"time": now, "step": int(step), "group": int(group), "worker": int(worker), **r}
            for r in recs]

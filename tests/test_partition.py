@@ -17,6 +17,7 @@ import pytest
 
 from runtime import checkpoint, driver
 from runtime.config import load_job
+from tests.test_distributed import submit
 from tests.test_training import make_conf
 
 STEPS = 10
@@ -63,11 +64,6 @@ def write(tmp: Path, name: str, cluster: str, net: str = "mlp", feature: bool = 
                         f'cluster {{ workspace: "{name}.ws" {cluster} }}')
     conf.write_text(text)
     return conf
-
-
-def submit(conf: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
-                          cwd=conf.parent, capture_output=True, text=True, timeout=300)
 
 
 def singa(*args: str, cwd: Path) -> subprocess.CompletedProcess:
