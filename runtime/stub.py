@@ -71,6 +71,7 @@ class ParamEntry:
     num_total: int
     num_update: int = 0
     slices_received: int = 0
+    round_version: int = -1       # the oldest slice version of the replies so far
     pending_version: int = -1
     grad_sum: np.ndarray | None = None
     base_version: int = 0
@@ -357,11 +358,20 @@ class Stub:
         values = np.frombuffer(getattr(frame, "buffer", frame), dtype=np.float32)
         np.copyto(entry.owner.data.reshape(-1)[info.offset:info.offset + info.size], values)
         with entry.cond:
+            # The slices live on different servers, whose versions differ when
+            # asynchronous groups' updates reach them in different orders. The
+            # param's version is the oldest of its slices': each server's
+            # version grows with every reply to this group, so the oldest
+            # does too, and `collect` (version > last_version) is released.
+            # (The last slice's version is not: it may be older than the one
+            # the previous round ended with.)
+            if entry.slices_received == 0 or version < entry.round_version:
+                entry.round_version = version
             entry.slices_received += 1
             if entry.slices_received >= len(self.targets(entry)):
                 entry.slices_received = 0
                 for p in entry.shares:
-                    p.version = version
+                    p.version = entry.round_version
                 entry.cond.notify_all()
 
 

@@ -159,3 +159,48 @@ def test_stopping_submit_stops_every_process(tmp_path):
     assert job.state == R.KILLED and "interrupted" in job.reason
     assert proc.returncode == 130
     assert f"job {job.id} KILLED: interrupted from the submitting terminal" in proc.stderr.read()
+
+
+def test_a_param_on_two_servers_out_of_step_is_still_collected():
+    """Two async groups reach the two servers holding a param's slices in
+    different orders, so the servers' versions differ; a round of replies
+    whose last slice is older than the previous round's last must still
+    release `collect` (it once hung the downpour example)."""
+    import threading
+
+    import zmq
+
+    from conf import job_pb2
+    from runtime.cluster import Cluster
+    from runtime.param import Param
+    from runtime.param_slice import SlicePlan
+    from runtime.stub import Stub
+
+    ctx = zmq.Context()
+    cluster = Cluster(nworker_groups=2, nservers_per_group=2, server_worker_separate=True)
+    stub = Stub(ctx, cluster, 0)
+    p = Param(job_pb2.ParamProto(name="w"), (8,))
+    p.data, p.grad = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    stub.plan = SlicePlan([("w", 8)], cluster)
+    stub.register(0, 0, [p], 1)
+    stub.link()
+    channel = stub.channel(0, 0)
+    channel.bind_params([p])
+    (sa, _), (sb, _) = stub.targets(stub.entries[(0, 0)])
+    # one round: slice b at version 18, then slice a at 20 (a's server ran ahead)
+    for sid, version in ((sb.id, 18), (sa.id, 20)):
+        stub._values_in(0, 0, sid, version, np.full(4, version, np.float32))
+    assert p.version == 18  # the oldest slice's
+    p.last_version = p.version  # the worker computes on it and sends its update
+    stub.entries[(0, 0)].slices_received = 0
+    # the next round: a at 22 first, then b at 19, older than a's last version
+    for sid, version in ((sa.id, 22), (sb.id, 19)):
+        stub._values_in(0, 0, sid, version, np.full(4, version, np.float32))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (channel.collect(p), done.set()), daemon=True)
+    t.start()
+    assert done.wait(2), "collect never returned"
+    assert p.version == 19 and sorted(set(p.data.tolist())) == [19.0, 22.0]
+    channel.close()
+    stub.close()
+    ctx.term()

@@ -317,7 +317,12 @@ class JobMaster:
                 p = min(set(range(n)) - set(book))
                 return Outcome("FAILED", self._blame(p, handles[p],
                                f"did not connect to the job master within {CONNECT_TIMEOUT_S:.0f} s"))
-            for p, t in heard.items():
+            # Silence is judged only once every queued message is read: a
+            # master that fell behind (a busy machine, a slow disk under the
+            # registry) would otherwise blame processes whose heartbeats are
+            # waiting in its own queue.
+            behind = router.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            for p, t in ([] if behind else heard.items()):
                 if now - t > MISSED * HEARTBEAT_S and handles[p].poll() is None:
                     self.reg.update_proc(self.id, attempt, p, state=R.LOST)
                     return Outcome("FAILED", self._blame(

@@ -72,6 +72,25 @@ def scalars(rec: dict) -> list[tuple[str, float, int]]:
     return out
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports PyTorch whenever it is installed (to accept its
+    tensors), which costs the job master a second of CPU and hundreds of MB
+    while it must answer heartbeats; it writes only scalars here. Hidden from
+    the import, PyTorch is an optional module that is missing.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
+    try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only once a record comes
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardSink:
     """A `MetricsWriter` sink (a callable taking one record) that writes
     TensorBoard event files under `<workspace>/tensorboard/group<G>/`.
@@ -92,8 +111,7 @@ class TensorBoardSink:
     def _writer(self, group: int):
         w = self._writers.get(group)
         if w is None:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 - only once a record comes
-
+            SummaryWriter = _summary_writer()
             # flush_secs bounds how long tensorboardX's own thread holds events;
             # we flush more often ourselves
             w = SummaryWriter(logdir=str(self.root / f"group{group}"), flush_secs=10)

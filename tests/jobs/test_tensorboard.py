@@ -114,3 +114,30 @@ def test_a_real_async_jobs_metrics_in_tensorboard(tmp_path):
 def test_export_without_records_says_so(tmp_path, capsys):
     assert TB.main([str(tmp_path)]) == 2
     assert "no metrics.jsonl records" in capsys.readouterr().err
+
+
+def test_the_sink_does_not_import_pytorch(tmp_path):
+    """tensorboardX would import an installed PyTorch: seconds of CPU in a
+    job master that must answer heartbeats (20 jobs at once on 2 cores then
+    lost their masters). Here a stand-in `torch` records being imported."""
+    import subprocess
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nTensor = object\n")
+    code = ("import sys\n"
+            "from runtime.jobs import tensorboard as TB\n"
+            f"sink = TB.TensorBoardSink({str(tmp_path / 'ws')!r})\n"
+            "sink({'step': 1, 'phase': 'train', 'group': 0, 'loss': 0.5})\n"
+            "sink.close()\n"
+            "import os\n"
+            f"print('torch imported' if os.path.exists({str(marker)!r}) else 'clean')\n"
+            "import torch\n"  # a later import of it still works
+            "print('ok')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "ws").rglob("events.out.tfevents.*")), "no event file"
+    assert r.stdout.split() == ["clean", "ok"] and marker.exists()
