@@ -161,6 +161,19 @@ def test_stopping_submit_stops_every_process(tmp_path):
     assert f"job {job.id} KILLED: interrupted from the submitting terminal" in proc.stderr.read()
 
 
+def test_downpour_with_separate_servers_reports_every_server(tmp_path):
+    """Two async groups over two servers in their own processes (SINGA's
+    Downpour): params sliced over servers that see the groups' updates in
+    different orders; every server's staleness reaches the submitter."""
+    conf = conf_with(tmp_path, "downpour.conf", "nworker_groups: 2 nservers_per_group: 2 "
+                     "server_worker_separate: true", steps=60)
+    r = submit(conf)
+    assert r.returncode == 0, r.stderr
+    servers = [l for l in r.stdout.splitlines() if l.startswith("Server (")]
+    assert [l.split(":")[0] for l in servers] == ["Server (0,0)", "Server (0,1)"], r.stdout
+    assert all("group 0: " in l and "group 1: " in l and "staleness mean" in l for l in servers)
+
+
 def test_a_param_on_two_servers_out_of_step_is_still_collected():
     """Two async groups reach the two servers holding a param's slices in
     different orders, so the servers' versions differ; a round of replies

@@ -202,6 +202,9 @@ def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextI
                     for line in reader.drain():
                         _emit(line, out, status)
                     reader.close()
+                if job.state == R.SUCCEEDED:
+                    for line in _server_lines(job, procs[1:]):
+                        _emit(line, out, status)
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -219,6 +222,24 @@ def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextI
             status.clear()
     job = reg.job(job_id)
     return _report_end(reg, job, err, interrupted)
+
+
+def _server_lines(job: R.Job, procs: list[R.Proc]) -> list[str]:
+    """The `Server (g,s): ...` summaries (update counts, staleness) that the
+    servers of the other processes wrote last in their logs: process 0's
+    log, which submit streams, has only its own servers'."""
+    from runtime.jobs import logs
+
+    out = []
+    for p in procs:
+        if "server" not in (p.role or ""):
+            continue
+        try:
+            lines = logs.tail(job, p, 20)
+        except UserError:
+            continue  # the summary is a courtesy; `singa log` says why it cannot be read
+        out += [line.rstrip("\n") for line in lines if line.startswith("Server (")]
+    return out
 
 
 def _interrupt(signum, frame) -> None:
