@@ -36,6 +36,7 @@ import rnnlm_pb2  # generated from rnnlm.proto (singa compiles it: --proto rnnlm
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
 from runtime.neuralnet.layer import Layer, kOneToAll, kOneToMany
+from runtime.neuralnet.rnn_input_layer import read_streams
 from runtime.plugins import register_layer
 
 F32 = np.float32
@@ -132,11 +133,9 @@ class DataLayer(Layer):
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         if self._words is None:
             self.prepare()
-        pos = self._starts[None, :] + self.offset + np.arange(self.num_steps)[:, None]
-        self._blobs[...] = self._words[pos % len(self._words)]
-        self.offset += self.window
-        if self.offset >= self.stride:
-            self.offset = 0
+        # the platform's CharRNN reads its streams the same way
+        self.offset = read_streams(self._words, self._starts, self.offset, self.window,
+                                   self.stride, self._blobs)
         self.data = self._blobs[0]
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:

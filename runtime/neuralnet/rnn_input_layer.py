@@ -73,6 +73,19 @@ def encode(layer: str, text: str, index: dict[str, int], path: str) -> np.ndarra
     return vals[pos]
 
 
+def read_streams(tokens: np.ndarray, starts: np.ndarray, offset: int, window: int, stride: int,
+                 out: np.ndarray) -> int:
+    """One batch of token streams, SINGA's CharRNN way: `out[k]` gets token
+    `start + offset + k` of each stream (`starts`), reads past the end of
+    `tokens` wrapping to its start. Returns the next batch's offset:
+    `offset + window` (consecutive batches share one token), back to 0 once
+    it reaches `stride`, the length of a stream."""
+    pos = starts[None, :] + offset + np.arange(out.shape[0])[:, None]
+    out[...] = tokens[pos % len(tokens)]
+    offset += window
+    return 0 if offset >= stride else offset
+
+
 # ---------------------------------------------------------------- CharRNN --
 @layer_registry.register(job_pb2.kCharRNN)
 class CharRNNInputLayer(InputLayer):
@@ -144,11 +157,8 @@ class CharRNNInputLayer(InputLayer):
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         if self._text is None:
             self.prepare()
-        pos = self._starts[None, :] + self.offset + np.arange(self.num_steps)[:, None]
-        self._blobs[...] = self._text[pos % len(self._text)]
-        self.offset += self.unroll_len
-        if self.offset >= self.stride:
-            self.offset = 0
+        self.offset = read_streams(self._text, self._starts, self.offset, self.unroll_len,
+                                   self.stride, self._blobs)
         self.data = self._blobs[0]
 
     def data_at(self, k: int) -> np.ndarray:
