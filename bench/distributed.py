@@ -7,8 +7,9 @@ measured in the same run (issue: distributed runtime, item 6).
     single-process run (goals: LeNet <= 1.15x, MLP <= 1.5x);
 (b) throughput of sync training, one group of 2 workers (1 BLAS thread each,
     one process each) against 1 worker with 2 BLAS threads, on LeNet (goal
-    >= 1.0), with the server beside worker 0 and with the params sliced over
-    a server in each process (SINGA's AllReduce), and the per-core scaling
+    >= 1.0), with the server beside worker 0, with the params sliced over
+    a server in each process (SINGA's AllReduce), and with both workers as
+    threads of one process; and the per-core scaling
     efficiency: the throughput on 2 cores over twice that of 1 worker with 1
     BLAS thread (one core's worth);
 (c) parameter round trips of a 4 MB slice (send 4 MB of gradient, get 4 MB
@@ -196,6 +197,9 @@ def bench_a(tmp: Path, steps: int, repeats: int) -> None:
 # (b)'s two ways to place the server(s) of a group of 2 workers on 2 processes
 B_TOPOLOGIES = {
     "1 server": "nworkers_per_group: 2",            # the server beside worker 0 (Sandblaster-like)
+    # both workers as threads of one process: the replicas share the params,
+    # the grads are summed in memory and one update per step goes out
+    "one process": "nworkers_per_group: 2\n  nworkers_per_procs: 2",
     "allreduce": "nworkers_per_group: 2\n  nservers_per_group: 2",  # half the params beside each worker
 }
 
