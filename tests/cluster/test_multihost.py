@@ -177,3 +177,28 @@ def test_a_user_layer_runs_across_hosts(ssh_cluster, hosts_args, tmp_path):
     assert r.returncode == 0, r.stderr
     job = R.JobRegistry().job(submitted_id(r))
     assert job.state == R.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
+
+
+def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_path):
+    """The MLP's inner-product layers split by feature over two workers on two
+    hosts: the bridge layers carry activations and gradients over tcp (with
+    the job's CurveZMQ keys), and the params after 10 steps are those of one
+    worker with the whole batch."""
+    from runtime import driver
+    from runtime.config import load_job
+    from tests.test_partition import STEPS, saved, write
+
+    one = write(tmp_path, "one.conf", "", "mlp")
+    worker = driver.train(load_job(str(one), submit=True).proto, log=lambda line: None)
+    ref = {p.name: p.data.copy() for p in worker.owned_params()}
+    conf = write(tmp_path, "hosts.conf", "nworkers_per_group: 2 nworkers_per_procs: 1", "mlp",
+                 feature=True)
+    r = singa("submit", str(conf), *hosts_args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"Test @ step {STEPS}  Loss = " in r.stdout
+    job = R.JobRegistry().job(submitted_id(r))
+    assert job.state == R.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
+    got = saved(conf)
+    assert set(got) == set(ref)
+    for name, values in ref.items():
+        assert float(abs(got[name] - values).max()) <= 1e-5, name
