@@ -100,21 +100,36 @@ def save(workspace: str, step: int, worker: int, params: list[tuple[str, int, np
     """Write `step<step>-worker<worker>` (and its `.resume` file); return its path."""
     d = checkpoint_dir(workspace)
     path = d / f"step{step}-worker{worker}"
-    tmp = path.with_name(path.name + ".resume.tmp.npz")
+    if resume_state is not None:
+        save_resume(path, resume_state)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        if resume_state is not None:
-            arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
-            meta = json.dumps(resume_state.get("meta", {})).encode()
-            arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path.with_name(path.name + ".resume"))
         _atomic_write(path, encode(params))
     except OSError as e:
         # a full or read-only disk: say so plainly; no half-written file stays
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
     return path
+
+
+def position_path(workspace: str, step: int, worker: int) -> Path:
+    """Where worker `worker` (> 0) of group 0 keeps its resume state of
+    `step` (its data position and random state: it writes no params)."""
+    return checkpoint_dir(workspace) / f"step{step}-worker0.w{worker}"
+
+
+def save_resume(path: Path, resume_state: dict) -> None:
+    """Write `resume_state` as `<path>.resume` (see `load_resume_state`)."""
+    tmp = path.with_name(path.name + ".resume.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
+        meta = json.dumps(resume_state.get("meta", {})).encode()
+        arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path.with_name(path.name + ".resume"))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
 
 
 def load(paths: list[str]) -> dict[str, tuple[int, np.ndarray]]:

@@ -35,9 +35,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from conf import common_pb2 as C, job_pb2
+from runtime import checkpoint
 from runtime.cluster import Cluster
 from runtime.comm import socket as S
 from runtime.comm.heartbeat import MasterLink
@@ -49,6 +51,7 @@ from runtime.neuralnet.net import NeuralNet
 from runtime.param_slice import SlicePlan
 from runtime.server import Server
 from runtime.stub import Stub, identity
+from runtime.trigger import Trigger
 from runtime.updater import create_updater
 from runtime.viz.graph import write_visualization
 from runtime.worker import create_worker, log_to_stdout
@@ -100,6 +103,7 @@ class Node:
         self.workers: list = []
         self.servers: list[Server] = []
         self.resumed = False  # set when started with --resume
+        self.resume_state: dict | None = None  # worker (0, 0)'s, from the checkpoint
         self._linked = threading.Event()
 
     def rendezvous(self) -> None:
@@ -124,6 +128,7 @@ class Node:
         threads = []
         for g, s in self.cluster.servers_of_procs(self.procs):
             server = Server(g, s, create_updater(self.job.updater), self.plan)
+            self._server_checkpoints(server)
             self.servers.append(server)
             sock = S.dealer(self.ctx, identity(server.addr))
             sock.connect(self.stub.inproc)
@@ -159,6 +164,26 @@ class Node:
         self.link.close()  # the servers' final counts go out with it
         self.stub.close()
         return 1 if self.errors else 0
+
+    def _server_checkpoints(self, server: Server) -> None:
+        """The servers of worker group 0 (whose first worker checkpoints) save
+        their state beside each checkpoint, and load it on --resume: the
+        updater's history (momentum, Adam's moments) lives on the servers."""
+        if self.cluster.server_group_of(0) != server.grp:
+            return
+        job = self.job
+        folder = checkpoint.checkpoint_dir(job.cluster.workspace)
+        name = f"server{server.grp}.{server.sid}.npz"
+        if self.resumed:
+            path = folder / f"step{job.step}-{name}"
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as saved:
+                    server.load_state({k: saved[k] for k in saved.files})
+            else:
+                log.warning("no server state %s: the updater's history starts afresh", path)
+        due = Trigger(job.checkpoint_freq, job.checkpoint_after)
+        server.save_at(lambda n: str(folder / f"step{n}-{name}"),
+                       lambda n: n == job.train_steps or (n < job.train_steps and due(n)), 0)
 
     def _serve(self, server: Server, sock) -> None:
         try:
@@ -207,10 +232,14 @@ class Node:
         ready.wait()
         self._linked.wait()
         try:
-            worker.init_params()
-            if self.resumed and (g, w) == (0, 0):
-                # params from the latest checkpoint; the updater's history
-                # (momentum) lived on the servers and starts afresh
+            first = (g, w) == (0, 0)
+            # group 0's workers read on from their data positions (worker.checkpoint)
+            state = self.resume_state if first else None
+            if self.resumed and g == 0 and w > 0:
+                state = checkpoint.load_resume_state(str(checkpoint.position_path(
+                    self.job.cluster.workspace, self.job.step, w)))
+            worker.init_params(state)
+            if self.resumed and first:
                 worker.log(f"Resumed from step {self.job.step}")
             worker.run()
         except BaseException as e:  # noqa: BLE001 - any failure ends the process
@@ -403,12 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         single = args.test or (cluster.nprocs == 1 and cluster.nworkers == 1 and cluster.nservers == 1)
         if single:
             return run_single(job, link, ctl, args.resume, args.test)
+        resume_state = None
         if args.resume:
             from runtime import driver
 
-            driver.setup_resume(job)
+            resume_state = driver.setup_resume(job)
         node = Node(job, procs, link, ctl, transport, host, keys)
         node.resumed = args.resume
+        node.resume_state = resume_state
         link.periodic = node.server_metrics
         link.step = node.step
         return node.run()

@@ -92,10 +92,13 @@ kSyncResponse.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -183,6 +186,9 @@ class Server:
         self.sync_freq = cluster.sync_freq if sync_freq is None else sync_freq
         self.poll_time = cluster.poll_time if poll_time is None else poll_time
         self.stopped = False
+        self._saving: tuple[Callable[[int], str], Callable[[int], bool], int] | None = None
+        self._pending_saves: dict[int, dict[str, np.ndarray]] = {}
+        self._resumed: set[int] = set()  # slices loaded by load_state, not yet Put
         self._slices: dict[int, _Slice] = {}
         self._early: dict[int, list[Msg]] = {}  # slice id -> messages before its Put
         self._staleness: dict[int, _Staleness] = {}
@@ -297,15 +303,29 @@ class Server:
         """
         out: dict[str, np.ndarray] = {}
         for sid in sorted(self._slices):
-            e = self._slices[sid]
-            out[f"data/{e.key}"] = e.data.copy()
-            out[f"version/{e.key}"] = np.array([e.version], dtype=np.int64)
-            out[f"meta/{e.key}"] = np.array([e.num_total, e.lr_scale, e.wd_scale], dtype=np.float64)
-            if e.last_sync is not None:
-                out[f"last_sync/{e.key}"] = e.last_sync.copy()
-        for name, arr in self.updater.state().items():
+            out.update(self._slice_state(self._slices[sid]))
+        return out
+
+    def _slice_state(self, e: _Slice) -> dict[str, np.ndarray]:
+        """`state()` of one slice (copies)."""
+        out = {f"data/{e.key}": e.data.copy(),
+               f"version/{e.key}": np.array([e.version], dtype=np.int64),
+               f"meta/{e.key}": np.array([e.num_total, e.lr_scale, e.wd_scale], dtype=np.float64)}
+        if e.last_sync is not None:
+            out[f"last_sync/{e.key}"] = e.last_sync.copy()
+        for name, arr in self.updater.state([e.key]).items():
             out[f"updater/{name}"] = arr
         return out
+
+    def save_at(self, path_of: Callable[[int], str], due: Callable[[int], bool],
+                wgrp: int) -> None:
+        """Write `state()` to `path_of(N)` whenever worker group `wgrp` (the
+        one whose first worker checkpoints) completes a step N with `due(N)`:
+        each slice's state is taken right after that group's update of step
+        N-1, so the file matches the worker's checkpoint of step N, taken
+        once it collected those updates. `--resume` loads it (`load_state`),
+        so the updater's history (momentum, Adam's moments) carries on."""
+        self._saving = (path_of, due, wgrp)
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the slices and updater state that `state()` gave (before any message).
@@ -350,6 +370,7 @@ class Server:
                                  (data.copy() if last is None
                                   else np.array(last, dtype=np.float32).reshape(-1)))
         self._slices.update(loaded)
+        self._resumed.update(loaded)
         if upd:
             self.updater.load_state(upd)
 
@@ -362,6 +383,9 @@ class Server:
             raise MsgError(f"{values.size} values, expected {info.size} for slice {msg.slice}")
         if num_total < 1:
             raise MsgError(f"num_total {num_total}, expected >= 1")
+        if msg.slice in self._resumed:
+            self._resumed.discard(msg.slice)  # the values of the saved state stand
+            return []
         if msg.slice in self._slices:
             self._counts["ignored_puts"] += 1
             log.warning("%r: slice %d put again by %r; keeping the first values", self,
@@ -439,6 +463,8 @@ class Server:
                       self, e.id, e.version, e.version + 1, wgrp, rnd.step, stale)
         e.version += 1
         self._counts["updates"] += 1
+        if self._saving is not None and wgrp == self._saving[2] and self._saving[1](rnd.step + 1):
+            self._save_slice(e, rnd.step + 1)
         out = [self._values(e, src, pb.kRUpdate) for src in rnd.senders]
         rnd.count, rnd.senders, rnd.base = 0, [], None
         waiting, e.gets = e.gets, []
@@ -517,6 +543,27 @@ class Server:
             e.lent = e.data.view()
             e.lent.flags.writeable = False
         return Msg(self.addr, dst, mtype, e.param, e.id, e.version).add_array(e.lent)
+
+    def _save_slice(self, e: _Slice, step: int) -> None:
+        """Keep slice `e`'s state for the file of `step`; write the file
+        once every slice of this server is in (see `save_at`)."""
+        pending = self._pending_saves.setdefault(step, {})
+        pending.update(self._slice_state(e))
+        done = {k.partition("/")[2] for k in pending if k.startswith("data/")}
+        if len(done) < len(self._slices):
+            return
+        del self._pending_saves[step]
+        path = Path(self._saving[0](step))
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez(f, **pending)
+            os.replace(tmp, path)
+        except OSError as err:
+            # the workers' checkpoint fails the job on a full disk; a resume
+            # without this file only loses the updater's history
+            log.error("%r: cannot write its state for step %d to %s: %s", self, step, path, err)
 
     @staticmethod
     def _writable(e: _Slice) -> None:

@@ -54,7 +54,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Hashable, TypeVar
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, TypeVar
 
 import numpy as np
 
@@ -209,10 +209,13 @@ class Updater:
         self.apply(step, param.name, param.data, param.grad,
                    param.lr_scale, param.wd_scale, grad_scale)
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Copies of every history array as "<key>/<name>" (and "<key>/t" if used)."""
+    def state(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Copies of every history array (or those of `keys`) as "<key>/<name>"
+        (and "<key>/t" if used)."""
         out: dict[str, np.ndarray] = {}
-        for key, hist in list(self._hist.items()):
+        items = (list(self._hist.items()) if keys is None
+                 else [(k, self._hist[k]) for k in keys if k in self._hist])
+        for key, hist in items:
             for name, arr in hist.arrays.items():
                 out[f"{key}/{name}"] = arr.copy()
             if self.uses_t:

@@ -160,7 +160,7 @@ class Worker:
                 self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
             if test_now(step) and self.test_net is not None and job.test_steps > 0:
                 self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
-            if checkpoint_now(step) and self.writes_checkpoints:
+            if checkpoint_now(step):
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
             self.step = step  # read by the heartbeat thread
@@ -184,8 +184,7 @@ class Worker:
             self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
         if test_now(step) and self.test_net is not None and job.test_steps > 0:
             self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
-        if self.writes_checkpoints:
-            self.checkpoint(step)
+        self.checkpoint(step)
         self.close()
 
     def test(self, step: int, nsteps: int, phase: int, net: NeuralNet, prefix: str) -> dict:
@@ -218,7 +217,15 @@ class Worker:
 
     # ------------------------------------------------------- checkpoints ---
     def checkpoint(self, step: int) -> None:
+        """Group 0's first worker writes the params and its resume state; the
+        other workers of group 0 their own resume state (data position,
+        random state), so that a resumed group reads on where it stopped."""
         ws = self.job.cluster.workspace
+        if not self.writes_checkpoints:
+            if self.grp_id == 0:
+                checkpoint.save_resume(checkpoint.position_path(ws, step, self.id),
+                                       self._resume_state(step))
+            return
         for p in self.owned_params():
             self.channel.collect(p)
         params = [(p.name, p.version, p.data) for p in self.owned_params()]

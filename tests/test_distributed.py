@@ -217,3 +217,36 @@ def test_a_param_on_two_servers_out_of_step_is_still_collected():
     channel.close()
     stub.close()
     ctx.term()
+
+
+@pytest.mark.parametrize("updater,cluster", [
+    ("kSGD", "server_worker_separate: true"),
+    ("kAdam", "server_worker_separate: true"),
+    ("kSGD", "nworkers_per_group: 2 nworkers_per_procs: 1 server_worker_separate: true"),
+], ids=["sgd-momentum", "adam", "sgd-momentum-2-workers"])
+def test_resume_of_a_multi_process_job_is_exact(tmp_path, updater, cluster):
+    """Workers and a server in separate processes: 2N steps in one go equal
+    N steps, then --resume for N more. The server saves its slices and the
+    updater's history (momentum, Adam's moments) beside the checkpoint, and
+    each worker of group 0 its data position and random state."""
+    full = conf_with(tmp_path, "full.conf", cluster, steps=24, updater=updater)
+    assert submit(full).returncode == 0
+    # the conf of the first half and of the continuation share a workspace
+    half = conf_with(tmp_path, "half.conf", cluster, steps=12, updater=updater)
+    assert submit(half).returncode == 0
+    state = tmp_path / "half.conf.ws" / "checkpoint" / "step12-server0.0.npz"
+    assert state.is_file()
+    if updater == "kSGD":  # momentum
+        assert any(k.startswith("updater/") for k in np.load(state).files)
+    text = half.read_text().replace("train_steps: 12", "train_steps: 24")
+    text = text.replace("test_freq: 12", "test_freq: 24")
+    half.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(half), "--resume"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Resumed from step 12" in r.stdout
+    a = checkpoint.load([str(tmp_path / "full.conf.ws" / "checkpoint" / "step24-worker0")])
+    b = checkpoint.load([str(tmp_path / "half.conf.ws" / "checkpoint" / "step24-worker0")])
+    assert set(a) == set(b)
+    for name, (_, values) in a.items():
+        assert float(np.abs(values - b[name][1]).max()) <= 1e-6, name
