@@ -20,11 +20,13 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from conf import common_pb2
 from runtime.errors import UserError
+from runtime.trigger import Trigger
 
 CKPT_RE = re.compile(r"^step(\d+)-worker(\d+)$")
 
@@ -117,19 +119,38 @@ def position_path(workspace: str, step: int, worker: int) -> Path:
     return checkpoint_dir(workspace) / f"step{step}-worker0.w{worker}"
 
 
-def save_resume(path: Path, resume_state: dict) -> None:
-    """Write `resume_state` as `<path>.resume` (see `load_resume_state`)."""
-    tmp = path.with_name(path.name + ".resume.tmp.npz")
+def server_state_path(workspace: str, step: int, grp: int, sid: int) -> Path:
+    """Where server `sid` of server group `grp` keeps its state of `step`
+    (its slices and the updater's history, `Server.state()`)."""
+    return checkpoint_dir(workspace) / f"step{step}-server{grp}.{sid}.npz"
+
+
+def due(job) -> Callable[[int], bool]:
+    """Whether group 0 checkpoints at step N: every `checkpoint_freq` steps
+    from `checkpoint_after` before `train_steps`, and at `train_steps`."""
+    every = Trigger(job.checkpoint_freq, job.checkpoint_after)
+    return lambda n: n == job.train_steps or (n < job.train_steps and every(n))
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write `arrays` as an .npz file at `path`, whole or not at all; a
+    UserError if it cannot be written."""
+    tmp = path.with_name(path.name + ".tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
-        meta = json.dumps(resume_state.get("meta", {})).encode()
-        arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
         np.savez(tmp, **arrays)
-        os.replace(tmp, path.with_name(path.name + ".resume"))
+        os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def save_resume(path: Path, resume_state: dict) -> None:
+    """Write `resume_state` as `<path>.resume` (see `load_resume_state`)."""
+    arrays = {f"a/{k}": v for k, v in resume_state.get("arrays", {}).items()}
+    meta = json.dumps(resume_state.get("meta", {})).encode()
+    arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
+    save_arrays(path.with_name(path.name + ".resume"), arrays)
 
 
 def load(paths: list[str]) -> dict[str, tuple[int, np.ndarray]]:

@@ -51,7 +51,6 @@ from runtime.neuralnet.net import NeuralNet
 from runtime.param_slice import SlicePlan
 from runtime.server import Server
 from runtime.stub import Stub, identity
-from runtime.trigger import Trigger
 from runtime.updater import create_updater
 from runtime.viz.graph import write_visualization
 from runtime.worker import create_worker, log_to_stdout
@@ -172,18 +171,15 @@ class Node:
         if self.cluster.server_group_of(0) != server.grp:
             return
         job = self.job
-        folder = checkpoint.checkpoint_dir(job.cluster.workspace)
-        name = f"server{server.grp}.{server.sid}.npz"
+        ws = job.cluster.workspace
         if self.resumed:
-            path = folder / f"step{job.step}-{name}"
+            path = checkpoint.server_state_path(ws, job.step, server.grp, server.sid)
             if path.is_file():
                 with np.load(path, allow_pickle=False) as saved:
                     server.load_state({k: saved[k] for k in saved.files})
             else:
                 log.warning("no server state %s: the updater's history starts afresh", path)
-        due = Trigger(job.checkpoint_freq, job.checkpoint_after)
-        server.save_at(lambda n: str(folder / f"step{n}-{name}"),
-                       lambda n: n == job.train_steps or (n < job.train_steps and due(n)), 0)
+        server.save_at(ws, checkpoint.due(job), 0)
 
     def _serve(self, server: Server, sock) -> None:
         try:

@@ -92,18 +92,17 @@ kSyncResponse.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import zmq
 
 from conf import common_pb2 as pb
+from runtime import checkpoint
 from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
 from runtime.errors import UserError
 from runtime.param_slice import SlicePlan
@@ -186,8 +185,9 @@ class Server:
         self.sync_freq = cluster.sync_freq if sync_freq is None else sync_freq
         self.poll_time = cluster.poll_time if poll_time is None else poll_time
         self.stopped = False
-        self._saving: tuple[Callable[[int], str], Callable[[int], bool], int] | None = None
-        self._pending_saves: dict[int, dict[str, np.ndarray]] = {}
+        self._save_ws, self._save_group = "", 0  # see save_at
+        self._save_due: Callable[[int], bool] | None = None
+        self._pending_saves: dict[int, dict[int, dict[str, np.ndarray]]] = {}  # step -> slice -> state
         self._resumed: set[int] = set()  # slices loaded by load_state, not yet Put
         self._slices: dict[int, _Slice] = {}
         self._early: dict[int, list[Msg]] = {}  # slice id -> messages before its Put
@@ -317,15 +317,15 @@ class Server:
             out[f"updater/{name}"] = arr
         return out
 
-    def save_at(self, path_of: Callable[[int], str], due: Callable[[int], bool],
-                wgrp: int) -> None:
-        """Write `state()` to `path_of(N)` whenever worker group `wgrp` (the
-        one whose first worker checkpoints) completes a step N with `due(N)`:
-        each slice's state is taken right after that group's update of step
-        N-1, so the file matches the worker's checkpoint of step N, taken
-        once it collected those updates. `--resume` loads it (`load_state`),
-        so the updater's history (momentum, Adam's moments) carries on."""
-        self._saving = (path_of, due, wgrp)
+    def save_at(self, workspace: str, due: Callable[[int], bool], wgrp: int) -> None:
+        """Write `state()` as `checkpoint.server_state_path(workspace, N, ...)`
+        whenever worker group `wgrp` (the one whose first worker checkpoints)
+        completes a step N with `due(N)`: each slice's state is taken right
+        after that group's update of step N-1, so the file matches the
+        worker's checkpoint of step N, taken once it collected those
+        updates. `--resume` loads it (`load_state`), so the updater's history
+        (momentum, Adam's moments) carries on."""
+        self._save_ws, self._save_due, self._save_group = workspace, due, wgrp
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the slices and updater state that `state()` gave (before any message).
@@ -463,7 +463,7 @@ class Server:
                       self, e.id, e.version, e.version + 1, wgrp, rnd.step, stale)
         e.version += 1
         self._counts["updates"] += 1
-        if self._saving is not None and wgrp == self._saving[2] and self._saving[1](rnd.step + 1):
+        if self._save_due is not None and wgrp == self._save_group and self._save_due(rnd.step + 1):
             self._save_slice(e, rnd.step + 1)
         out = [self._values(e, src, pb.kRUpdate) for src in rnd.senders]
         rnd.count, rnd.senders, rnd.base = 0, [], None
@@ -548,22 +548,18 @@ class Server:
         """Keep slice `e`'s state for the file of `step`; write the file
         once every slice of this server is in (see `save_at`)."""
         pending = self._pending_saves.setdefault(step, {})
-        pending.update(self._slice_state(e))
-        done = {k.partition("/")[2] for k in pending if k.startswith("data/")}
-        if len(done) < len(self._slices):
+        pending[e.id] = self._slice_state(e)
+        if len(pending) < len(self._slices):
             return
         del self._pending_saves[step]
-        path = Path(self._saving[0](step))
-        tmp = path.with_name(path.name + ".tmp")
+        state = {k: v for part in pending.values() for k, v in part.items()}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                np.savez(f, **pending)
-            os.replace(tmp, path)
-        except OSError as err:
+            checkpoint.save_arrays(
+                checkpoint.server_state_path(self._save_ws, step, self.grp, self.sid), state)
+        except UserError as err:
             # the workers' checkpoint fails the job on a full disk; a resume
             # without this file only loses the updater's history
-            log.error("%r: cannot write its state for step %d to %s: %s", self, step, path, err)
+            log.error("%r: %s", self, err)
 
     @staticmethod
     def _writable(e: _Slice) -> None:

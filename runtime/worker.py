@@ -151,7 +151,7 @@ class Worker:
         job = self.job
         validate_now = Trigger(job.validate_freq, job.validate_after)
         test_now = Trigger(job.test_freq, job.test_after)
-        checkpoint_now = Trigger(job.checkpoint_freq, job.checkpoint_after)
+        checkpoint_now = checkpoint.due(job)  # the servers save theirs at the same steps
         display_now = Trigger(job.disp_freq, job.disp_after)
         step = self.step
         last_disp = (step, time.perf_counter())
