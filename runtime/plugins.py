@@ -38,11 +38,21 @@ import importlib.util
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from runtime.errors import UserError
 
 T = TypeVar("T")
+
+
+def with_protos(protos: Sequence[str], modules: Sequence[str]) -> tuple[str, ...]:
+    """The `--proto` files then the modules, as one list for `load` (a
+    user's modules may use the messages of their protos); a UserError if
+    a `--proto` is not a .proto file."""
+    for p in protos:
+        if not p.endswith(".proto"):
+            raise UserError(f"--proto {p}: expected a .proto file (a module goes to --module)")
+    return tuple(protos) + tuple(modules)
 
 
 def expand(modules: list[str] | tuple[str, ...]) -> tuple[str, ...]:

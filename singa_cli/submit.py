@@ -23,15 +23,12 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
 
 def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), protos: tuple[str, ...] = (),
          **kw) -> int:
-    from runtime.errors import UserError
+    from runtime import plugins
     from runtime.jobs import registry as R
     from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
 
-    for p in protos:
-        if not p.endswith(".proto"):
-            raise UserError(f"--proto {p}: expected a .proto file (a module goes to --module)")
     # protos first: the [ext] blocks of the conf and the user's modules need them
-    kw["modules"] = tuple(protos) + tuple(execs) + tuple(kw.get("modules", ()))
+    kw["modules"] = plugins.with_protos(protos, tuple(execs) + tuple(kw.get("modules", ())))
     opts = SubmitOptions(**kw, warn=lambda line: click.echo(line, err=True))
     reg = R.JobRegistry()
     job_id = submit_job(conf, opts, reg)

@@ -54,10 +54,7 @@ def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...],
     from runtime.config.describe import describe, render  # noqa: PLC0415
 
     try:
-        for p in protos:
-            if not p.endswith(".proto"):
-                raise UserError(f"--proto {p}: expected a .proto file (a module goes to --module)")
-        plugins.load(tuple(protos) + tuple(modules))
+        plugins.load(plugins.with_protos(protos, modules))
         job = load_job(conf, strict=strict)
         d = describe(job)
         text = json.dumps({"valid": True, **d}, indent=2) if as_json else render(d)
