@@ -72,7 +72,6 @@ class ParamEntry:
     num_update: int = 0
     slices_received: int = 0
     round_version: int = -1       # the oldest slice version of the replies so far
-    pending_version: int = -1
     grad_sum: np.ndarray | None = None
     base_version: int = 0
     next_get: int = -1            # the highest version already asked for (dedupe)
