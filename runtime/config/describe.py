@@ -18,10 +18,13 @@ prints that dict as text, so `--json` and the text always say the same:
 - the triggers (display, test, validation, checkpoint) as SINGA fires them;
 - the cluster plan: process counts by SINGA's formulas and, per process, the
   worker (group, id) and server (group, id) pairs it hosts;
+- the checkpoint files params are loaded from (those that exist; a missing
+  one has its warning instead);
 - the workspace (and whether it was defaulted), and every warning.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -215,6 +218,8 @@ def describe(job) -> dict[str, Any]:
         "workspace": {"path": p.cluster.workspace,
                       "default": bool(job.paths.workspace_defaulted) if job.paths else False},
         "checkpoint_path": list(p.checkpoint_path),
+        # a checkpoint that is not there loads nothing: only its warning is shown
+        "params_loaded_from": [c for c in p.checkpoint_path if os.path.isfile(c)],
         "warnings": [str(w) for w in job.warnings],
     }
 
@@ -325,8 +330,8 @@ def render(d: dict[str, Any]) -> str:
     else:
         trig.append(f"checkpoint at step {ck['final_step']}")
     out.append("triggers: " + "; ".join(trig))
-    if d["checkpoint_path"]:
-        out.append("params loaded from: " + ", ".join(d["checkpoint_path"]))
+    if d["params_loaded_from"]:
+        out.append("params loaded from: " + ", ".join(d["params_loaded_from"]))
     c = d["cluster"]
     out.append(f"cluster: {c['nworker_groups']} worker group(s) x {c['nworkers_per_group']} "
                f"worker(s), {c['nserver_groups']} server group(s) x {c['nservers_per_group']} "

@@ -171,3 +171,21 @@ def test_missing_data_is_a_warning_unless_strict(tmp_path):
     r = run("--strict", str(conf))
     assert r.exit_code == 2
     assert f"{conf}:11:" in r.output and "data file 'data/train.bin' not found" in r.output
+
+
+def test_params_loaded_from_only_a_checkpoint_that_exists(tmp_path):
+    """A checkpoint_path that is not there loads nothing: validate says so in
+    its warning and does not claim 'params loaded from' it."""
+    conf = tmp_path / "job.conf"
+    conf.write_text(MLP + 'checkpoint_path: "ckpt/step10-worker0"\n')
+    r = run(str(conf))
+    assert r.exit_code == 0, r.output
+    assert "checkpoint file 'ckpt/step10-worker0' not found" in r.output
+    assert "params loaded from" not in r.output
+    d = json.loads(run("--json", str(conf)).stdout)
+    assert d["params_loaded_from"] == []
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "step10-worker0").write_bytes(b"")
+    r = run(str(conf))
+    assert r.exit_code == 0, r.output
+    assert f"params loaded from: {tmp_path / 'ckpt' / 'step10-worker0'}" in r.output
