@@ -23,6 +23,7 @@ user made it (at import of their module), not in the middle of a job:
 """
 from __future__ import annotations
 
+import difflib
 import dis
 import inspect
 from typing import Any, Callable, TypeVar
@@ -40,13 +41,16 @@ class Registry:
     `what` names the kind of thing in messages ("layer type", "updater").
     `enum` is the proto enum wrapper used to print names of enum keys.
     `required` lists methods a registered class must define.
+    `user_hint` says how a user's class gets registered; it ends the message
+    for an unknown user_type.
     """
 
     def __init__(self, what: str, enum: EnumTypeWrapper | None = None,
-                 required: tuple[str, ...] = ()):
+                 required: tuple[str, ...] = (), user_hint: str = ""):
         self.what = what
         self.enum = enum
         self.required = required
+        self.user_hint = user_hint
         self._classes: dict[int | str, Any] = {}
 
     def key_name(self, key: int | str) -> str:
@@ -137,8 +141,34 @@ class Registry:
         return self.get(proto.type)(proto)
 
     def lookup(self, enum_value: int, user_type: str = "") -> Any:
-        """The class for a proto's (type, user_type) pair: user_type wins when set."""
-        return self.get(user_type if user_type else enum_value)
+        """The class for a proto's (type, user_type) pair: user_type wins when set.
+
+        An unregistered user_type raises a UserError worded by `unknown_user_type`."""
+        if user_type:
+            if user_type not in self._classes:
+                raise UserError(self.unknown_user_type(user_type))
+            return self._classes[user_type]
+        return self.get(enum_value)
+
+    def unknown_user_type(self, name: str) -> str:
+        """Why nothing is registered under user_type `name`, in one line: the
+        nearest registered names (a built-in one is written `type: kX`, a
+        user one `user_type: "X"`), the registered user and built-in names
+        (never `name` itself: a built-in enum name such as SINGA's C++
+        `kEmbedding` is not a user_type), and `user_hint`."""
+        users = sorted(k for k in self._classes if isinstance(k, str) and k != name)
+        builtins = sorted({self.key_name(k) for k in self._classes if isinstance(k, int)} - {name})
+        msg = f"unknown {self.what} {name!r} (user_type): nothing is registered under that name"
+        if self.enum is not None and name in self.enum.keys():
+            msg += f" ({name} is the name of a built-in type, selected by type: {name})"
+        near = nearest(name, users + builtins)
+        if near:
+            msg += "; did you mean " + " or ".join(
+                f'user_type: "{n}"' if n in users else f"type: {n}" for n in near) + "?"
+        msg += f"; registered user types: {', '.join(users) or 'none'}"
+        if builtins:
+            msg += "; built-in types: " + ", ".join(builtins)
+        return msg + (f"; {self.user_hint}" if self.user_hint else "")
 
 
 # ------------------------------------------------------------ method checks --
@@ -146,6 +176,16 @@ class Registry:
 _NOISE = {"RESUME", "NOP", "CACHE", "PUSH_NULL", "EXTENDED_ARG", "PRECALL", "CALL",
           "CALL_FUNCTION", "KW_NAMES", "LOAD_CONST", "LOAD_FAST", "FORMAT_VALUE",
           "BUILD_STRING", "COPY_FREE_VARS", "MAKE_CELL"}
+
+
+def nearest(word: str, choices: list[str], n: int = 3) -> list[str]:
+    """Up to `n` of `choices` closest to `word`, best first, ignoring case
+    (SINGA's "kData" is near a user's "RNNLMData")."""
+    by_lower: dict[str, str] = {}
+    for c in choices:
+        by_lower.setdefault(c.lower(), c)
+    return [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=n,
+                                                           cutoff=0.5)]
 
 
 def _name(obj: Any) -> str:

@@ -213,7 +213,11 @@ def _hint(msg: str) -> str:
         if name in _DOC_NAMES and _DOC_NAMES[name] in names:
             return f"; did you mean {_DOC_NAMES[name]}? ({name} is a name from SINGA's docs)"
         close = _close(name, names)
+        # SINGA's own examples name C++ user layers kData, kLoss...: say where those come from
+        user = (f'; a layer of your own is written user_type: "{name}" and comes from '
+                f'--module FILE.py (registered with @register_layer("{name}"))'
+                if desc.full_name == "singa.LayerType" else "")
         if close:
-            return "; did you mean " + " or ".join(close) + "?"
-        return "; valid values: " + ", ".join(names)
+            return "; did you mean " + " or ".join(close) + "?" + user
+        return "; valid values: " + ", ".join(names) + user
     return ""

@@ -33,7 +33,9 @@ from runtime.param import Param
 from runtime.registry import Registry
 
 layer_registry = Registry("layer type", job_pb2.LayerType,
-                          required=("setup", "compute_feature", "compute_gradient"))
+                          required=("setup", "compute_feature", "compute_gradient"),
+                          user_hint='user layers come from --module FILE.py, a module whose '
+                                    'class is registered with @register_layer("Name")')
 
 # How a layer connects to its consumers and sources (SINGA's ConnectionType),
 # used when the net inserts split, slice and concate layers.

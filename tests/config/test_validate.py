@@ -301,3 +301,52 @@ def test_async_conf_with_single_worker_rate_is_warned(tmp_path, comment, warned)
 def test_sync_conf_is_not_warned_about_its_rate(tmp_path):
     body = HEAD + "neuralnet {\n" + DATA + "}\ncluster { nworkers_per_group: 2 }\n"
     assert not [w for w in load_job(write(tmp_path, body)).warnings if "asynchronously" in str(w)]
+
+
+# SINGA v0.3's examples/rnnlm/job.conf names its C++ user layers after its own enum-like names
+RNNLM_STYLE = """neuralnet {
+  layer { name: "data" user_type: "kData" }
+  layer { name: "embedding" user_type: "kEmbedding" srclayers: "data" }
+  layer { name: "hidden" user_type: "kHidden" srclayers: "embedding" }
+  layer { name: "loss" user_type: "kLoss" srclayers: "hidden" }
+}
+"""
+
+
+def test_unknown_user_type_lists_registered_types_nearest_and_module(tmp_path):
+    from runtime.neuralnet.layer import Layer  # noqa: PLC0415
+    from runtime.plugins import register_layer  # noqa: PLC0415
+
+    @register_layer("TvData")
+    class WordData(Layer):
+        def compute_feature(self, flag, srclayers):
+            pass
+
+        def compute_gradient(self, flag, srclayers):
+            pass
+
+    body = HEAD + RNNLM_STYLE
+    errs = [e for e in errors_of(tmp_path, body) if "layer 'data'" in e]
+    assert len(errs) == 1, errs
+    msg = errs[0]
+    assert at(body, 'user_type: "kData"')[1:] in msg  # located at the user_type
+    assert "unknown layer type 'kData' (user_type)" in msg
+    assert 'did you mean user_type: "TvData"' in msg
+    listed = msg.split("registered user types: ")[1]
+    assert "TvData" in listed and "kInnerProduct" in listed
+    assert "kData" not in listed  # not the unknown name itself
+    assert "--module FILE.py" in msg
+    # kEmbedding is a built-in type's name, not a user_type: not listed, and said so
+    errs = [e for e in errors_of(tmp_path, HEAD + RNNLM_STYLE.replace('"kData"', '"TvData"'))
+            if "layer 'embedding'" in e]
+    assert len(errs) == 1, errs
+    assert "(kEmbedding is the name of a built-in type, selected by type: kEmbedding)" in errs[0]
+    assert "kEmbedding," not in errs[0].split("registered user types: ")[1]
+
+
+def test_unknown_layer_type_enum_says_where_user_layers_come_from(tmp_path):
+    body = HEAD + RNNLM_STYLE.replace('user_type: "kData"', "type: kData")
+    errs = errors_of(tmp_path, body)
+    assert len(errs) == 1 and at(body, "kData")[1:] in errs[0], errs
+    assert "no value named kData" in errs[0]
+    assert 'user_type: "kData" and comes from --module FILE.py' in errs[0]

@@ -107,4 +107,5 @@ def test_unknown_share_from_is_located():
 def test_unknown_user_type_lists_known():
     with pytest.raises(ConfigError) as e:
         NeuralNet.create(net(L("data", "Nope")), job_pb2.kTrain)
-    assert "unknown layer type 'Nope'; known:" in str(e.value)
+    assert "unknown layer type 'Nope' (user_type)" in str(e.value)
+    assert "registered user types: " in str(e.value) and "--module FILE.py" in str(e.value)
