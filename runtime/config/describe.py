@@ -20,6 +20,7 @@ prints that dict as text, so `--json` and the text always say the same:
   worker (group, id) and server (group, id) pairs it hosts;
 - the checkpoint files params are loaded from (those that exist; a missing
   one has its warning instead);
+- the estimated memory of each process (runtime.config.memory) and the host's;
 - the workspace (and whether it was defaulted), and every warning.
 """
 from __future__ import annotations
@@ -220,8 +221,20 @@ def describe(job) -> dict[str, Any]:
         "checkpoint_path": list(p.checkpoint_path),
         # a checkpoint that is not there loads nothing: only its warning is shown
         "params_loaded_from": [c for c in p.checkpoint_path if os.path.isfile(c)],
+        "memory": _memory(job),
         "warnings": [str(w) for w in job.warnings],
     }
+
+
+def _memory(job) -> dict[str, Any] | None:
+    """The estimated memory per process (runtime.config.memory) and the host's."""
+    procs = getattr(job.validation, "memory", None) if job.validation is not None else None
+    if not procs:
+        return None
+    from runtime.config.memory import host_memory  # noqa: PLC0415
+
+    host, total = host_memory()
+    return {"host": host, "host_bytes": total, "procs": [m.as_dict() for m in procs]}
 
 
 # ------------------------------------------------------------------- text ---
@@ -349,6 +362,18 @@ def render(d: dict[str, Any]) -> str:
         out.append(f"  procs {e['procs']}: workers {w}; servers {s}")
     if len(shown) < len(procs):
         out.append(f"  ... {len(procs) - len(shown)} more (see --json)")
+    mem = d.get("memory")
+    if mem:
+        from runtime.config.memory import human  # noqa: PLC0415
+
+        big = max(mem["procs"], key=lambda m: m["total"])
+        parts = ", ".join(f"{k.replace('_', ' ')} {human(big[k])}" for k in
+                          ("params", "grads", "updater_history", "activations", "server_slices",
+                           "checkpoint", "runtime") if big[k])
+        which = (f"largest of {len(mem['procs'])} processes, procs {big['procs']}"
+                 if len(mem["procs"]) > 1 else f"procs {big['procs']}")
+        out.append(f"memory (estimate, {which}): about {human(big['total'])} ({parts}); "
+                   f"{mem['host']} has {human(mem['host_bytes'])}")
     ws = d["workspace"]
     out.append(f"workspace: {ws['path']}"
                + (" (cluster.workspace is not set: this default is created)" if ws["default"]

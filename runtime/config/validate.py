@@ -92,6 +92,8 @@ class Validation:
     unused_phases: list[int] = field(default_factory=list)  # built only because of include:
     # the training net over nworkers_per_group partitions, all of them (None: 1 worker)
     partitioned: Any = None
+    # estimated memory per process (runtime.config.memory.ProcessMemory), [] if not known
+    memory: list = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -228,6 +230,7 @@ class _Checker:
         for ph in phases + unused:
             self.build(ph, unused=ph in unused)
         self.data_files(phases)
+        memory = self.memory()
         seen = set()
         out = []
         for p in self.problems:
@@ -236,7 +239,25 @@ class _Checker:
                 out.append(p)
         errors = sorted((p for p in out if p.severity == "error"), key=_sort_key)
         warnings = sorted((p for p in out if p.severity != "error"), key=_sort_key)
-        return Validation(errors + warnings, self.nets, phases, unused, self.partitioned_net)
+        return Validation(errors + warnings, self.nets, phases, unused, self.partitioned_net,
+                          memory)
+
+    def memory(self) -> list:
+        """Each process's estimated memory against its host's (runtime.config.memory)."""
+        from runtime.config import memory  # noqa: PLC0415
+
+        def where(name: str) -> str:
+            i = next((i for i, l in enumerate(self.layers) if l.name == name), -1)
+            return self.layer_where(i) if i >= 0 else self.where("neuralnet", self.path)
+
+        try:
+            procs, problems = memory.check(self.job, self.nets, self.partitioned_net, where)
+        except Exception as e:  # noqa: BLE001 - a bug in the estimate must not hide the conf's problems
+            self.add(self.path, f"the memory of the job's processes is not checked "
+                     f"(internal error: {type(e).__name__}: {e})", "warning")
+            return []
+        self.problems.extend(problems)
+        return procs
 
     # ----------------------------------------------------- required fields ---
     def required_fields(self) -> None:
