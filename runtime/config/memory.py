@@ -36,13 +36,14 @@ whole run, from the shapes the validation nets inferred:
 Not counted: data files an input layer reads into memory, an updater's
 scratch arrays, the whole copy of a feature-partitioned param that a group's
 first worker assembles, messages in flight and transient copies while params
-are initialised. The estimate is therefore a floor of the peak RSS, of the
-same order (examples/mnist/job.conf: about 350 MiB estimated for its one
-process, 410 MiB peak RSS measured over 5 steps and the final checkpoint).
+are initialised; `RUNTIME_BYTES` is rounded up. The estimate is of the
+order of the peak RSS, within a factor of two (examples/mnist/job.conf:
+about 350 MiB estimated for its one process, 410 MiB peak RSS measured over
+5 steps and the final checkpoint).
 
 `check(...)` compares each process with the memory of its host: more than it
 is an error, more than half a warning (the host runs other things, and the
-peak is above the estimate). The host's memory is `host_memory()`, this
+peak may be above the estimate). The host's memory is `host_memory()`, this
 host's total (`psutil.virtual_memory().total`). validate runs on the
 submitting host and does not know the memory of the remote hosts of a
 hostfile, so every process is checked against this host's memory: a
@@ -237,8 +238,6 @@ def check(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any,
     msg = (f"layer '{layer}' ({ltype}): process {big.procs} ({who}) needs about "
            f"{human(big.total)} ({parts}), {more} the {human(avail)} of memory of {hostname}"
            f"; layer '{layer}' accounts for {human(big.by_layer[layer])} of it")
-    if big.total <= avail:
-        msg += " (the estimate is a floor: the peak is higher)"
     sev = "error" if big.total > avail else "warning"
     return procs, [Problem(layer_where(layer), msg, sev)]
 

@@ -189,3 +189,47 @@ def test_params_loaded_from_only_a_checkpoint_that_exists(tmp_path):
     r = run(str(conf))
     assert r.exit_code == 0, r.output
     assert f"params loaded from: {tmp_path / 'ckpt' / 'step10-worker0'}" in r.output
+
+
+HUGE = MLP.replace(
+    'layer { name: "act" type: kDummy srclayers: "data" }',
+    'layer { name: "act" type: kDummy srclayers: "data" }\n'
+    '  layer { name: "fc1" type: kInnerProduct srclayers: "act"\n'
+    '          innerproduct_conf { num_output: 2000000000 }\n'
+    '          param { name: "w" init { type: kGaussian std: 0.01 } }\n'
+    '          param { name: "b" init { type: kConstant } } }').replace(
+    "cluster { nworker_groups: 2 nworkers_per_group: 2 nservers_per_group: 2 }", "").replace(
+    "shape: 8 shape: 4 }", "shape: 8 shape: 4000 }")  # w: 2e9 x 4000 floats, 29 TiB
+
+
+def test_a_job_too_big_for_the_host_is_an_error_at_the_layer(tmp_path):
+    conf = tmp_path / "job.conf"
+    conf.write_text(HUGE)
+    r = run(str(conf))
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    line = next(l for l in r.output.splitlines() if "needs about" in l)
+    assert line.startswith(f"{conf}:13:3: layer 'fc1' (kInnerProduct): process 0 ")
+    assert " TiB (params " in line and "of memory of" in line
+    # a job that fits: the estimate is in the summary and in --json
+    conf.write_text(HUGE.replace("2000000000", "20"))
+    r = run(str(conf))
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^memory \(estimate, procs 0\): about [\d.]+ MiB \(params ", r.output, re.M)
+    d = json.loads(run("--json", str(conf)).stdout)
+    [m] = d["memory"]["procs"]
+    assert m["params"] == 4 * (20 * 4000 + 20) and m["total"] > m["params"]
+
+
+def test_submit_refuses_a_job_too_big_for_the_host(tmp_path, monkeypatch):
+    from runtime.jobs import registry as R  # noqa: PLC0415
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SINGA_HOME", str(home))
+    conf = tmp_path / "job.conf"
+    conf.write_text(HUGE)
+    r = CliRunner().invoke(cli, ["submit", str(conf)])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "layer 'fc1' (kInnerProduct)" in r.output
+    with R.JobRegistry(home) as reg:
+        assert reg.jobs() == []
