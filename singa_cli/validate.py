@@ -12,8 +12,11 @@ under their user_type names) and `--proto` compiles and loads the user's
 loaded defines is an error at its LINE:COL.
 
 Valid: exit 0 and print the layers of each phase with their output shapes,
-the params, algorithm, updater and learning-rate schedule, the triggers and
-the cluster plan (`--json`: the same as one JSON object), then the warnings.
+the params, algorithm, updater and learning-rate schedule, the triggers, the
+cluster plan and the estimated memory of its processes (`--json`: the same as
+one JSON object), then the warnings. A process that needs more memory than
+this host has is an error, more than half of it a warning
+(runtime.config.memory).
 Invalid: exit 2 and print every problem, one per line, `PATH:LINE:COL: message`
 (errors first, then warnings). A bug in singa itself exits 1 with a one-line
 message (`SINGA_DEBUG=1` shows the traceback). A data file that exists nowhere is a warning,
