@@ -81,7 +81,7 @@ class ProcessMemory:
     server_slices: int = 0
     checkpoint: int = 0
     runtime: int = RUNTIME_BYTES
-    # conf layer name -> bytes of its params, grads, history and activations here
+    # conf layer name -> bytes this process holds for it (all of the above but runtime)
     by_layer: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,11 +101,13 @@ class ProcessMemory:
 
 def human(n: float) -> str:
     """Bytes in binary units: '512 B', '11.6 MiB', '1.4 TiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    return f"{n:.1f} PiB"  # unreachable
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} PiB"
 
 
 def host_memory() -> tuple[str, int]:
@@ -127,8 +129,11 @@ def updater_slots(updater: job_pb2.UpdaterProto) -> int:
 
 
 def _size(shape) -> int:
+    """Elements of an array of `shape`; 0 for a layer whose shape is not known."""
+    if shape is None:
+        return 0
     n = 1
-    for d in shape or ():
+    for d in shape:
         n *= int(d)
     return n
 
