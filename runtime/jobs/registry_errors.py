@@ -37,9 +37,11 @@ _show = show_path
 
 
 def _move_aside(path: Path) -> str:
-    p = _show(path)
-    return (f"move it aside (mv {p} {p}.broken) and singa makes a new, empty registry on its "
-            f"next command, or point SINGA_HOME at another directory")
+    # The whole home, not just jobs.db: a new registry numbers jobs from 1 again,
+    # and their log folders (home/jobs/ID) must not mix with the old jobs' logs.
+    h = _show(path.parent)
+    return (f"move the singa home aside (mv {h} {h}.broken) and singa makes a new, empty "
+            f"registry on its next command, or point SINGA_HOME at another directory")
 
 
 def _unwritable(path: Path, what: str) -> str:
