@@ -106,14 +106,20 @@ def bad_row(path: Path, job_id: object, column: str, e: BaseException) -> Regist
 def translate(path: Path) -> Iterator[None]:
     """Run the body; a SQLite error or an OSError becomes a RegistryError about `path`.
 
-    `sqlite3.IntegrityError` passes through: it is a caller's mistake (a duplicate
-    key), which the registry's methods report in their own words.
+    What is a bug of the caller passes through with its traceback: an
+    IntegrityError (a duplicate key, which the registry's methods report in
+    their own words), a ProgrammingError or InterfaceError (misuse of the API),
+    and an SQL syntax error.
     """
     try:
         yield
-    except sqlite3.IntegrityError:
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
         raise
-    except (sqlite3.Error, OSError) as e:
+    except sqlite3.OperationalError as e:
+        if "syntax error" in str(e):
+            raise
+        raise explain(path, e) from None
+    except (sqlite3.DatabaseError, OSError) as e:
         raise explain(path, e) from None
 
 

@@ -468,3 +468,17 @@ def test_a_job_whose_master_is_gone_does_not_hold_its_workspace(reg, tmp_path):
     p.wait()
     job = new_job(reg, workspace=held.workspace)
     assert job.state == R.PENDING and reg.job(held.id).state == R.LOST
+
+
+def test_a_bug_of_the_caller_keeps_its_traceback_a_broken_file_does_not(reg):
+    from runtime.jobs.registry_errors import RegistryError
+
+    with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+        reg._db.execute("SELEKT 1")
+    with pytest.raises(sqlite3.ProgrammingError):
+        reg._db.execute("SELECT ?", (1, 2))
+    reg._db.execute("UPDATE jobs SET hosts = 'not json'")  # no job yet: nothing to decode
+    job = new_job(reg)
+    reg._db.execute("UPDATE jobs SET options = '{' WHERE id = ?", (job.id,))
+    with pytest.raises(RegistryError, match=rf"job {job.id} has an undecodable 'options' value"):
+        reg.jobs()
