@@ -27,7 +27,7 @@ def prepare_workspace(job: job_pb2.JobProto) -> None:
     if not ws:
         raise UserError("cluster.workspace is not set")
     try:
-        Path(ws).mkdir(parents=True, exist_ok=True)
+        Path(ws).mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like its files
     except OSError as e:
         raise UserError(f"cannot create workspace {ws}: {e.strerror}") from None
 

@@ -82,6 +82,9 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
             if reg.reconcile(reg.job(job_id)).terminal:
                 for line in reader.drain():
                     click.echo(line)
+                # A log that is not there (removed, or never written) is the error it is
+                # without -f, not an empty success.
+                logs.tail(job, proc, 1)
                 return
             time.sleep(0.2)
     except KeyboardInterrupt:

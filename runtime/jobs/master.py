@@ -453,6 +453,7 @@ def _last_error(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.umask(0o077)  # what the master writes into the workspace is private, as in node.py
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s master %(levelname)s %(message)s")
     reg = R.JobRegistry()

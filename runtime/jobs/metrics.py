@@ -13,13 +13,14 @@ Records (all have `time`, seconds since the epoch, and `phase`):
   `staleness_mean`, `staleness_max` (versions between the params a
   gradient was computed on and the ones it was applied to).
 
-Writes are buffered and flushed at most once a second, so reporting never
+The file is 0600, like every file of the workspace. Writes are buffered and flushed at most once a second, so reporting never
 slows training; `close()` flushes the rest. Other writers (TensorBoard) can
 subscribe with `add_sink`.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -62,7 +63,11 @@ class MetricsWriter:
         if not self._buf:
             return
         try:
-            with open(self.path, "a") as f:
+            # private like the rest of the workspace (0600), whatever the umask
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with open(fd, "a") as f:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, 0o600)  # a file an older singa made 0644
                 f.write("\n".join(self._buf) + "\n")
         except OSError:
             return  # a full disk fails the job elsewhere; metrics are not worth a crash

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from runtime.errors import UserError
+from runtime.jobs import registry_errors
+from runtime.jobs.registry_errors import show_path  # noqa: F401 - part of this module's API
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -210,11 +212,15 @@ _I_HOSTS, _I_OPTIONS, _I_SECRET = (JOB_COLUMNS.index(c) for c in ("hosts", "opti
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
-def _job_from_row(row: tuple) -> Job:
+def _job_from_row(row: tuple, path: Path) -> Job:
+    """The Job of a `jobs` row; a JSON column that does not decode is a RegistryError
+    naming the registry file `path`, the job and the column."""
     r = list(row)
-    r[_I_HOSTS] = json.loads(r[_I_HOSTS] or "[]")
-    r[_I_OPTIONS] = json.loads(r[_I_OPTIONS] or "{}")
-    r[_I_SECRET] = json.loads(r[_I_SECRET] or "{}")
+    for i, empty in ((_I_HOSTS, "[]"), (_I_OPTIONS, "{}"), (_I_SECRET, "{}")):
+        try:
+            r[i] = json.loads(r[i] or empty)
+        except (ValueError, TypeError) as e:
+            raise registry_errors.bad_row(path, r[0], JOB_COLUMNS[i], e) from None
     return Job(*r)
 
 
@@ -230,18 +236,13 @@ _default_home = home  # JobRegistry's parameter `home` hides the function
 
 
 def _private_dir(path: Path) -> None:
+    """Create `path` 0700 if missing; one that cannot be is a RegistryError naming it."""
     if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
-
-
-def show_path(path: Path | str) -> str:
-    """`path` with the home directory written `~`, as a user would type it."""
-    p = str(path)
-    h = str(Path.home())
-    if h != "/" and (p == h or p.startswith(h + os.sep)):
-        return "~" + p[len(h):]
-    return p
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+        except OSError as e:
+            raise registry_errors.explain_dir(path, e) from None
 
 
 def _fs_type(path: Path) -> str | None:
@@ -294,7 +295,13 @@ class JobRegistry:
 
     # -- connection and schema ---------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> registry_errors.GuardedConnection:
+        # A registry that cannot be opened (damaged, foreign, read-only) is one line
+        # for the user, and so is any later failure of a statement (the guard).
+        with registry_errors.translate(self.path):
+            return registry_errors.GuardedConnection(self._connect_raw(), self.path)
+
+    def _connect_raw(self) -> sqlite3.Connection:
         # The umask makes the db, -wal and -shm files 0600 from their first byte
         # (SQLite also gives -wal/-shm the db file's mode); restored right after.
         old = os.umask(0o077)
@@ -391,7 +398,13 @@ class JobRegistry:
                    train_steps: int | None, max_restarts: int = 0,
                    options: dict[str, Any] | None = None, secret: dict[str, Any] | None = None,
                    user: str | None = None) -> Job:
-        """Record a new job in state PENDING; its log dir `home/jobs/ID` is created 0700."""
+        """Record a new job in state PENDING; its log dir `home/jobs/ID` is created 0700.
+
+        A job holds its workspace while it is active (PENDING or RUNNING): a job
+        whose workspace is the same directory as an active job's is refused with
+        a UserError naming that job, and nothing is recorded. The check and the
+        insert are one transaction, so of two concurrent submits one is refused.
+        """
         import hashlib  # noqa: PLC0415 - not needed on the list/view path
 
         if user is None:
@@ -403,7 +416,9 @@ class JobRegistry:
         conf_hash = hashlib.sha256(conf_text.encode("utf-8")).hexdigest()
         jobs_dir = self.home / "jobs"
         _private_dir(jobs_dir)
+        self.check_workspace(workspace)  # and a stale holder (master gone) becomes LOST
         with self._write() as db:
+            self._refuse_held(db, workspace)  # again, under the write lock: the registry is the lock
             cur = db.execute(
                 "INSERT INTO jobs(name, conf_path, conf_text, conf_hash, user, state, reason, "
                 "max_restarts, submitted, workspace, launcher, hosts, nprocs, train_steps, "
@@ -418,12 +433,34 @@ class JobRegistry:
             db.execute("UPDATE jobs SET log_dir = ? WHERE id = ?", (str(log_dir), job_id))
         return self.job(job_id)
 
+    def check_workspace(self, workspace: str | None) -> None:
+        """Refuse (UserError naming the job) a workspace an active job holds.
+
+        Active holders are reconciled first, so a job whose master has died
+        (LOST) does not hold its workspace for ever.
+        """
+        if not workspace:
+            return
+        for job_id in _holders(self._db, workspace):
+            self.reconcile(self.job(job_id))
+        self._refuse_held(self._db, workspace)
+
+    @staticmethod
+    def _refuse_held(db: Any, workspace: str | None) -> None:
+        ids = _holders(db, workspace) if workspace else []
+        if ids:
+            name, state = db.execute("SELECT name, state FROM jobs WHERE id = ?",
+                                     (ids[0],)).fetchone()
+            raise UserError(f"workspace {os.path.realpath(workspace)} is in use by job {ids[0]} "
+                            f"({name}, {state}); wait for it, kill it (singa kill {ids[0]}), "
+                            f"or set another workspace")
+
     def job(self, job_id: int) -> Job:
         """The job `job_id`; an unknown id is a UserError that says how to see every job."""
         row = self._db.execute(_JOB_SELECT + " WHERE id = ?", (int(job_id),)).fetchone()
         if row is None:
             raise self._unknown(job_id)
-        return _job_from_row(row)
+        return _job_from_row(row, self.path)
 
     def jobs(self, states: Iterable[str] | None = None) -> list[Job]:
         """Every job (or those in `states`), ordered by id."""
@@ -436,7 +473,7 @@ class JobRegistry:
             marks = ", ".join("?" * len(wanted))
             rows = self._db.execute(_JOB_SELECT + f" WHERE state IN ({marks}) ORDER BY id",
                                     wanted).fetchall()
-        return [_job_from_row(r) for r in rows]
+        return [_job_from_row(r, self.path) for r in rows]
 
     @staticmethod
     def _check_state(state: str) -> str:
@@ -591,6 +628,14 @@ class JobRegistry:
                 db.execute(f"UPDATE procs SET state = ? WHERE job_id = ? AND state NOT IN "
                            f"{_TERMINAL_SQL}", (LOST, job.id))
         return self.job(job.id)
+
+
+def _holders(db: Any, workspace: str) -> list[int]:
+    """Ids of the active jobs whose workspace is `workspace`, as real absolute paths."""
+    want = os.path.realpath(workspace)
+    rows = db.execute("SELECT id, workspace FROM jobs WHERE workspace IS NOT NULL AND state IN ("
+                      + ", ".join(f"'{s}'" for s in sorted(ACTIVE)) + ") ORDER BY id").fetchall()
+    return [i for i, ws in rows if os.path.realpath(ws) == want]
 
 
 def _alive(pid: int, start: float | None) -> bool:

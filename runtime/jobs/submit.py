@@ -114,6 +114,8 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         secret = {"curve": JobKeys.generate().to_dict()}
         if launcher != "slurm":
             hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
+    reg = reg or R.JobRegistry()
+    reg.check_workspace(ws)  # before the workspace is touched; create_job checks it again
     driver.prepare_workspace(job)
     from runtime.jobs import code
 
@@ -131,12 +133,15 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         "cores": os.cpu_count() or 1,
         **extra,
     }
-    reg = reg or R.JobRegistry()
-    row = reg.create_job(
-        name=opts.name or job.name or Path(conf).stem, conf_path=os.path.abspath(conf),
-        conf_text=Path(conf).read_text(), workspace=ws, launcher=launcher, hosts=placement,
-        nprocs=nprocs, train_steps=0 if opts.test else job.train_steps,
-        max_restarts=opts.max_restarts, options=options, secret=secret)
+    try:
+        row = reg.create_job(
+            name=opts.name or job.name or Path(conf).stem, conf_path=os.path.abspath(conf),
+            conf_text=Path(conf).read_text(), workspace=ws, launcher=launcher, hosts=placement,
+            nprocs=nprocs, train_steps=0 if opts.test else job.train_steps,
+            max_restarts=opts.max_restarts, options=options, secret=secret)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # refused (workspace in use) or failed
+        raise
     try:
         shutil.move(str(staged), Path(row.log_dir) / "code")
         fd = os.open(Path(row.log_dir) / "job.pb", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

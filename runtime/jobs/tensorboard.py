@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,9 +113,19 @@ class TensorBoardSink:
         w = self._writers.get(group)
         if w is None:
             SummaryWriter = _summary_writer()
+            run = self.root / f"group{group}"
+            # private like the rest of the workspace: tensorboardX makes its folders
+            # and event files with the process umask, so they are made 0700 first and
+            # its files set 0600 once it has opened them
+            for d in (self.root, run):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(d, 0o700)
             # flush_secs bounds how long tensorboardX's own thread holds events;
             # we flush more often ourselves
-            w = SummaryWriter(logdir=str(self.root / f"group{group}"), flush_secs=10)
+            w = SummaryWriter(logdir=str(run), flush_secs=10)
+            for f in run.iterdir():
+                if f.is_file():
+                    os.chmod(f, 0o600)
             self._writers[group] = w
         return w
 

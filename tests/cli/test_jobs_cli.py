@@ -276,7 +276,8 @@ def test_view_of_a_failed_job_on_another_host_says_where_its_log_is(home):
 
 
 def test_list_and_view_import_nothing_heavy(home, jobs):
-    heavy = re.compile(r"\| +(numpy|zmq|google|conf|runtime\.(?!errors|jobs\.registry$|jobs\.logfile$"
+    heavy = re.compile(r"\| +(numpy|zmq|google|conf|runtime\.(?!errors|jobs\.registry$|jobs\.registry_errors$"
+                       r"|jobs\.logfile$"
                        r"|jobs$)[\w.]+)\s*$")
     for args in (["list", "--all"], ["view", str(jobs["failed"])], ["--help"]):
         r = singa(home, *args, extra=["-X", "importtime"])
@@ -305,3 +306,15 @@ def test_help_lists_every_verb_and_a_missing_verb_module_fails_only_when_used(mo
     assert r.exit_code == 2 and "has no command 'no_such'" in r.output
     r = CliRunner().invoke(main.cli, ["nonsense"])
     assert r.exit_code == 2 and "No such command" in r.output
+
+
+def test_log_of_a_removed_log_is_the_same_error_with_and_without_follow(home):
+    jid, log = _failed_job(home, "localhost")
+    log.unlink()
+    want = (f"singa: log file {log} does not exist (the process may not have started yet, "
+            "or the log was removed)\n")
+    for args in ([], ["-f"], ["-f", "--proc", "0"], ["-f", "--tail", "5"]):
+        r = singa(home, "log", str(jid), *args)
+        where = log if "--proc" not in args else log.with_name("worker-0-0.log")
+        assert (r.returncode, r.stdout) == (2, ""), (args, r.stdout, r.stderr)
+        assert r.stderr == want.replace(str(log), str(where)), (args, r.stderr)

@@ -2,6 +2,7 @@
 and `logfile.tail` / `logfile.follow` on real files."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -28,9 +29,13 @@ def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
+_WS = itertools.count()
+
+
 def new_job(reg: JobRegistry, **kw) -> R.Job:
+    # each its own workspace: an active job holds its workspace
     args = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
-                workspace="/x/ws", launcher="local", hosts=["localhost", "localhost"], nprocs=2,
+                workspace=f"/x/ws{next(_WS)}", launcher="local", hosts=["localhost", "localhost"], nprocs=2,
                 train_steps=1200)
     args.update(kw)
     return reg.create_job(**args)
@@ -430,3 +435,50 @@ def test_follow_waits_for_the_file_and_ends_when_stopped(tmp_path, monkeypatch):
 
     assert list(logfile.follow(log, from_end=False, stop=stop)) == ["hello"]
     t.join()
+
+
+# -- an active job holds its workspace ------------------------------------------------------
+
+def test_an_active_job_holds_its_workspace_as_a_real_path(reg, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (tmp_path / "link").symlink_to(ws)
+    first = new_job(reg, name="mlp", workspace=str(ws))
+    live = psutil.Process()
+    reg.set_master(first.id, live.pid, live.create_time())
+    for same in (str(tmp_path / "link"), str(ws) + "/", str(tmp_path / "link" / ".." / "ws")):
+        with pytest.raises(UserError) as e:
+            new_job(reg, name="other", workspace=same)
+        assert str(e.value) == (f"workspace {ws} is in use by job {first.id} (mlp, PENDING); "
+                                f"wait for it, kill it (singa kill {first.id}), or set another "
+                                f"workspace")
+    assert [j.id for j in reg.jobs()] == [first.id]  # nothing recorded
+    reg.transition(first.id, R.RUNNING)
+    with pytest.raises(UserError, match=r"in use by job \d+ \(mlp, RUNNING\)"):
+        reg.check_workspace(str(ws))
+    new_job(reg, workspace=str(tmp_path / "elsewhere"))  # another workspace is free
+    reg.transition(first.id, R.SUCCEEDED)
+    assert new_job(reg, workspace=str(ws)).state == R.PENDING  # an ended job holds nothing
+
+
+def test_a_job_whose_master_is_gone_does_not_hold_its_workspace(reg, tmp_path):
+    p = _sleeper()
+    held = _running_job_with_master(reg, p.pid, psutil.Process(p.pid).create_time())
+    p.kill()
+    p.wait()
+    job = new_job(reg, workspace=held.workspace)
+    assert job.state == R.PENDING and reg.job(held.id).state == R.LOST
+
+
+def test_a_bug_of_the_caller_keeps_its_traceback_a_broken_file_does_not(reg):
+    from runtime.jobs.registry_errors import RegistryError
+
+    with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+        reg._db.execute("SELEKT 1")
+    with pytest.raises(sqlite3.ProgrammingError):
+        reg._db.execute("SELECT ?", (1, 2))
+    reg._db.execute("UPDATE jobs SET hosts = 'not json'")  # no job yet: nothing to decode
+    job = new_job(reg)
+    reg._db.execute("UPDATE jobs SET options = '{' WHERE id = ?", (job.id,))
+    with pytest.raises(RegistryError, match=rf"job {job.id} has an undecodable 'options' value"):
+        reg.jobs()

@@ -88,7 +88,9 @@ def test_a_job_runs_to_success_and_its_files_are_private(tmp_path, reg):
     procs = reg.procs(job_id)
     assert [p.state for p in procs] == [R.SUCCEEDED, R.SUCCEEDED]
     assert all(p.exit_code == 0 and p.heartbeat and p.pgid == p.pid for p in procs)
-    for path in [reg.path, *Path(job.log_dir).rglob("*")]:
+    ws = Path(job.workspace)
+    assert (ws / "metrics.jsonl").exists() and list(ws.glob("tensorboard/group0/events.out.*"))
+    for path in [reg.path, *Path(job.log_dir).rglob("*"), ws, *ws.rglob("*")]:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
     nothing_left(reg, job_id)

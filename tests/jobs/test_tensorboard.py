@@ -5,6 +5,8 @@ uses, from a real job, and a sink that fails never stops the metrics."""
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -70,6 +72,29 @@ def test_the_sink_on_a_metrics_writer_writes_what_tensorboard_reads(tmp_path):
     # the test curve is group 0's
     ea0 = accumulate(tmp_path / "tensorboard" / "group0")
     assert len(scalars(ea0, "test/accuracy")) == 3
+
+
+def test_metrics_and_event_files_are_private_under_a_permissive_umask(tmp_path):
+    """0600 files in 0700 folders, like the rest of the workspace (checkpoints,
+    visualization), whatever the umask; a metrics.jsonl an older singa made 0644
+    is made 0600 too."""
+    (tmp_path / M.FILE).write_text("")
+    os.chmod(tmp_path / M.FILE, 0o644)
+    old = os.umask(0o022)
+    try:
+        writer = M.MetricsWriter(tmp_path)
+        sink = TB.TensorBoardSink(tmp_path)
+        writer.add_sink(sink)
+        for r in async_records():
+            writer.add(r)
+        writer.close()
+        sink.close()
+    finally:
+        os.umask(old)
+    made = [tmp_path / M.FILE, *(tmp_path / "tensorboard").rglob("*")]
+    assert len(made) >= 5 and any(p.name.startswith("events.out") for p in made)
+    assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
+        str(p.relative_to(tmp_path)): "0o700" if p.is_dir() else "0o600" for p in made}
 
 
 def test_a_broken_sink_goes_quiet_and_the_metrics_stream_goes_on(tmp_path, monkeypatch, caplog):
