@@ -147,11 +147,14 @@ def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
     t: dict[str, Any] = {}
     if p.disp_freq > 0:
         t["display"] = {"every": p.disp_freq, "after": p.disp_after}
-    if p.test_freq > 0 and p.test_steps > 0:
-        t["test"] = {"every": p.test_freq, "steps": p.test_steps, "after": p.test_after}
-    if p.validate_freq > 0 and p.validate_steps > 0:
-        t["validation"] = {"every": p.validate_freq, "steps": p.validate_steps,
-                           "after": p.validate_after}
+    for kind, freq, steps, after in (
+            ("test", p.test_freq, p.test_steps, p.test_after),
+            ("validation", p.validate_freq, p.validate_steps, p.validate_after)):
+        # a job that tests (validates) at all does so at train_steps too (worker.run)
+        if steps > 0 and (freq > 0 or p.train_steps > 0):
+            t[kind] = {"every": freq, "steps": steps, "after": after}
+            if p.train_steps > 0:
+                t[kind]["final_step"] = p.train_steps
     if p.train_steps <= 0:
         t["test_only"] = {"steps": p.test_steps}
         return t
@@ -313,8 +316,11 @@ def render(d: dict[str, Any]) -> str:
                     + (f" from step {t['display']['after']}" if t["display"]["after"] else ""))
     for k in ("test", "validation"):
         if k in t:
-            trig.append(f"{k} every {t[k]['every']} steps x {t[k]['steps']} batches"
-                        + (f" from step {t[k]['after']}" if t[k]["after"] else ""))
+            e = t[k]
+            line = (f"{k} every {e['every']} steps x {e['steps']} batches"
+                    + (f" from step {e['after']}" if e["after"] else "")) if e["every"] else \
+                f"{k} x {e['steps']} batches"
+            trig.append(line + (f" and at step {e['final_step']}" if "final_step" in e else ""))
     ck = t.get("checkpoint")
     if ck is None:
         trig.append(f"one test pass of {t['test_only']['steps']} batches (singa test)")
