@@ -22,6 +22,10 @@ for f in "$ROOT/examples/mnist/train_data.bin" "$ROOT/examples/mnist/test_data.b
   fi
 done
 
+# relative paths resolve against the working directory first (as in SINGA):
+# run from here so that the workspaces land beside the confs, where the next
+# conf's checkpoint_path looks
+cd "$HERE"
 for conf in rbm1 rbm2 rbm3 rbm4 autoencoder; do
   # a previous run's checkpoints would make a rerun resume nothing but
   # mix versions: start each stage from a clean workspace

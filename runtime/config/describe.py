@@ -18,6 +18,7 @@ prints that dict as text, so `--json` and the text always say the same:
 - the triggers (display, test, validation, checkpoint) as SINGA fires them;
 - the cluster plan: process counts by SINGA's formulas and, per process, the
   worker (group, id) and server (group, id) pairs it hosts;
+- every path the job reads or writes, as resolved (see paths.py);
 - the workspace (and whether it was defaulted), and every warning.
 """
 from __future__ import annotations
@@ -218,8 +219,27 @@ def describe(job) -> dict[str, Any]:
         "workspace": {"path": p.cluster.workspace,
                       "default": bool(job.paths.workspace_defaulted) if job.paths else False},
         "checkpoint_path": list(p.checkpoint_path),
+        "paths": _paths(job),
         "warnings": [str(w) for w in job.warnings],
     }
+
+
+def _paths(job) -> list[dict[str, Any]]:
+    """Every path of the job as resolved: field, layer name (None for
+    job-level fields), absolute path and whether an input is missing."""
+    rep = job.paths
+    if rep is None:
+        return []
+    missing = {m.field_path for m in rep.missing}
+    layers = job.proto.neuralnet.layer
+    out = []
+    for full, path in rep.resolved.items():
+        layer, f = None, full
+        if full.startswith("neuralnet.layer["):   # neuralnet.layer[3].store_conf.path
+            i = int(full[len("neuralnet.layer["):full.index("]")])
+            layer, f = layers[i].name, full[full.index("]") + 2:]
+        out.append({"field": f, "layer": layer, "path": path, "missing": full in missing})
+    return out
 
 
 # ------------------------------------------------------------------- text ---
@@ -350,6 +370,12 @@ def render(d: dict[str, Any]) -> str:
         out.append(f"  procs {e['procs']}: workers {w}; servers {s}")
     if len(shown) < len(procs):
         out.append(f"  ... {len(procs) - len(shown)} more (see --json)")
+    if d["paths"]:
+        out.append("paths (a relative one from the working directory, else from the "
+                   "conf's directory):")
+        for e in d["paths"]:
+            name = f"layer '{e['layer']}' {e['field']}" if e["layer"] else e["field"]
+            out.append(f"  {name}: {e['path']}" + ("  (not found)" if e["missing"] else ""))
     ws = d["workspace"]
     out.append(f"workspace: {ws['path']}"
                + (" (cluster.workspace is not set: this default is created)" if ws["default"]

@@ -126,6 +126,37 @@ def test_json_output_is_the_same_summary(tmp_path):
     assert d["workspace"] == {"path": str(tmp_path / "workspace"), "default": True}
 
 
+def test_validate_prints_every_resolved_path(tmp_path, monkeypatch):
+    """Each path of the job as it resolves: from the working directory first
+    (as in SINGA), the conf's directory as the fallback for inputs."""
+    root = tmp_path / "singa"
+    (root / "examples" / "rbm").mkdir(parents=True)
+    (root / "examples" / "rbm" / "beside.bin").write_bytes(b"")
+    (root / "params").write_bytes(b"")
+    conf = root / "examples" / "rbm" / "rbm1.conf"
+    conf.write_text(
+        'name: "p"\ntrain_steps: 10\ncheckpoint_path: "params"\n'
+        "train_one_batch { alg: kBP }\n"
+        "updater { type: kSGD learning_rate { type: kFixed base_lr: 0.1 } }\n"
+        'neuralnet { layer { name: "data" type: kRecordInput store_conf { path: "beside.bin" '
+        "batchsize: 4 shape: 3 } }\n"
+        'layer { name: "out" type: kCSVOutput srclayers: "data" '
+        'store_conf { path: "examples/rbm/out.csv" } } }\n'
+        'cluster { workspace: "examples/rbm/rbm1/" }\n')
+    monkeypatch.chdir(root)
+    r = run("examples/rbm/rbm1.conf")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for line in (f"  layer 'data' store_conf.path: {root}/examples/rbm/beside.bin",
+                 f"  layer 'out' store_conf.path: {root}/examples/rbm/out.csv",
+                 f"  checkpoint_path[0]: {root}/params",
+                 f"  cluster.workspace: {root}/examples/rbm/rbm1"):
+        assert line in lines, r.output
+    d = json.loads(run("--json", "examples/rbm/rbm1.conf").output)
+    assert {"field": "store_conf.path", "layer": "data", "missing": False,
+            "path": f"{root}/examples/rbm/beside.bin"} in d["paths"]
+
+
 def test_invalid_prints_every_problem_one_per_line(tmp_path):
     conf = tmp_path / "bad.conf"
     conf.write_text(MLP.replace("train_steps: 100", "train_steps: 0")
