@@ -116,7 +116,7 @@ def test_training_steps_learn_and_checkpoint_copy_0_params(tmp_path, corpus):
     np.testing.assert_array_equal(saved["0#w"][1], worker.train_net.param("5#w").data)
 
 
-def test_resume_is_exact(tmp_path, corpus):
+def test_resume_is_exact(tmp_path, corpus, monkeypatch):
     """20 steps in one go == 10 steps, then --resume for 10 more (the text
     position and RMSProp's history included)."""
     full = tmp_path / "full"
@@ -125,7 +125,11 @@ def test_resume_is_exact(tmp_path, corpus):
         d.mkdir()
     job_full, _ = setup_example(full, corpus, steps=20)
     job_half, _ = setup_example(half, corpus, steps=10)
+    # each run from its own directory: `workspace: "workspace"` is relative
+    # to the working directory, so the two jobs do not share one
+    monkeypatch.chdir(full)
     a, _ = train(job_full)
+    monkeypatch.chdir(half)
     train(job_half)
     job_half.write_text(job_half.read_text().replace("train_steps: 10", "train_steps: 20"))
     b, lines = train(job_half, resume=True)
