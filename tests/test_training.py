@@ -233,6 +233,34 @@ def test_submit_runs_in_the_foreground_and_test_mode(tmp_path):
     assert r.stdout.startswith("Test @ step 10  Loss = ")
 
 
+def test_submit_from_the_singa_root_gives_the_job_absolute_paths(tmp_path):
+    """`singa submit examples/tiny/job.conf` from a SINGA-style root: the
+    workspace "examples/tiny/ws" is <root>/examples/tiny/ws (working
+    directory first, as in SINGA), the data beside the conf is found through
+    the fallback, and the job master and its processes get the paths
+    resolved at submit, absolute."""
+    from conf import job_pb2
+    from runtime.jobs import registry as R
+
+    root = tmp_path / "singa"
+    conf_dir = root / "examples" / "tiny"
+    conf_dir.mkdir(parents=True)
+    conf = make_conf(conf_dir, steps=6, test_freq=3, workspace="examples/tiny/ws")
+    r = _singa("submit", "examples/tiny/job.conf", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "Test @ step 6  Loss = " in r.stdout
+    assert (conf_dir / "ws" / "checkpoint" / "step6-worker0").exists()
+    assert not (conf_dir / "examples").exists()
+    with R.JobRegistry() as reg:
+        row = max(reg.jobs(), key=lambda j: j.id)
+    assert row.workspace == str(conf_dir / "ws")
+    job = job_pb2.JobProto.FromString((Path(row.log_dir) / "job.pb").read_bytes())
+    assert job.cluster.workspace == str(conf_dir / "ws")
+    assert [l.store_conf.path for l in job.neuralnet.layer if l.HasField("store_conf")] == \
+        [str(conf_dir / "train.bin"), str(conf_dir / "test.bin")]
+    assert conf.parent == conf_dir
+
+
 def test_submit_bad_conf_exits_2_without_traceback(tmp_path):
     conf = make_conf(tmp_path)
     conf.write_text(conf.read_text().replace("num_output: 12", "num_output: -1"))
