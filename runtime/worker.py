@@ -3,9 +3,10 @@
 As SINGA's `Worker::Run`, per step, in this order:
     validation (if due) -> test (if due) -> checkpoint (if due) -> TrainOneBatch -> display (if due)
 and, at `train_steps`, a final validation and test (whenever
-`validate_steps` / `test_steps` > 0) and a final checkpoint. Test, validation and display are
-done by worker 0 of group 0 only; checkpoints by group 0. Displayed metrics
-are averages over the batches since the last display.
+`validate_steps` / `test_steps` > 0) and a final checkpoint. Test,
+validation and display are done by worker 0 of group 0 only; checkpoints by
+group 0. Displayed metrics are averages over the batches since the last
+display.
 
 Subclasses are the TrainOneBatch algorithms (BP, CD, BPTT, user ones); they
 register in `alg_registry` keyed by `AlgType` and define

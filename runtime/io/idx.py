@@ -151,8 +151,8 @@ def import_idx(images: str | os.PathLike, labels: str | os.PathLike,
     a UserError says what and where, and `out` is left as it was.
     """
     if v01 and os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--v01: {os.fspath(out)!r} is a file; a v0.1 shard is a directory "
-                        f"holding {SHARD_FILE} (e.g. mnist_train_shard)")
+        raise UserError(f"v0.1 shard {os.fspath(out)!r} is a file; expected a directory "
+                        f"(made if missing) to hold {SHARD_FILE}, e.g. mnist_train_shard")
     try:
         key_format % 0
     except (TypeError, ValueError) as e:
