@@ -337,10 +337,12 @@ def render(d: dict[str, Any]) -> str:
     for k in ("test", "validation"):
         if k in t:
             e = t[k]
-            line = (f"{k} every {e['every']} steps x {e['steps']} batches"
-                    + (f" from step {e['after']}" if e["after"] else "")) if e["every"] else \
-                f"{k} x {e['steps']} batches"
-            trig.append(line + (f" and at step {e['final_step']}" if "final_step" in e else ""))
+            if not e["every"]:  # only the final pass (worker.run)
+                trig.append(f"{k} at step {e['final_step']} x {e['steps']} batches")
+                continue
+            trig.append(f"{k} every {e['every']} steps x {e['steps']} batches"
+                        + (f" from step {e['after']}" if e["after"] else "")
+                        + (f" and at step {e['final_step']}" if "final_step" in e else ""))
     ck = t.get("checkpoint")
     if ck is None:
         trig.append(f"one test pass of {t['test_only']['steps']} batches (singa test)")

@@ -104,7 +104,7 @@ def test_text_output_describes_the_job(tmp_path):
     assert re.search(r"^\s+act\s+kDummy\s+data\s+8x4\s", out, re.M)
     assert "kStep: 0.001 * 0.997^(step // 60)" in out
     assert "momentum 0.9" in out and "weight_decay 0.0005" in out
-    assert "test every 50 steps x 5 batches" in out
+    assert "test every 50 steps x 5 batches and at step 100" in out  # the final test
     assert "procs 0: workers (g0,w0); servers (g0,s0)" in out
     assert "procs 1: workers (g0,w1); servers (g0,s1)" in out
     assert "procs 3: workers (g1,w1); servers none" in out
