@@ -2,9 +2,11 @@
 
 As SINGA's `Worker::Run`, per step, in this order:
     validation (if due) -> test (if due) -> checkpoint (if due) -> TrainOneBatch -> display (if due)
-and a final checkpoint at `train_steps`. Test, validation and display are
-done by worker 0 of group 0 only; checkpoints by group 0. Displayed metrics
-are averages over the batches since the last display.
+and, at `train_steps`, a final validation and test (whenever
+`validate_steps` / `test_steps` > 0) and a final checkpoint. Test,
+validation and display are done by worker 0 of group 0 only; checkpoints by
+group 0. Displayed metrics are averages over the batches since the last
+display.
 
 Subclasses are the TrainOneBatch algorithms (BP, CD, BPTT, user ones); they
 register in `alg_registry` keyed by `AlgType` and define
@@ -178,11 +180,13 @@ class Worker:
         # the last updates are applied before this worker reports done
         for p in self.owned_params():
             self.channel.collect(p)
-        # Beyond SINGA: a test (validation) due at train_steps runs too, so a
-        # job ends with the metrics of its final params.
-        if validate_now(step) and self.val_net is not None and job.validate_steps > 0:
+        # Beyond SINGA: a job with test_steps > 0 (validate_steps > 0) always
+        # ends with a test (validation) of its final params at train_steps,
+        # even when train_steps is not a multiple of test_freq; the loop
+        # above stops before train_steps, so it never runs twice.
+        if self.val_net is not None and job.validate_steps > 0:
             self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
-        if test_now(step) and self.test_net is not None and job.test_steps > 0:
+        if self.test_net is not None and job.test_steps > 0:
             self.test(step, job.test_steps, job_pb2.kTest, self.test_net, "Test")
         self.checkpoint(step)
         self.close()

@@ -1,6 +1,7 @@
 """`singa data`: import datasets into kvfiles of RecordProto.
 
     singa data import-idx IMAGES LABELS OUT     any MNIST-format (IDX) pair
+    singa data import-idx ... --v01 OUT_DIR     as a SINGA v0.1 shard (OUT_DIR/shard.dat)
     singa data mean IN OUT                      the per-pixel mean record
     singa data fetch [--source DIR] [--dest DIR]
         Fashion-MNIST (or any MNIST-format directory) -> train_data.bin and
@@ -10,6 +11,7 @@ Errors are `UserError`s; the `singa` group prints them and exits 2.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -17,6 +19,7 @@ import click
 import runtime
 from runtime.errors import UserError
 from runtime.io.idx import import_idx
+from runtime.io.kvfile import SHARD_FILE
 from runtime.io.mean import compute_mean
 
 DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
@@ -60,10 +63,14 @@ def data() -> None:
 @click.argument("out", type=click.Path())
 @click.option("--key-format", default="%08d", show_default=True,
               help="printf-style format of the record keys, from the record index")
-def import_idx_cmd(images: str, labels: str, out: str, key_format: str) -> None:
+@click.option("--v01", is_flag=True,
+              help="write a SINGA v0.1 shard: OUT is a directory (e.g. mnist_train_shard) "
+                   "holding shard.dat, records wrapped in Record, as v0.1's kShardData reads")
+def import_idx_cmd(images: str, labels: str, out: str, key_format: str, v01: bool) -> None:
     """Import an MNIST-format pair of IDX files (gzipped or not) into the kvfile OUT."""
-    n = import_idx(images, labels, out, key_format=key_format)
-    click.echo(f"wrote {n} records to {out}")
+    n = import_idx(images, labels, out, key_format=key_format, v01=v01)
+    where = os.path.join(out, SHARD_FILE) if v01 else out
+    click.echo(f"wrote {n} records to {where}")
 
 
 @data.command("mean")

@@ -32,3 +32,12 @@ def _singa_home(tmp_path_factory):
         os.environ.pop("SINGA_HOME", None)
     else:
         os.environ["SINGA_HOME"] = old
+
+
+@pytest.fixture(autouse=True)
+def _cwd_is_the_test_dir(tmp_path, monkeypatch):
+    """Each test runs in its own tmp_path, as a user runs `singa` from the
+    directory of their job: relative paths in a job.conf resolve against the
+    working directory first (as in SINGA), so a test's workspace lands in its
+    tmp_path, never in the repository."""
+    monkeypatch.chdir(tmp_path)

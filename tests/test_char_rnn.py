@@ -21,6 +21,8 @@ from runtime.config import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "char-rnn"
+# the example's workspace, relative to the directory a job runs from (as in SINGA)
+WS = "examples/char-rnn/workspace"
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 MODULES = "textwrap,shlex,sched"  # small: about 50 KB of code
 GRU_NAMES = ["z_hx", "r_hx", "c_hx", "z_hh", "r_hh", "c_hh", "z_b", "r_b", "c_b"]
@@ -110,13 +112,13 @@ def test_training_steps_learn_and_checkpoint_copy_0_params(tmp_path, corpus):
     assert trains[0]["loss"] == pytest.approx(8 * trains[0]["loss_per_step"])
     assert trains[-1]["loss_per_step"] < trains[0]["loss_per_step"] - 0.5, lines
     assert lines[0].startswith("Train @ step 0  Loss = ")
-    saved = checkpoint.load([str(tmp_path / "workspace" / "checkpoint" / "step20-worker0")])
+    saved = checkpoint.load([str(tmp_path / WS / "checkpoint" / "step20-worker0")])
     assert set(saved) == {f"0#{n}" for n in GRU_NAMES + ["w", "b"]}
     assert saved["0#z_hh"][0] == 20  # every step updated copy 0's params once
     np.testing.assert_array_equal(saved["0#w"][1], worker.train_net.param("5#w").data)
 
 
-def test_resume_is_exact(tmp_path, corpus):
+def test_resume_is_exact(tmp_path, corpus, monkeypatch):
     """20 steps in one go == 10 steps, then --resume for 10 more (the text
     position and RMSProp's history included)."""
     full = tmp_path / "full"
@@ -125,7 +127,11 @@ def test_resume_is_exact(tmp_path, corpus):
         d.mkdir()
     job_full, _ = setup_example(full, corpus, steps=20)
     job_half, _ = setup_example(half, corpus, steps=10)
+    # each run from its own directory: the workspace is relative to the
+    # working directory, so the two jobs do not share one
+    monkeypatch.chdir(full)
     a, _ = train(job_full)
+    monkeypatch.chdir(half)
     train(job_half)
     job_half.write_text(job_half.read_text().replace("train_steps: 10", "train_steps: 20"))
     b, lines = train(job_half, resume=True)
@@ -225,7 +231,7 @@ def test_submit_then_singa_test_prints_a_sample(tmp_path, corpus):
     r = _singa("submit", str(job), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Train @ step 15  Loss = " in r.stdout and "unrolled loss layers" in r.stdout
-    assert (tmp_path / "workspace" / "checkpoint" / "step20-worker0").exists()
+    assert (tmp_path / WS / "checkpoint" / "step20-worker0").exists()
     r = _singa("test", str(sample), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     text = r.stdout.rstrip("\n")

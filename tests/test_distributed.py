@@ -250,3 +250,14 @@ def test_resume_of_a_multi_process_job_is_exact(tmp_path, updater, cluster):
     assert set(a) == set(b)
     for name, (_, values) in a.items():
         assert float(np.abs(values - b[name][1]).max()) <= 1e-6, name
+
+
+def test_multi_process_job_tests_once_at_train_steps(tmp_path):
+    """The final test at train_steps (not a multiple of test_freq) also runs
+    in a multi-process job, once, by the first worker of group 0."""
+    conf = conf_with(tmp_path, "final.conf", "nworkers_per_group: 2", steps=7)
+    conf.write_text(conf.read_text().replace("test_freq: 7", "test_freq: 3"))
+    r = submit(conf)
+    assert r.returncode == 0, r.stderr
+    tests = [l.split("  ")[0] for l in r.stdout.splitlines() if l.startswith("Test @ step")]
+    assert tests == ["Test @ step 0", "Test @ step 3", "Test @ step 6", "Test @ step 7"]

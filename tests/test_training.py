@@ -123,6 +123,37 @@ def test_loop_order_log_lines_and_checkpoints(tmp_path):
     assert saved["w1"][0] == 20
 
 
+VAL_DATA = """layer {
+    name: "data" type: kRecordInput
+    store_conf { backend: "kvfile" path: "test.bin" batchsize: 10 shape: 16 std_value: 2 }
+    include: kVal
+  }"""
+
+
+@pytest.mark.parametrize("steps,tests,validations", [
+    (13, [0, 5, 10, 13], [0, 4, 8, 12, 13]),   # train_steps a multiple of neither freq
+    (20, [0, 5, 10, 15, 20], [0, 4, 8, 12, 16, 20]),  # of both: the final pass runs once
+])
+def test_final_test_and_validation_at_train_steps(tmp_path, steps, tests, validations):
+    """A job with test_steps > 0 (validate_steps > 0) ends with a test
+    (validation) of its final params at train_steps, once, whatever test_freq
+    (validate_freq) is (README: "a test every test_freq steps, including one
+    at train_steps")."""
+    conf = make_conf(tmp_path, steps=steps, test_freq=5, extra=VAL_DATA)
+    conf.write_text(conf.read_text().replace(
+        "test_steps: 5", "test_steps: 5\nvalidate_steps: 2\nvalidate_freq: 4"))
+    _, lines = run(conf)
+
+    def steps_of(prefix: str) -> list[int]:
+        return [int(l.split("  ")[0].rsplit(" ", 1)[1]) for l in lines if l.startswith(prefix)]
+
+    assert steps_of("Test @ step") == tests
+    assert steps_of("Validation @ step") == validations
+    # the final pass tests the final params: after the last training step
+    assert lines.index(next(l for l in lines if l.startswith(f"Test @ step {steps} "))) > \
+        max(i for i, l in enumerate(lines) if l.startswith("Train @"))
+
+
 @pytest.mark.parametrize("updater", ["kSGD", "kAdam"])
 def test_resume_is_exact(tmp_path, updater):
     """2N steps in one go == N steps, then --resume for N more."""
@@ -200,6 +231,34 @@ def test_submit_runs_in_the_foreground_and_test_mode(tmp_path):
     r = _singa("test", "-conf", str(conf), "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Test @ step 10  Loss = ")
+
+
+def test_submit_from_the_singa_root_gives_the_job_absolute_paths(tmp_path):
+    """`singa submit examples/tiny/job.conf` from a SINGA-style root: the
+    workspace "examples/tiny/ws" is <root>/examples/tiny/ws (working
+    directory first, as in SINGA), the data beside the conf is found through
+    the fallback, and the job master and its processes get the paths
+    resolved at submit, absolute."""
+    from conf import job_pb2
+    from runtime.jobs import registry as R
+
+    root = tmp_path / "singa"
+    conf_dir = root / "examples" / "tiny"
+    conf_dir.mkdir(parents=True)
+    conf = make_conf(conf_dir, steps=6, test_freq=3, workspace="examples/tiny/ws")
+    r = _singa("submit", "examples/tiny/job.conf", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "Test @ step 6  Loss = " in r.stdout
+    assert (conf_dir / "ws" / "checkpoint" / "step6-worker0").exists()
+    assert not (conf_dir / "examples").exists()
+    with R.JobRegistry() as reg:
+        row = max(reg.jobs(), key=lambda j: j.id)
+    assert row.workspace == str(conf_dir / "ws")
+    job = job_pb2.JobProto.FromString((Path(row.log_dir) / "job.pb").read_bytes())
+    assert job.cluster.workspace == str(conf_dir / "ws")
+    assert [l.store_conf.path for l in job.neuralnet.layer if l.HasField("store_conf")] == \
+        [str(conf_dir / "train.bin"), str(conf_dir / "test.bin")]
+    assert conf.parent == conf_dir
 
 
 def test_submit_bad_conf_exits_2_without_traceback(tmp_path):

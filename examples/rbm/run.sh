@@ -5,7 +5,7 @@
 #   examples/rbm/run.sh            from any directory; SINGA_HOME as usual
 #
 # Each conf loads the checkpoints of the ones before it through
-# checkpoint_path (relative to this directory), so they must run in order.
+# checkpoint_path (relative to the repository's root), so they must run in order.
 # The data (../mnist/{train,test}_data.bin) is made by bin/setup.
 set -euo pipefail
 
@@ -22,6 +22,9 @@ for f in "$ROOT/examples/mnist/train_data.bin" "$ROOT/examples/mnist/test_data.b
   fi
 done
 
+# the confs' workspaces and checkpoint_paths are relative to the repository's
+# root (relative paths resolve against the working directory first, as in SINGA)
+cd "$ROOT"
 for conf in rbm1 rbm2 rbm3 rbm4 autoencoder; do
   # a previous run's checkpoints would make a rerun resume nothing but
   # mix versions: start each stage from a clean workspace

@@ -21,6 +21,7 @@ prints that dict as text, so `--json` and the text always say the same:
 - the checkpoint files params are loaded from (those that exist; a missing
   one has its warning instead);
 - the estimated memory of each process (runtime.config.memory) and the host's;
+- every path the job reads or writes, as resolved (see paths.py);
 - the workspace (and whether it was defaulted), and every warning.
 """
 from __future__ import annotations
@@ -151,11 +152,14 @@ def _triggers(p: job_pb2.JobProto) -> dict[str, Any]:
     t: dict[str, Any] = {}
     if p.disp_freq > 0:
         t["display"] = {"every": p.disp_freq, "after": p.disp_after}
-    if p.test_freq > 0 and p.test_steps > 0:
-        t["test"] = {"every": p.test_freq, "steps": p.test_steps, "after": p.test_after}
-    if p.validate_freq > 0 and p.validate_steps > 0:
-        t["validation"] = {"every": p.validate_freq, "steps": p.validate_steps,
-                           "after": p.validate_after}
+    for kind, freq, steps, after in (
+            ("test", p.test_freq, p.test_steps, p.test_after),
+            ("validation", p.validate_freq, p.validate_steps, p.validate_after)):
+        # a job that tests (validates) at all does so at train_steps too (worker.run)
+        if steps > 0 and (freq > 0 or p.train_steps > 0):
+            t[kind] = {"every": freq, "steps": steps, "after": after}
+            if p.train_steps > 0:
+                t[kind]["final_step"] = p.train_steps
     if p.train_steps <= 0:
         t["test_only"] = {"steps": p.test_steps}
         return t
@@ -222,6 +226,7 @@ def describe(job) -> dict[str, Any]:
         # a checkpoint that is not there loads nothing: only its warning is shown
         "params_loaded_from": [c for c in p.checkpoint_path if os.path.isfile(c)],
         "memory": _memory(job),
+        "paths": _paths(job),
         "warnings": [str(w) for w in job.warnings],
     }
 
@@ -235,6 +240,24 @@ def _memory(job) -> dict[str, Any] | None:
 
     host, total = host_memory()
     return {"host": host, "host_bytes": total, "procs": [m.as_dict() for m in procs]}
+
+
+def _paths(job) -> list[dict[str, Any]]:
+    """Every path of the job as resolved: field, layer name (None for
+    job-level fields), absolute path and whether an input is missing."""
+    rep = job.paths
+    if rep is None:
+        return []
+    missing = {m.field_path for m in rep.missing}
+    layers = job.proto.neuralnet.layer
+    out = []
+    for full, path in rep.resolved.items():
+        layer, f = None, full
+        if full.startswith("neuralnet.layer["):   # neuralnet.layer[3].store_conf.path
+            i = int(full[len("neuralnet.layer["):full.index("]")])
+            layer, f = layers[i].name, full[full.index("]") + 2:]
+        out.append({"field": f, "layer": layer, "path": path, "missing": full in missing})
+    return out
 
 
 # ------------------------------------------------------------------- text ---
@@ -331,8 +354,13 @@ def render(d: dict[str, Any]) -> str:
                     + (f" from step {t['display']['after']}" if t["display"]["after"] else ""))
     for k in ("test", "validation"):
         if k in t:
-            trig.append(f"{k} every {t[k]['every']} steps x {t[k]['steps']} batches"
-                        + (f" from step {t[k]['after']}" if t[k]["after"] else ""))
+            e = t[k]
+            if not e["every"]:  # only the final pass (worker.run)
+                trig.append(f"{k} at step {e['final_step']} x {e['steps']} batches")
+                continue
+            trig.append(f"{k} every {e['every']} steps x {e['steps']} batches"
+                        + (f" from step {e['after']}" if e["after"] else "")
+                        + (f" and at step {e['final_step']}" if "final_step" in e else ""))
     ck = t.get("checkpoint")
     if ck is None:
         trig.append(f"one test pass of {t['test_only']['steps']} batches (singa test)")
@@ -374,6 +402,12 @@ def render(d: dict[str, Any]) -> str:
                  if len(mem["procs"]) > 1 else f"procs {big['procs']}")
         out.append(f"memory (estimate, {which}): about {human(big['total'])} ({parts}); "
                    f"{mem['host']} has {human(mem['host_bytes'])}")
+    if d["paths"]:
+        out.append("paths (a relative one from the working directory, else from the "
+                   "conf's directory):")
+        for e in d["paths"]:
+            name = f"layer '{e['layer']}' {e['field']}" if e["layer"] else e["field"]
+            out.append(f"  {name}: {e['path']}" + ("  (not found)" if e["missing"] else ""))
     ws = d["workspace"]
     out.append(f"workspace: {ws['path']}"
                + (" (cluster.workspace is not set: this default is created)" if ws["default"]

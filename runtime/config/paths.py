@@ -1,24 +1,28 @@
 """Resolving the file paths a job.conf names.
 
-A relative path in a job.conf may be written relative to the job.conf (as one
-writes a conf that travels with its data) or to the directory the job is
-started from (as SINGA's examples are, e.g. `examples/mnist/train_data.bin`
-from `$SINGA_HOME`). So:
+SINGA's confs are written to be run from the SINGA root
+(`./bin/singa-run.sh -conf examples/rbm/rbm1.conf` with `workspace:
+"examples/rbm/rbm1/"`), so a relative path resolves against the working
+directory first, as in SINGA; a conf that travels with its data (paths
+written relative to the conf) still works through the fallback:
 
-- input files (data stores, mean/std files, vocabularies, checkpoints to load)
-  resolve against the job.conf's directory first, then the current
-  directory; the first that exists wins. If neither exists the path is
-  *missing*: the caller reports it, listing both paths tried, and the conf
-  directory's path is kept.
+- input files (data stores, mean/std files, vocabularies, checkpoints to
+  load) resolve against the working directory if they exist there, else
+  against the job.conf's directory if they exist there. If neither exists
+  the path is *missing*: the caller reports it, listing both paths tried,
+  and the working directory's path is kept.
 - output paths (kCSVOutput / kRecordOutput stores) and `cluster.workspace`
-  resolve against the conf directory if the path exists there, else the
-  current directory if it exists there, else the conf directory (where it
-  will be created).
+  go under the working directory if they exist there or their parent
+  directory does (they are created there); else under the conf directory
+  if they or their parent exist there; else under the working directory
+  (created with its parents).
 - absolute paths and `~` are used as written; URLs (`hdfs://...`) are left
   alone and not checked.
 
 `resolve_paths` rewrites the proto in place to absolute paths and returns
-what it found; it never raises.
+what it found; it never raises. It runs at submit, in the submitting
+directory, and the job master and the job's processes get the resolved
+proto, so their own working directory never matters.
 """
 from __future__ import annotations
 
@@ -56,11 +60,13 @@ def _is_url(p: str) -> bool:
 
 
 def _candidates(value: str, conf_dir: str, cwd: str) -> list[str]:
+    """Where a relative `value` may be: the working directory's path first
+    (SINGA's base), then the conf directory's."""
     p = os.path.expanduser(value)
     if os.path.isabs(p):
         return [os.path.normpath(p)]
-    out = [os.path.normpath(os.path.join(conf_dir, p))]
-    alt = os.path.normpath(os.path.join(cwd, p))
+    out = [os.path.normpath(os.path.join(cwd, p))]
+    alt = os.path.normpath(os.path.join(conf_dir, p))
     if alt not in out:
         out.append(alt)
     return out
@@ -78,12 +84,14 @@ def resolve_input(value: str, conf_dir: str, cwd: str | None = None) -> tuple[st
 
 
 def resolve_output(value: str, conf_dir: str, cwd: str | None = None) -> str:
-    """The absolute path an output (file or directory) is written to."""
+    """The absolute path an output (file or directory) is written to: the
+    first candidate that exists or whose parent directory exists, else the
+    working directory's path."""
     if _is_url(value):
         return value
     tried = _candidates(value, conf_dir, cwd or os.getcwd())
     for p in tried:
-        if os.path.exists(p):
+        if os.path.exists(p) or os.path.isdir(os.path.dirname(p)):
             return p
     return tried[0]
 

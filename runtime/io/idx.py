@@ -11,9 +11,16 @@ record per image, key `"%08d" % index`, `RecordProto{shape: [rows, cols],
 label, pixel: rows*cols raw bytes}`. Every check runs before the output is
 written, and the output is written to a temporary file that replaces `out`
 only on success, so a failed import never leaves a partial file.
+
+With `v01=True` it writes what SINGA v0.1's `examples/mnist/create_shard.cc`
+writes and its kShardData layer reads: a DataShard, i.e. a directory `out`
+holding `shard.dat` (a kvfile), each value a `Record{type:
+kSingleLabelImage, image: <the RecordProto above>}` (v0.1's
+SingleLabelImageRecord), keys `"%08d"`.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -24,7 +31,7 @@ import numpy as np
 
 from conf import common_pb2
 from runtime.errors import UserError
-from runtime.io.kvfile import KVFileStore, resolve_path
+from runtime.io.kvfile import SHARD_FILE, KVFileStore, resolve_path
 from runtime.io.store import atomic_output
 
 IMAGES_MAGIC = 0x00000803
@@ -134,13 +141,18 @@ def _read_labels(path: str | os.PathLike) -> np.ndarray:
 
 
 def import_idx(images: str | os.PathLike, labels: str | os.PathLike,
-               out: str | os.PathLike, key_format: str = "%08d") -> int:
+               out: str | os.PathLike, key_format: str = "%08d", v01: bool = False) -> int:
     """Write the images and labels as a kvfile of RecordProto at `out`; return the count.
 
-    `out` may be a directory, then the records go to `out/shard.dat`. On any
+    `out` may be a directory, then the records go to `out/shard.dat`. With
+    `v01`, `out` is a v0.1 DataShard directory (created if missing; a file
+    there is an error) and each record is wrapped in a `Record`. On any
     error (bad magic, truncated data, count mismatch, label outside 0..255)
     a UserError says what and where, and `out` is left as it was.
     """
+    if v01 and os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"v0.1 shard {os.fspath(out)!r} is a file; expected a directory "
+                        f"(made if missing) to hold {SHARD_FILE}, e.g. mnist_train_shard")
     try:
         key_format % 0
     except (TypeError, ValueError) as e:
@@ -162,9 +174,20 @@ def import_idx(images: str | os.PathLike, labels: str | os.PathLike,
     label_list = labs.astype(np.int64).tolist()
     shape = [rows, cols]
     record = common_pb2.RecordProto
-    with atomic_output(resolve_path(out)) as tmp:
-        with KVFileStore(tmp, "w") as store:
-            for i in range(n):
-                rec = record(shape=shape, label=label_list[i], pixel=flat[i].tobytes())
-                store.write((key_format % i).encode("ascii"), rec.SerializeToString())
+    target = os.path.join(out, SHARD_FILE) if v01 else resolve_path(out)
+    made_dir = v01 and not os.path.isdir(out)
+    try:
+        with atomic_output(target) as tmp:
+            with KVFileStore(tmp, "w") as store:
+                for i in range(n):
+                    rec = record(shape=shape, label=label_list[i], pixel=flat[i].tobytes())
+                    if v01:
+                        rec = common_pb2.Record(type=common_pb2.Record.kSingleLabelImage,
+                                                image=rec)
+                    store.write((key_format % i).encode("ascii"), rec.SerializeToString())
+    except BaseException:
+        if made_dir:  # a failed import leaves no empty shard directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(out)
+        raise
     return n

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -47,6 +48,62 @@ def test_import_idx(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"wrote 7 records to {out}"
     assert [r.label for _, r in records(out)] == labels.tolist()
+
+
+V01_CONF = Path(__file__).resolve().parents[1] / "config" / "valid" / "v01_mnist_shard.conf"
+
+
+def test_import_idx_v01_feeds_a_singa_v01_mnist_conf(tmp_path, monkeypatch):
+    """`import-idx --v01` writes the shards SINGA v0.1's MNIST conf reads
+    (kShardData + kMnist + kLabel, paths from the SINGA root): it validates
+    and trains on them, and the parsed batches are the imported images."""
+    from conf import job_pb2
+    from runtime import checkpoint, driver
+    from runtime.config import load_job
+    from runtime.io.idx import read_idx
+    from runtime.neuralnet.net import NeuralNet
+
+    root = tmp_path / "singa"
+    (root / "examples" / "mnist").mkdir(parents=True)
+    src = make_source(tmp_path / "idx", gz=True, n_train=12, n_test=5)
+    monkeypatch.chdir(root)
+    for split, shard in (("train", "mnist_train_shard"), ("t10k", "mnist_test_shard")):
+        r = run("data", "import-idx", "--v01", str(src / f"{split}-images-idx3-ubyte.gz"),
+                str(src / f"{split}-labels-idx1-ubyte.gz"), f"examples/mnist/{shard}")
+        assert r.exit_code == 0, r.output
+        assert r.output == f"wrote {12 if split == 'train' else 5} records to " \
+                           f"examples/mnist/{shard}/shard.dat\n"
+    text = V01_CONF.read_text()
+    for old, new in (("train_steps: 1000", "train_steps: 3"), ("test_steps:10", "test_steps:2"),
+                     ("test_freq:60", "test_freq:2"), ("disp_freq:10", "disp_freq:1"),
+                     ("batchsize: 1000", "batchsize: 4"), ("num_output: 2500", "num_output: 8")):
+        assert old in text
+        text = text.replace(old, new)
+    (root / "examples" / "mnist" / "job.conf").write_text(text)
+    r = run("validate", "--strict", "examples/mnist/job.conf")
+    assert r.exit_code == 0, r.output
+    assert f"sharddata_conf.path: {root}/examples/mnist/mnist_train_shard" in r.output
+
+    lines: list[str] = []
+    job = load_job("examples/mnist/job.conf", submit=True).proto
+    worker = driver.train(job, log=lines.append)
+    assert [l.split("  ")[0] for l in lines if l.startswith("Test @")] == \
+        ["Test @ step 0", "Test @ step 2", "Test @ step 3"]
+    assert len([l for l in lines if l.startswith("Train @")]) == 3
+    assert checkpoint.latest(str(root / "examples" / "mnist")) is not None
+    # the v0.1 parsers read the imported values: x / 127.5 - 1 and the labels
+    net = NeuralNet.create(job.neuralnet, job_pb2.kTest)
+    net.set_rng(np.random.default_rng(0))
+    for name in ("data", "mnist", "label"):
+        net.layer(name).compute_feature(job_pb2.kTest | job_pb2.kForward,
+                                        net.srclayers(net.layer(name)))
+    images = read_idx(src / "t10k-images-idx3-ubyte.gz")[:4].astype(np.float32)
+    labels = read_idx(src / "t10k-labels-idx1-ubyte.gz")[:4]
+    np.testing.assert_allclose(net.layer("mnist").data, (images / 127.5 - 1)[:, None],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(net.layer("label").aux_data, labels)
+    net.close()
+    assert worker.step == 3
 
 
 def test_import_idx_error_exits_2_with_message(tmp_path):

@@ -104,7 +104,7 @@ def test_text_output_describes_the_job(tmp_path):
     assert re.search(r"^\s+act\s+kDummy\s+data\s+8x4\s", out, re.M)
     assert "kStep: 0.001 * 0.997^(step // 60)" in out
     assert "momentum 0.9" in out and "weight_decay 0.0005" in out
-    assert "test every 50 steps x 5 batches" in out
+    assert "test every 50 steps x 5 batches and at step 100" in out  # the final test
     assert "procs 0: workers (g0,w0); servers (g0,s0)" in out
     assert "procs 1: workers (g0,w1); servers (g0,s1)" in out
     assert "procs 3: workers (g1,w1); servers none" in out
@@ -124,6 +124,37 @@ def test_json_output_is_the_same_summary(tmp_path):
     assert d["cluster"]["nprocs"] == 4
     assert d["cluster"]["procs"][2] == {"procs": 2, "workers": [[1, 0]], "servers": []}
     assert d["workspace"] == {"path": str(tmp_path / "workspace"), "default": True}
+
+
+def test_validate_prints_every_resolved_path(tmp_path, monkeypatch):
+    """Each path of the job as it resolves: from the working directory first
+    (as in SINGA), the conf's directory as the fallback for inputs."""
+    root = tmp_path / "singa"
+    (root / "examples" / "rbm").mkdir(parents=True)
+    (root / "examples" / "rbm" / "beside.bin").write_bytes(b"")
+    (root / "params").write_bytes(b"")
+    conf = root / "examples" / "rbm" / "rbm1.conf"
+    conf.write_text(
+        'name: "p"\ntrain_steps: 10\ncheckpoint_path: "params"\n'
+        "train_one_batch { alg: kBP }\n"
+        "updater { type: kSGD learning_rate { type: kFixed base_lr: 0.1 } }\n"
+        'neuralnet { layer { name: "data" type: kRecordInput store_conf { path: "beside.bin" '
+        "batchsize: 4 shape: 3 } }\n"
+        'layer { name: "out" type: kCSVOutput srclayers: "data" '
+        'store_conf { path: "examples/rbm/out.csv" } } }\n'
+        'cluster { workspace: "examples/rbm/rbm1/" }\n')
+    monkeypatch.chdir(root)
+    r = run("examples/rbm/rbm1.conf")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for line in (f"  layer 'data' store_conf.path: {root}/examples/rbm/beside.bin",
+                 f"  layer 'out' store_conf.path: {root}/examples/rbm/out.csv",
+                 f"  checkpoint_path[0]: {root}/params",
+                 f"  cluster.workspace: {root}/examples/rbm/rbm1"):
+        assert line in lines, r.output
+    d = json.loads(run("--json", "examples/rbm/rbm1.conf").output)
+    assert {"field": "store_conf.path", "layer": "data", "missing": False,
+            "path": f"{root}/examples/rbm/beside.bin"} in d["paths"]
 
 
 def test_invalid_prints_every_problem_one_per_line(tmp_path):

@@ -232,14 +232,50 @@ def test_missing_data_is_a_warning_then_an_error(tmp_path):
             load_job(path, **kw)
 
 
-def test_data_resolves_against_the_conf_dir_then_the_cwd(tmp_path):
+def test_data_resolves_against_the_cwd_then_the_conf_dir(tmp_path):
     path = write(tmp_path, HEAD + "neuralnet {\n" + STORE % "d.bin" + "}\n")
-    Path("d.bin").write_bytes(b"")  # in the cwd only
-    job = load_job(path, strict=True)
-    assert job.proto.neuralnet.layer[0].store_conf.path == os.path.join(os.getcwd(), "d.bin")
-    (tmp_path / "d.bin").write_bytes(b"")  # the conf dir wins
+    (tmp_path / "d.bin").write_bytes(b"")  # beside the conf only: the fallback
     job = load_job(path, strict=True)
     assert job.proto.neuralnet.layer[0].store_conf.path == str(tmp_path / "d.bin")
+    Path("d.bin").write_bytes(b"")  # in the cwd too: the cwd wins, as in SINGA
+    job = load_job(path, strict=True)
+    assert job.proto.neuralnet.layer[0].store_conf.path == os.path.join(os.getcwd(), "d.bin")
+
+
+def test_a_singa_conf_run_from_the_singa_root(tmp_path, monkeypatch):
+    """SINGA's confs are written to run from the SINGA root: `singa submit
+    examples/rbm/rbm1.conf` there puts `workspace: "examples/rbm/rbm1/"` at
+    <root>/examples/rbm/rbm1 (not <root>/examples/rbm/examples/rbm/rbm1),
+    where rbm2.conf's checkpoint_path finds it; an input that exists only
+    beside the conf still resolves, through the fallback."""
+    root = tmp_path / "singa"
+    (root / "examples" / "rbm").mkdir(parents=True)
+    (root / "examples" / "mnist").mkdir()
+    (root / "examples" / "mnist" / "train.bin").write_bytes(b"")
+    (root / "examples" / "rbm" / "beside.bin").write_bytes(b"")
+    monkeypatch.chdir(root)
+    store = STORE.replace('name: "data"', 'name: "%s"')
+    body = (HEAD + "neuralnet {\n" + store % ("d1", "examples/mnist/train.bin")
+            + store % ("d2", "beside.bin") + "}\n"
+            + 'cluster { workspace: "examples/rbm/rbm1/" }\n')
+    conf = root / "examples" / "rbm" / "rbm1.conf"
+    conf.write_text(body)
+    job = load_job("examples/rbm/rbm1.conf", strict=True)
+    layers = job.proto.neuralnet.layer
+    assert layers[0].store_conf.path == str(root / "examples/mnist/train.bin")
+    assert layers[1].store_conf.path == str(root / "examples/rbm/beside.bin")
+    assert job.proto.cluster.workspace == str(root / "examples/rbm/rbm1")
+    assert job.paths.resolved["cluster.workspace"] == str(root / "examples/rbm/rbm1")
+    # the next conf of the chain loads the checkpoint from there
+    ckpt = root / "examples/rbm/rbm1/checkpoint/step6-worker0"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    (root / "examples" / "rbm" / "rbm2.conf").write_text(
+        HEAD + 'checkpoint_path: "examples/rbm/rbm1/checkpoint/step6-worker0"\n'
+        + "neuralnet {\n" + DATA + "}\n" + 'cluster { workspace: "examples/rbm/rbm2/" }\n')
+    job2 = load_job("examples/rbm/rbm2.conf", strict=True)
+    assert job2.proto.checkpoint_path[0] == str(ckpt)
+    assert job2.proto.cluster.workspace == str(root / "examples/rbm/rbm2")
 
 
 def test_missing_data_of_an_unused_phase_is_not_reported(tmp_path):
@@ -250,15 +286,22 @@ def test_missing_data_of_an_unused_phase_is_not_reported(tmp_path):
 
 def test_output_paths_and_workspace(tmp_path):
     conf_dir = str(tmp_path)
-    assert resolve_output("out.csv", conf_dir) == str(tmp_path / "out.csv")
-    Path("out.csv").write_text("")  # exists in the cwd only: it is used
-    assert resolve_output("out.csv", conf_dir) == os.path.join(os.getcwd(), "out.csv")
+    cwd = os.getcwd()
+    # the cwd's path when it or its parent exists there
+    assert resolve_output("out.csv", conf_dir) == os.path.join(cwd, "out.csv")
+    (tmp_path / "out.csv").write_text("")  # existing beside the conf does not matter
+    assert resolve_output("out.csv", conf_dir) == os.path.join(cwd, "out.csv")
+    # a parent that exists only beside the conf: the conf dir is the fallback
+    (tmp_path / "sub").mkdir()
+    assert resolve_output("sub/out.csv", conf_dir) == str(tmp_path / "sub" / "out.csv")
+    # a parent that exists nowhere: created under the cwd
+    assert resolve_output("new/out.csv", conf_dir) == os.path.join(cwd, "new", "out.csv")
     assert resolve_output("/abs/x", conf_dir) == "/abs/x"
     assert resolve_input("hdfs://n/x", conf_dir) == ("hdfs://n/x", ["hdfs://n/x"], True)
     job = job_pb2.JobProto()
     job.cluster.workspace = "ws"
     rep = resolve_paths(job, str(tmp_path / "j.conf"))
-    assert job.cluster.workspace == str(tmp_path / "ws") and not rep.workspace_defaulted
+    assert job.cluster.workspace == os.path.join(cwd, "ws") and not rep.workspace_defaulted
 
 
 # ------------------------------------------------------------ the API ---

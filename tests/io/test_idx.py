@@ -75,6 +75,42 @@ def test_import_round_trip(tmp_path, gz):
         assert len(rec.data) == 0
 
 
+def test_v01_import_writes_a_record_wrapped_shard_directory(tmp_path):
+    """--v01 writes SINGA v0.1's DataShard: `out/shard.dat`, a kvfile (8-byte
+    little-endian lengths) whose values are Record{kSingleLabelImage,
+    image: RecordProto}, keys %08d, as v0.1's create_shard.cc does."""
+    ipath, lpath, images, labels = make_pair(tmp_path)
+    out = tmp_path / "mnist_train_shard"
+    assert import_idx(ipath, lpath, out, v01=True) == 7
+    assert sorted(os.listdir(out)) == ["shard.dat"]
+    raw = (out / "shard.dat").read_bytes()
+    klen = int.from_bytes(raw[:8], "little")
+    assert raw[8:8 + klen] == b"00000000"
+    vlen = int.from_bytes(raw[8 + klen:16 + klen], "little")
+    first = common_pb2.Record.FromString(raw[16 + klen:16 + klen + vlen])
+    assert first.HasField("type") and first.type == common_pb2.Record.kSingleLabelImage
+    with open_store(str(out)) as store:
+        got = [(k, common_pb2.Record.FromString(v)) for k, v in store]
+    assert [k for k, _ in got] == [b"%08d" % i for i in range(7)]
+    for i, (_, rec) in enumerate(got):
+        assert list(rec.image.shape) == [5, 4]
+        assert rec.image.label == labels[i]
+        assert rec.image.pixel == images[i].tobytes()
+
+
+def test_v01_import_refuses_a_file_and_leaves_nothing_on_error(tmp_path):
+    ipath, lpath, _, _ = make_pair(tmp_path)
+    afile = tmp_path / "shard"
+    afile.write_bytes(b"keep")
+    with pytest.raises(UserError, match="v0.1 shard .* is a file; expected a directory"):
+        import_idx(ipath, lpath, afile, v01=True)
+    assert afile.read_bytes() == b"keep"
+    _, short_labels, _, _ = make_pair(tmp_path, n=3, prefix="short-")
+    with pytest.raises(UserError, match="count mismatch"):
+        import_idx(ipath, short_labels, tmp_path / "new_shard", v01=True)
+    assert not (tmp_path / "new_shard").exists()
+
+
 def test_gzip_is_detected_by_content_not_name(tmp_path):
     images = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     gz_without_suffix = write_idx(tmp_path / "images", images, gz=True)
