@@ -3,9 +3,12 @@ the job with `Diverged` (DESIGN: a wrong result is worse than a crash).
 
 Who checks what: every worker its own net's metrics after each training
 batch and after each test or validation pass (`check_metrics`), and its
-params once more at the end of training (`check_param`); every server each
-update it applies (`check_update`), so asynchronous groups and a server in
-a process of its own fail on their own evidence.
+params once more at the end of training (`check_param`); every server of
+the distributed runtime each update it applies (`check_update`), so
+asynchronous groups and a server in a process of its own fail on their own
+evidence. The single-process LocalServer does not check: its one worker's
+checks see every update (the next step's loss, or the final params), and a
+pass over every param per step would slow the fast path.
 """
 from __future__ import annotations
 

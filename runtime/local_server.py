@@ -22,7 +22,6 @@ import threading
 
 import numpy as np
 
-from runtime.divergence import check_update
 from runtime.param import Param
 from runtime.updater import Updater
 
@@ -132,7 +131,6 @@ class LocalServer:
 
     def _apply(self, step: int, owner: Param, grad: np.ndarray) -> None:
         self.updater.apply(step, owner.name, owner.data, grad, owner.lr_scale, owner.wd_scale)
-        check_update(owner.name, owner.version + 1, owner.data)  # raised in the worker's collect
         with self._cond:
             owner.version += 1
             self._cond.notify_all()
