@@ -21,6 +21,11 @@ its stdout and stderr to its log, and talks to the master through a
   start barrier), start the servers, then the workers. When all local
   workers have finished the process tells the master (kStop); when the
   master says stop, the servers stop and the process exits 0.
+
+Whatever ends the process with an exception (in the main thread, a worker
+or a server thread; before it connects or after, a divergence included)
+goes through `report_failure`: the traceback to the log, the one-line
+reason to the master (kFail), exit 1 (2 for a UserError).
 """
 from __future__ import annotations
 
