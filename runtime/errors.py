@@ -43,3 +43,26 @@ class LayerError(UserError):
 
     Raised by `Layer.setup`; the net builder adds the layer's name and location.
     """
+
+
+class Diverged(Exception):
+    """Training produced a number that is not finite (a loss, a metric, an
+    update): the job fails rather than report a result it did not reach.
+    The message is the reason as the user reads it ("diverged: loss is nan
+    at step 100 (layer 'loss'); lower the learning rate or clip gradients")."""
+
+
+def reason_line(e: BaseException) -> str:
+    """The one line that says why `e` ended a process, for the job's reason.
+
+    A UserError or Diverged is its own message (the user's words, no class
+    name); anything else is the last line of its traceback
+    ("zipfile.BadZipFile: File is not a zip file"). Lines of a multi-line
+    message are joined with "; "."""
+    import traceback
+
+    if isinstance(e, (UserError, Diverged)):
+        text = str(e)
+    else:
+        text = "".join(traceback.format_exception_only(type(e), e))
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__

@@ -21,6 +21,11 @@ its stdout and stderr to its log, and talks to the master through a
   start barrier), start the servers, then the workers. When all local
   workers have finished the process tells the master (kStop); when the
   master says stop, the servers stop and the process exits 0.
+
+Whatever ends the process with an exception (in the main thread, a worker
+or a server thread; before it connects or after, a divergence included)
+goes through `report_failure`: the traceback to the log, the one-line
+reason to the master (kFail), exit 1 (2 for a UserError).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +50,7 @@ from runtime.cluster import Cluster
 from runtime.comm import socket as S
 from runtime.comm.heartbeat import MasterLink
 from runtime.comm.msg import Msg
-from runtime.errors import UserError
+from runtime.errors import Diverged, UserError, reason_line
 from runtime.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.net import NeuralNet
@@ -144,10 +150,7 @@ class Node:
             try:
                 ready.wait()  # every local worker registered its params
             except threading.BrokenBarrierError:
-                e = self.errors[0]
-                if isinstance(e, UserError):
-                    raise e
-                raise RuntimeError(f"a worker failed to start: {e!r}") from e
+                raise self.errors[0] from None  # reported as it is, with its traceback
             self._wire_groups()
             self.stub.link()
             self._linked.set()
@@ -184,6 +187,8 @@ class Node:
     def _serve(self, server: Server, sock) -> None:
         try:
             server.run(sock)
+        except BaseException as e:  # noqa: BLE001 - a server that fails ends the process
+            self._fatal(f"server ({server.grp},{server.sid})", e)
         finally:
             sock.close()
             stats = server.stats()
@@ -239,7 +244,7 @@ class Node:
                 worker.log(f"Resumed from step {self.job.step}")
             worker.run()
         except BaseException as e:  # noqa: BLE001 - any failure ends the process
-            self._fatal(g, w, e)
+            self._fatal(f"worker ({g},{w})", e)
         finally:
             channel.stop()
             link.close()
@@ -253,16 +258,11 @@ class Node:
             local = {w: net for (grp, w), net in self._nets.items() if grp == g and w > 0}
             wire_wholes(self.stub, g, self._nets[(g, 0)], channel, local, self.pids)
 
-    def _fatal(self, g: int, w: int, e: BaseException) -> None:
-        """A worker that fails ends its process at once, with the reason as the
-        last line of the log: its group cannot go on without it, and the job
-        master stops the other processes and records the failure."""
-        if isinstance(e, UserError):
-            print(f"singa: procs {self.procs}: worker ({g},{w}): {e}", file=sys.stderr, flush=True)
-            os._exit(2)
-        log.error("worker (%d,%d) failed", g, w, exc_info=e)
-        print(f"singa: procs {self.procs}: worker ({g},{w}) failed: {e!r}", file=sys.stderr, flush=True)
-        os._exit(1)
+    def _fatal(self, who: str, e: BaseException) -> None:
+        """A worker or server thread that fails ends its process at once,
+        after `report_failure`: its group cannot go on without it, and the
+        job master stops the other processes and records the failure."""
+        os._exit(report_failure(self.link, self.procs, e, who))
 
     def _workers_done(self) -> None:
         self.link.done()
@@ -287,6 +287,30 @@ def metric_reporter(link: MasterLink, job: job_pb2.JobProto, g: int, w: int):
         link.metric({**rec, **extra})
 
     return report
+
+
+def report_failure(link: MasterLink | None, procs: int | None, e: BaseException,
+                   who: str = "") -> int:
+    """Say once why this process ends: the whole traceback to its log (not
+    for a UserError or Diverged, whose message is the whole story), then
+    `singa: procs P: WHO: REASON` as the log's last word, and the reason
+    line (`runtime.errors.reason_line`) to the job master over `link`
+    (kFail), which puts it in the job's reason. Returns the exit code: 2
+    for a UserError, else 1. The one way every failure of a process is
+    reported: the main thread's, a worker's or a server's, before the
+    process connects or after."""
+    reason = reason_line(e)
+    if not isinstance(e, (UserError, Diverged)):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    where = f"procs {procs}: " if procs is not None else ""
+    print(f"singa: {where}{who + ': ' if who else ''}{reason}", file=sys.stderr, flush=True)
+    if link is not None:
+        try:
+            if not link.fail(reason):
+                log.warning("the job master did not acknowledge this process's failure")
+        except Exception:  # noqa: BLE001 - the log line above is the master's fallback
+            log.warning("could not tell the job master why this process fails", exc_info=True)
+    return 2 if isinstance(e, UserError) else 1
 
 
 def process_info(procs: int, endpoint: str) -> dict:
@@ -406,24 +430,27 @@ def main(argv: list[str] | None = None) -> int:
     from runtime import plugins
 
     ctx = zmq.Context()
+    link = None
     try:
-        plugins.load(modules)
-        job = job_pb2.JobProto.FromString(job_bytes)
         if keys is not None:
             from runtime.comm.security import Guard, JobKeys
 
             keys = JobKeys.from_dict(keys)
             guard = Guard(ctx, keys)  # noqa: F841 - lives as long as the process
+        ctl = ctx.socket(zmq.PULL)
+        ctl_endpoint = f"inproc://ctl-{os.getpid()}"
+        ctl.bind(ctl_endpoint)
+        # the link comes first, so that whatever fails from here on (the
+        # user's modules, a bad checkpoint) reaches the master as the reason
+        link = MasterLink(ctx, procs, args.master, keys=keys, ctl_endpoint=ctl_endpoint)
+        plugins.load(modules)
+        job = job_pb2.JobProto.FromString(job_bytes)
         transport = "tcp" if args.master.startswith("tcp://") else "ipc"
         host = "127.0.0.1"
         if transport == "tcp":
             from runtime.jobs.hostfile import advertise_address
 
             host = advertise_address(peer=args.master[len("tcp://"):].rsplit(":", 1)[0].strip("[]"))
-        ctl = ctx.socket(zmq.PULL)
-        ctl_endpoint = f"inproc://ctl-{os.getpid()}"
-        ctl.bind(ctl_endpoint)
-        link = MasterLink(ctx, procs, args.master, keys=keys, ctl_endpoint=ctl_endpoint)
         cluster = Cluster.from_proto(job.cluster)
         single = args.test or (cluster.nprocs == 1 and cluster.nworkers == 1 and cluster.nservers == 1)
         if single:
@@ -439,10 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         link.periodic = node.server_metrics
         link.step = node.step
         return node.run()
-    except UserError as e:
-        print(f"singa: procs {procs}: {e}", file=sys.stderr, flush=True)
-        return 2
-
+    except Exception as e:  # noqa: BLE001 - whatever ends this process, the master hears why
+        return report_failure(link, procs, e)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -104,6 +104,7 @@ import zmq
 from conf import common_pb2 as pb
 from runtime import checkpoint
 from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
+from runtime.divergence import check_update
 from runtime.errors import UserError
 from runtime.param_slice import SlicePlan
 from runtime.updater import Updater
@@ -453,6 +454,9 @@ class Server:
         self._writable(e)
         self.updater.apply(rnd.step, e.key, e.data, grad, e.lr_scale, e.wd_scale,
                            1.0 / e.num_total)
+        # a non-finite slice would go out to every worker: the server's
+        # process fails instead (Diverged propagates out of `run`)
+        check_update(self.plan.names[e.param], e.version + 1, e.data)
         if rnd.base is not None:
             stale = e.version - rnd.base
             s = self._staleness.setdefault(wgrp, _Staleness())

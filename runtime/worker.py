@@ -27,6 +27,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime import checkpoint, debug
+from runtime.divergence import check_metrics, check_param
 from runtime.errors import UserError
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
@@ -166,6 +167,9 @@ class Worker:
                 self.checkpoint(step)
             self.train_one_batch(step, self.train_net)
             self.step = step  # read by the heartbeat thread
+            # every worker checks its own losses, displayed or not: a group
+            # that diverges fails at the step it did, not at the next display
+            check_metrics(self.train_net, step)
             if job.debug and self.grp_id == 0 and display_now(step):
                 # SINGA's debug: per-layer norms of data, grads and params
                 debug.write(self.train_net, step, job.cluster.workspace, group=self.grp_id,
@@ -180,6 +184,10 @@ class Worker:
         # the last updates are applied before this worker reports done
         for p in self.owned_params():
             self.channel.collect(p)
+            # the last update is checked by no later loss: no non-finite
+            # params in the final checkpoint of a job that succeeds
+            if p.data is not None:
+                check_param(p.name, step, p.data)
         # Beyond SINGA: a job with test_steps > 0 (validate_steps > 0) always
         # ends with a test (validation) of its final params at train_steps,
         # even when train_steps is not a multiple of test_freq; the loop
@@ -198,6 +206,7 @@ class Worker:
             layer.reset_metrics()
         for _ in range(nsteps):
             self.test_one_batch(step, phase, net)
+        check_metrics(net, step, prefix.lower())
         return self._report(f"{prefix} @ step {step}", step, prefix.lower(), net)
 
     def display(self, step: int, batches_per_s: float = 0.0) -> dict:

@@ -13,6 +13,10 @@ sockets are not thread-safe, so nothing else touches it). Over it:
   a dead master never leaves orphans training on some host.
 - `metric(record)` and `done()` queue a kMetric (JSON) or kStop for the
   thread to send; they are safe to call from any thread.
+- `fail(reason)`: kFail with `{"reason": one line}`, the last word of a
+  process that is ending on an error; it waits for the master's kFail back,
+  so the master holds the reason before it sees the process exit. Works
+  before `connect` too (the master knows a process by its procs id).
 - What the master sends (kStop: the job is finishing) is pushed as frames to
   `ctl_endpoint` when given (an inproc PULL socket in the process's main
   loop), so the main loop acts on it in its own thread.
@@ -62,6 +66,7 @@ class MasterLink:
         self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failed = threading.Event()  # the master has this process's kFail
         self.dropped = 0  # messages the master's full queue had no room for
 
     # -------------------------------------------------------------- start ---
@@ -97,6 +102,25 @@ class MasterLink:
         self._out.put(None)
         self._out.put(Msg(self.me, MASTER, C.kStop))
 
+    def fail(self, reason: str, timeout: float = 5.0) -> bool:
+        """Tell the master why this process is ending; True once the master
+        has it, False if it did not answer within `timeout` (its log is then
+        the master's only source). Safe from any thread; the caller exits
+        afterwards."""
+        msg = Msg(self.me, MASTER, C.kFail).add_bytes(json.dumps({"reason": reason}).encode())
+        if self._thread is not None and self._thread.is_alive():
+            self._out.put(msg)
+            return self._failed.wait(timeout)
+        # no thread (not started, or gone): the caller may use the socket
+        self._send(msg)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(100):
+                got = S.recv(self.sock)
+                if got is not None and got[1].type == C.kFail:
+                    return True
+        return False
+
     def close(self, timeout: float = 2.0) -> None:
         """Send the periodic records a last time and what is queued, then
         stop the thread and close the socket."""
@@ -129,6 +153,8 @@ class MasterLink:
                         heard = time.monotonic()
                         if got[1].type == C.kStop and ctl is not None:
                             S.send(ctl, got[1])
+                        elif got[1].type == C.kFail:
+                            self._failed.set()
                 now = time.monotonic()
                 if now - sent >= HEARTBEAT_S:
                     self._send_heartbeat()

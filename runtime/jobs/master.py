@@ -21,7 +21,11 @@ A process that exits otherwise, or misses three heartbeats, or never
 connects, fails the attempt: the others are stopped (TERM to each process
 group on its host, KILL after the grace period) and the job is FAILED with a
 reason naming the process, its host and its exit, or relaunched from the
-latest checkpoint while restarts are left (`--max-restarts`). TERM to the
+latest checkpoint while restarts are left (`--max-restarts`). A process
+that ends on an error first says why (kFail, answered with a kFail): the
+reason then ends with that line ("diverged: loss is nan at step 100 ...",
+"RuntimeError: boom"); for a process that could not say, with the last
+error line of its log. TERM to the
 master, or `singa kill` marking the job KILLED, stops every process the
 same way.
 """
@@ -283,6 +287,7 @@ class JobMaster:
         steps: dict[int, int] = {}
         written: dict[int, float] = {}
         done: set[int] = set()
+        said: dict[int, str] = {}  # procs -> the reason it sent with kFail
         stopping = False
         started = time.monotonic()
         last_check = 0.0
@@ -308,7 +313,7 @@ class JobMaster:
                 self.reg.update_proc(self.id, attempt, p, state=R.FAILED,
                                      exit_code=code if code >= 0 else None,
                                      signal=-code if code < 0 else None)
-                return Outcome("FAILED", self._blame(p, h, words))
+                return Outcome("FAILED", self._blame(p, h, words, said.get(p)))
             if stopping and all(h.poll() == 0 for h in handles):
                 for p in range(n):
                     self.reg.update_proc(self.id, attempt, p, state=R.SUCCEEDED, exit_code=0)
@@ -326,7 +331,7 @@ class JobMaster:
                 if now - t > MISSED * HEARTBEAT_S and handles[p].poll() is None:
                     self.reg.update_proc(self.id, attempt, p, state=R.LOST)
                     return Outcome("FAILED", self._blame(
-                        p, handles[p], f"went silent: no heartbeat for {now - t:.1f} s"))
+                        p, handles[p], f"went silent: no heartbeat for {now - t:.1f} s", said.get(p)))
             if not poller.poll(100):
                 continue
             got = S.recv(router, router=True)
@@ -371,6 +376,10 @@ class JobMaster:
                     loss = rec.get("loss", rec.get("squared_error"))
                     acc = rec.get("accuracy")
                     self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
+            elif msg.type == C.kFail:
+                said[p] = str(json.loads(msg.bytes(0)).get("reason", "")).strip()
+                # the answer lets the process exit: its exit is then blamed with its reason
+                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), C.kFail))
             elif msg.type == C.kStop:
                 done.add(p)
                 if p in steps:
@@ -387,8 +396,13 @@ class JobMaster:
         except zmq.ZMQError:
             pass  # that process is gone; its exit is seen by poll()
 
-    def _blame(self, p: int, h: Handle, words: str) -> str:
+    def _blame(self, p: int, h: Handle, words: str, said: str | None = None) -> str:
+        """The reason of a failed attempt: the process, its host, pid and
+        role, then the reason it sent (kFail) or else how it ended (`words`)
+        and the last error line of its log."""
         pid = f", pid {h.pid}" if h.pid else ""
+        if said:
+            return f"process {p} on {h.host}{pid} ({self._role(p)}): {said}"
         why = f"process {p} on {h.host}{pid} ({self._role(p)}) {words}"
         # an engine's logs are on the filesystem its nodes share with this host
         readable = _is_local(h.host) or isinstance(h, EngineHandle)
@@ -436,7 +450,10 @@ def _is_local(host: str) -> bool:
 
 
 def _last_error(path: Path) -> str:
-    """The last line of a log that reads like an error, for the reason."""
+    """The last line of a log that reads like an error, for the reason: a
+    "singa: ..." line or the exception line of a traceback, whichever comes
+    later (a traceback's exception need not say "Error": zipfile.BadZipFile),
+    else the last line that mentions an error."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -444,9 +461,18 @@ def _last_error(path: Path) -> str:
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
+    for i in range(len(lines) - 1, -1, -1):
+        s = lines[i].strip()
+        if s.startswith("singa:"):
+            return s
+        if s == "Traceback (most recent call last):":
+            # the exception is the first line after the frames that is not indented
+            found = next((l.strip() for l in lines[i + 1:] if l.strip() and not l[0].isspace()), "")
+            if found:
+                return found
     for line in reversed(lines):
         s = line.strip()
-        if s.startswith("singa:") or "Error" in s or "error" in s:
+        if "Error" in s or "error" in s:
             return s
     return ""
 

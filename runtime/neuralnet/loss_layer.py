@@ -70,9 +70,12 @@ def labels_for(layer: Layer, src: Layer, batch: int, num_classes: int) -> np.nda
 
 def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per instance, whether the label's score is among the k largest: fewer
-    than k scores are strictly larger (so a tie counts as a hit)."""
+    than k scores are strictly larger (so a tie counts as a hit). An
+    instance with a NaN or infinite score is a miss: every comparison with
+    NaN is false, so a diverged net would otherwise score all hits."""
     truth = scores[np.arange(scores.shape[0]), labels]
-    return (scores > truth[:, None]).sum(axis=1) < k
+    hits = (scores > truth[:, None]).sum(axis=1) < k
+    return hits & np.isfinite(scores).all(axis=1)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -34,3 +34,51 @@ def test_a_full_queue_to_a_dead_master_does_not_hide_its_death(monkeypatch, tmp_
     assert link.dropped > 0
     link.close(timeout=1)
     ctx.term()
+
+
+def test_fail_hands_the_reason_to_the_master_and_waits_for_its_answer(tmp_path):
+    """Before the link's thread runs (an error before kConnect) and from
+    another thread once it runs: the master gets kFail with the reason and
+    answers; without an answer fail() gives up after its timeout."""
+    import json
+
+    from conf import common_pb2 as C
+    from runtime.comm import socket as S
+    from runtime.comm.msg import Addr, Msg
+
+    ctx = zmq.Context()
+    master = ctx.socket(zmq.ROUTER)
+    master.bind(f"ipc://{tmp_path}/master")
+    got: list[str] = []
+    answer, stop = threading.Event(), threading.Event()
+    answer.set()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not master.poll(50):
+                continue
+            ident, msg = S.recv(master, router=True)
+            if msg.type == C.kFail:
+                got.append(json.loads(msg.bytes(0))["reason"])
+                if answer.is_set():
+                    S.send(master, Msg(Addr.stub(-1), msg.src, C.kFail), to=ident)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    link = H.MasterLink(ctx, 3, f"ipc://{tmp_path}/master")
+    assert link.fail("zipfile.BadZipFile: File is not a zip file")
+    link.start()
+    out: list[bool] = []
+    worker = threading.Thread(target=lambda: out.append(link.fail("RuntimeError: boom at step 3")))
+    worker.start()
+    worker.join(10)
+    assert out == [True]
+    assert got == ["zipfile.BadZipFile: File is not a zip file", "RuntimeError: boom at step 3"]
+    answer.clear()
+    link._failed.clear()  # a second failure, which the master does not answer
+    assert not link.fail("diverged: loss is nan", timeout=0.5)
+    link.close(timeout=1)
+    stop.set()
+    t.join(10)
+    master.close(linger=0)
+    ctx.term()

@@ -268,3 +268,92 @@ def test_the_progress_line_shows_step_loss_accuracy_rate_and_eta():
     assert line.startswith("\r\x1b[K")
     assert ("job 3 RUNNING  step 250/1000  loss 0.5123  accuracy 0.8125  5,120 samples/s  "
             "ETA 0:00:3") in line  # 750 steps left at 25 steps/s: about 30 s
+
+
+# ------------------------------------------------ a process's own reason --
+BOOM = '''
+from conf import job_pb2
+from runtime import plugins
+from runtime.neuralnet.layer import Layer
+
+
+@plugins.register_layer("Boom")
+class Boom(Layer):
+    """The identity, until its fourth training batch (step 3)."""
+
+    calls = 0
+
+    def compute_feature(self, flag, srclayers):
+        if flag & job_pb2.kTrain:
+            if self.calls == 3:
+                raise RuntimeError("boom at step 3")
+            self.calls += 1
+        self.data = srclayers[0].data_for(self)
+
+    def compute_gradient(self, flag, srclayers):
+        srclayers[0].set_grad(self, self.grad)
+'''
+
+
+@pytest.mark.parametrize("cluster", ["", "nworkers_per_group: 2"])
+def test_an_exception_in_a_user_layer_is_the_jobs_reason(tmp_path, reg, cluster):
+    """In the single-process Driver and in a worker thread of a node: the
+    reason ends with the exception's line, the log holds its traceback."""
+    (tmp_path / "boom.py").write_text(BOOM)
+    conf = job_conf(tmp_path, "boom", cluster, steps=20)
+    text = conf.read_text().replace(
+        'layer { name: "relu1" type: kReLU srclayers: "ip1" }',
+        'layer { name: "boom" type: kUserLayer user_type: "Boom" srclayers: "ip1" }\n'
+        '  layer { name: "relu1" type: kReLU srclayers: "boom" }')
+    assert "Boom" in text
+    conf.write_text(text)
+    job = ended(reg, submit_detached(conf, "--module", "boom.py"))
+    assert job.state == R.FAILED
+    # either worker of the group may be the first to fail
+    m = re.fullmatch(r"process (\d) on localhost, pid \d+ \(worker 0/\d(, server 0/0)?\): "
+                     r"RuntimeError: boom at step 3", job.reason)
+    assert m, job.reason
+    log = Path(reg.procs(job.id)[int(m.group(1))].log_path).read_text()
+    assert "Traceback (most recent call last):" in log
+    assert 'raise RuntimeError("boom at step 3")' in log and "in compute_feature" in log
+    nothing_left(reg, job.id)
+
+
+@pytest.mark.parametrize("cluster", ["", "nworkers_per_group: 2"])
+def test_a_truncated_resume_file_is_the_jobs_reason(tmp_path, reg, cluster):
+    """The .resume is read before the process connects (several processes)
+    or in the Driver (one): either way its error is the reason."""
+    ws = tmp_path / "trunc.ws"
+    conf = job_conf(tmp_path, "trunc", cluster, steps=10, ckpt_freq=5)
+    first = ended(reg, submit_detached(conf))
+    assert first.state == R.SUCCEEDED, first.reason
+    resume = ws / "checkpoint" / "step10-worker0.resume"
+    resume.write_bytes(resume.read_bytes()[:100])
+    conf.write_text(conf.read_text().replace("train_steps: 10", "train_steps: 20"))
+    job = ended(reg, submit_detached(conf, "--resume"))
+    assert job.state == R.FAILED
+    # every process of the job reads it: any may be the first to fail
+    m = re.fullmatch(r"process (\d) on localhost, pid \d+ \(worker 0/\d(, server 0/0)?\): "
+                     r"zipfile\.BadZipFile: .+", job.reason)
+    assert m, job.reason
+    log = Path(reg.procs(job.id)[int(m.group(1))].log_path).read_text()
+    assert "Traceback (most recent call last):" in log
+    nothing_left(reg, job.id)
+
+
+def test_the_log_fallback_reads_a_tracebacks_exception_line(tmp_path):
+    """A process that died before it could tell the master: the reason comes
+    from its log, whose exception line need not say "Error"."""
+    from runtime.jobs.master import _last_error
+
+    log = tmp_path / "procs-0.log"
+    log.write_text("Train @ step 0  Loss = 1.1, accuracy = 0.3\n"
+                   "Traceback (most recent call last):\n"
+                   '  File "runtime/checkpoint.py", line 80, in load_resume_state\n'
+                   "    with np.load(path) as z:  # no Error on this line\n"
+                   "zipfile.BadZipFile: File is not a zip file\n")
+    assert _last_error(log) == "zipfile.BadZipFile: File is not a zip file"
+    log.write_text(log.read_text() + "singa: procs 0: zipfile.BadZipFile: File is not a zip file\n")
+    assert _last_error(log) == "singa: procs 0: zipfile.BadZipFile: File is not a zip file"
+    log.write_text("some ValueError went by\nall fine\n")
+    assert _last_error(log) == "some ValueError went by"

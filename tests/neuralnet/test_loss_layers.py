@@ -38,6 +38,30 @@ def test_softmax_loss_is_stable_for_large_logits():
     assert layer.last_loss == pytest.approx((flt_min_loss + 0.0) / 2, rel=1e-4)
 
 
+def test_topk_hits_counts_a_nan_or_infinite_score_as_a_miss():
+    from runtime.neuralnet.loss_layer import topk_hits
+
+    nan, inf = np.float32("nan"), np.float32("inf")
+    scores = np.array([[nan, nan, nan],        # every score NaN (a diverged net)
+                       [0.1, nan, 0.2],        # the truth's score is NaN
+                       [0.9, 0.1, nan],        # another score is NaN
+                       [inf, 0.1, 0.2],        # the truth's score is inf
+                       [0.1, -inf, 0.2],       # another score is -inf
+                       [0.7, 0.1, 0.2]], np.float32)  # a finite hit
+    labels = np.array([0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(topk_hits(scores, labels, 1), [False] * 5 + [True])
+    np.testing.assert_array_equal(topk_hits(scores, labels, 3), [False] * 5 + [True])
+
+
+def test_softmax_loss_of_nan_logits_is_nan_with_accuracy_zero():
+    x = np.full((2, 3), np.nan, np.float32)
+    layer, srcs = make("type: kSoftmaxLoss", [x, Source("lbl", np.zeros(2), np.array([0, 2]))])
+    layer.compute_feature(TRAIN, srcs)
+    m = layer.metrics()
+    assert np.isnan(m["loss"]) and m["accuracy"] == 0.0
+    assert layer.display() == "Loss = nan, accuracy = 0.000000"
+
+
 def test_softmax_loss_topk_and_scale():
     x = np.array([[0.1, 0.5, 0.3, 0.2], [0.9, 0.1, 0.3, 0.2], [0.0, 0.1, 0.2, 0.3]], np.float32)
     labels = np.array([2, 2, 0])  # ranks 2, 2 and 4 (1-based)

@@ -30,6 +30,15 @@ def test_argsort_orders_descending_and_passes_labels():
         make("type: kArgSort argsort_conf {topk: 5}", [SCORES])
 
 
+def test_accuracy_of_nan_scores_is_zero():
+    scores = SCORES.copy()
+    scores[1, 2] = np.nan
+    lbl = Source("lbl", np.zeros(3), np.array([1, 0, 2]))   # all three ranked first
+    layer, srcs = make("type: kAccuracy", [scores, lbl])
+    layer.compute_feature(TRAIN, srcs)
+    assert layer.metrics() == pytest.approx({"accuracy": 2 / 3})
+
+
 def test_accuracy_topk_metrics_and_display():
     lbl = Source("lbl", np.zeros(3), np.array([1, 3, 0]))   # ranks 1, 2, 2 (a tie)
     layer, srcs = make("type: kAccuracy", [SCORES, lbl])
