@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from runtime.errors import Diverged
+from runtime.neuralnet.partition import whole_name
 
 HINT = "lower the learning rate or clip gradients"
 
@@ -39,8 +40,9 @@ def check_metrics(net, step: int, phase: str = "train") -> None:
                 what = name.replace("_", " ")
                 if phase != "train":
                     what = f"{phase} {what}"
+                # the user's layer name: the reason names the worker already
                 raise Diverged(f"diverged: {what} is {value} at step {step} "
-                               f"(layer '{layer.name}'); {HINT}")
+                               f"(layer '{whole_name(layer.name)}'); {HINT}")
 
 
 def check_update(name: str, version: int, values: np.ndarray) -> None:
