@@ -113,8 +113,9 @@ def test_loop_order_log_lines_and_checkpoints(tmp_path):
     # the step-0 test comes before the first training line
     assert lines.index(tests[0]) < lines.index(trains[0])
     files = sorted(f.name for f in (tmp_path / "ws" / "checkpoint").iterdir())
-    assert files == ["step0-worker0", "step0-worker0.resume", "step10-worker0",
-                     "step10-worker0.resume", "step20-worker0", "step20-worker0.resume"]
+    # each file with its checksum sidecar
+    assert files == sorted(f"step{n}-worker0{ext}" for n in (0, 10, 20)
+                           for ext in ("", ".resume", ".sha256", ".resume.sha256"))
     saved = checkpoint.load([str(tmp_path / "ws/checkpoint/step20-worker0")])
     assert set(saved) == {"w1", "b1", "w2", "b2"}
     assert saved["w1"][1].shape == (12, 16)
