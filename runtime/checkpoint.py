@@ -145,7 +145,7 @@ def _read_sidecar(path: Path) -> dict | None:
         raise UserError(f"checkpoint {path}: cannot read {side.name}: {e.strerror}") from None
     try:
         rec = json.loads(text)
-        for d in (rec, *([rec["previous"]] if "previous" in rec else [])):
+        for d in (rec, *rec.get("previous", [])):
             if not (isinstance(d["sha256"], str) and isinstance(d["size"], int)):
                 raise ValueError
         return rec
@@ -162,8 +162,13 @@ def write_checked(path: Path, data: bytes) -> None:
         old = _read_sidecar(path) if path.exists() else None
     except UserError:
         old = None  # a damaged sidecar vouches for nothing; the new one replaces it
-    old = {k: old[k] for k in ("sha256", "size")} if old else None
-    replacing = old is not None and old != new
+    # what the sidecar vouches for now stays valid until the new data is in
+    # place (several entries if an earlier rewrite never finished)
+    kept: list[dict] = []
+    for d in ([old, *old.get("previous", [])] if old else []):
+        d = {"sha256": d["sha256"], "size": d["size"]}
+        if d != new and d not in kept:
+            kept.append(d)
     tmp = path.with_name(path.name + ".tmp")
     side = checksum_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,10 +177,10 @@ def write_checked(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _replace(side, json.dumps({**new, "previous": old} if replacing else new).encode())
+        _replace(side, json.dumps({**new, "previous": kept} if kept else new).encode())
         _fsync_dir(path.parent)
         os.replace(tmp, path)
-        if replacing:
+        if kept:
             _replace(side, json.dumps(new).encode())
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -214,7 +219,7 @@ def read_checked(path: Path, required: bool) -> bytes:
             raise UserError(f"checkpoint {path}: no checksum file {checksum_path(path).name} "
                             "(an incomplete checkpoint, or one not written by this singa)")
         return data
-    accepted = [rec, *([rec["previous"]] if rec.get("previous") else [])]
+    accepted = [rec, *rec.get("previous", [])]
     got = _digest(data)
     if any(got["sha256"] == a["sha256"] and got["size"] == a["size"] for a in accepted):
         return data
