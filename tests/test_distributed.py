@@ -250,3 +250,25 @@ def test_resume_of_a_multi_process_job_is_exact(tmp_path, updater, cluster):
     assert set(a) == set(b)
     for name, (_, values) in a.items():
         assert float(np.abs(values - b[name][1]).max()) <= 1e-6, name
+
+
+def test_resume_from_a_damaged_server_state_fails_the_job(tmp_path):
+    """The server's state file (slices and the updater's history) is
+    checked as the params are: damaged, the job ends FAILED naming it."""
+    from runtime.jobs import registry as R
+    from tests.test_training import _corrupt_middle
+
+    half = conf_with(tmp_path, "half.conf", "server_worker_separate: true", steps=12)
+    half.write_text(half.read_text().replace("num_output: 12", "num_output: 200"))
+    assert submit(half).returncode == 0
+    state = tmp_path / "half.conf.ws" / "checkpoint" / "step12-server0.0.npz"
+    _corrupt_middle(state)
+    half.write_text(half.read_text().replace("train_steps: 12", "train_steps: 24"))
+    r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(half), "--resume"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # the worker's process may have resumed, but no step is trained
+    assert r.returncode != 0 and "Train @ step" not in r.stdout, r.stdout
+    job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(half)), key=lambda j: j.id)
+    assert job.state == R.FAILED
+    assert (f"checkpoint {state}: checksum mismatch (file was changed or damaged after it "
+            "was written); ") in job.reason, job.reason
