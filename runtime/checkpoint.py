@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import zipfile
@@ -49,6 +50,7 @@ from runtime.errors import UserError
 from runtime.trigger import Trigger
 
 CKPT_RE = re.compile(r"^step(\d+)-worker(\d+)$")
+log = logging.getLogger("singa.checkpoint")
 
 
 def _varint(n: int) -> bytes:
@@ -337,9 +339,14 @@ def latest(workspace: str) -> tuple[int, list[str]] | None:
         m = CKPT_RE.match(f.name)
         if m:
             steps.setdefault(int(m.group(1)), []).append(str(f))
-    incomplete = {n for n, files in steps.items() for f in files
-                  if Path(f + ".resume").exists() and not checksum_path(Path(f)).exists()}
-    steps = {n: files for n, files in steps.items() if n not in incomplete}
+    for n, files in sorted(steps.items()):
+        unchecked = [f for f in files
+                     if Path(f + ".resume").exists() and not checksum_path(Path(f)).exists()]
+        if unchecked:
+            log.warning("checkpoint %s: no checksum file %s (incomplete, or written by a singa "
+                        "without checksums): step %d is skipped", unchecked[0],
+                        checksum_path(Path(unchecked[0])).name, n)
+            del steps[n]
     if not steps:
         return None
     n = max(steps)

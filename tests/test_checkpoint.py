@@ -134,11 +134,12 @@ def test_singa_cpp_checkpoint_without_sidecar_loads(tmp_path):
     assert checkpoint.load_resume_state(str(d / "step6000-worker0")) is None
 
 
-def test_latest_skips_a_singa_step_without_its_checksum(tmp_path):
+def test_latest_skips_a_singa_step_without_its_checksum(tmp_path, caplog):
     _big_checkpoint(str(tmp_path), 10)
     last = _big_checkpoint(str(tmp_path), 20)
     checkpoint.checksum_path(last).unlink()  # as if lost: the step cannot be verified
     assert checkpoint.latest(str(tmp_path))[0] == 10
+    assert f"checkpoint {last}: no checksum file step20-worker0.sha256" in caplog.text
 
 
 def test_a_crash_while_replacing_a_checkpoint_keeps_the_old_one_loadable(tmp_path, monkeypatch):
