@@ -151,7 +151,7 @@ def _read_sidecar(path: Path) -> dict | None:
             if not (isinstance(d["sha256"], str) and isinstance(d["size"], int)):
                 raise ValueError
         return rec
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"checkpoint {path}: its checksum file {side.name} is damaged "
                         "(expected JSON with sha256 and size)") from None
 
