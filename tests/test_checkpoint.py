@@ -1,8 +1,15 @@
-"""Checkpoint files: SINGA's BlobProtos bytes, the resume state, the latest step."""
+"""Checkpoint files: SINGA's BlobProtos bytes, the resume state, the latest
+step, and the checksums that refuse a damaged file."""
+import json
+import os
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from conf import common_pb2
 from runtime import checkpoint
+from runtime.errors import UserError
 from runtime.trigger import Trigger
 
 
@@ -48,15 +55,6 @@ def test_trigger_fires_at_step_zero_and_after():
 
 
 # ------------------------------------------------------------ checksums ---
-import json  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from runtime.errors import UserError  # noqa: E402
-
-
 def _big_checkpoint(ws: str, step: int = 10) -> Path:
     w = np.random.default_rng(0).standard_normal((100, 40)).astype(np.float32)  # 16000 bytes
     return checkpoint.save(ws, step, 0, [("w", step, w), ("b", step, np.zeros(40, np.float32))],
