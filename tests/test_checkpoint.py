@@ -61,8 +61,10 @@ def _big_checkpoint(ws: str, step: int = 10) -> Path:
                            {"meta": {"step": step}, "arrays": {"w/history": np.ones(4000, np.float32)}})
 
 
-def _corrupt_middle(path: Path, n: int = 5000) -> None:
+def corrupt_middle(path: Path, n: int = 5000) -> None:
+    """Overwrite `n` bytes in the middle of `path` with random ones."""
     data = bytearray(path.read_bytes())
+    assert len(data) > n
     start = (len(data) - n) // 2
     data[start:start + n] = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
@@ -87,7 +89,7 @@ def test_every_checkpoint_file_has_a_checksum_sidecar(tmp_path):
 
 def test_corrupt_params_checkpoint_is_refused(tmp_path):
     path = _big_checkpoint(str(tmp_path))
-    _corrupt_middle(path)
+    corrupt_middle(path)
     msg = _one_line_error(checkpoint.load, [str(path)])
     assert msg.startswith(f"checkpoint {path}: checksum mismatch (file was changed or damaged "
                           "after it was written); ")
@@ -110,7 +112,7 @@ def test_corrupt_server_state_is_refused(tmp_path):
     path = checkpoint.server_state_path(str(tmp_path), 10, 0, 0)
     checkpoint.save_arrays(path, {"data/w": np.arange(4000, dtype=np.float32)})
     assert checkpoint.load_arrays(path)["data/w"][3999] == 3999
-    _corrupt_middle(path)
+    corrupt_middle(path)
     assert "checksum mismatch" in _one_line_error(checkpoint.load_arrays, path)
     # a state file without its checksum is not trusted either (SINGA writes none)
     checkpoint.save_arrays(path, {"data/w": np.zeros(3, np.float32)})
@@ -158,7 +160,7 @@ def test_a_crash_while_replacing_a_checkpoint_keeps_the_old_one_loadable(tmp_pat
         checkpoint.save(ws, 10, 0, [("w", 11, np.full(3, 2, np.float32))])
     monkeypatch.setattr(os, "replace", real)
     assert checkpoint.load([str(path)])["w"][1].tolist() == [1, 1, 1]
-    _corrupt_middle(path, 4)
+    corrupt_middle(path, 4)
     assert "checksum mismatch" in _one_line_error(checkpoint.load, [str(path)])
     # a completed rewrite: the new content loads, the old one no longer would
     checkpoint.save(ws, 10, 0, [("w", 12, np.full(3, 3, np.float32))])

@@ -256,13 +256,13 @@ def test_resume_from_a_damaged_server_state_fails_the_job(tmp_path):
     """The server's state file (slices and the updater's history) is
     checked as the params are: damaged, the job ends FAILED naming it."""
     from runtime.jobs import registry as R
-    from tests.test_training import _corrupt_middle
+    from tests.test_checkpoint import corrupt_middle
 
     half = conf_with(tmp_path, "half.conf", "server_worker_separate: true", steps=12)
     half.write_text(half.read_text().replace("num_output: 12", "num_output: 200"))
     assert submit(half).returncode == 0
     state = tmp_path / "half.conf.ws" / "checkpoint" / "step12-server0.0.npz"
-    _corrupt_middle(state)
+    corrupt_middle(state)
     half.write_text(half.read_text().replace("train_steps: 12", "train_steps: 24"))
     r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(half), "--resume"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)

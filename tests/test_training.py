@@ -15,6 +15,7 @@ from conf import common_pb2
 from runtime import checkpoint, driver
 from runtime.config import load_job
 from runtime.io.store import open_store
+from tests.test_checkpoint import corrupt_middle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,21 +271,13 @@ def test_test_mode_warns_of_params_the_checkpoint_lacks(tmp_path):
     assert "'w1'" not in warnings[0]
 
 
-def _corrupt_middle(path: Path, n: int = 5000) -> None:
-    data = bytearray(path.read_bytes())
-    assert len(data) > n + 1000
-    start = (len(data) - n) // 2
-    data[start:start + n] = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data))
-
-
 def _truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)
 
 
 @pytest.mark.parametrize("name,damage,what", [
-    ("step10-worker0", _corrupt_middle, "checksum mismatch (file was changed or damaged "
+    ("step10-worker0", corrupt_middle, "checksum mismatch (file was changed or damaged "
                                         "after it was written); "),
     ("step10-worker0.resume", _truncate, "truncated: "),
 ], ids=["corrupt-params", "truncated-resume"])
@@ -294,6 +287,7 @@ def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, 
     from runtime.jobs import registry as R
 
     conf = make_conf(tmp_path, steps=10, test_freq=10)
+    # params of 13 KB, so that 5000 bytes fit in their middle
     conf.write_text(conf.read_text().replace("num_output: 12", "num_output: 200"))
     assert _singa("submit", str(conf), cwd=tmp_path).returncode == 0
     damaged = tmp_path / "ws" / "checkpoint" / name
