@@ -13,12 +13,33 @@ Large params are written by encoding the packed float field directly
 (tag, length, raw little-endian float32 bytes): the protobuf runtime's
 `extend` of 12M floats takes seconds, this takes milliseconds, and the bytes
 are the same wire format.
+
+Checksums. Every file written here (params, `.resume`, server state) gets a
+sidecar `<file>.sha256`: JSON `{"sha256": HEX, "size": BYTES}` of the file's
+content. A sidecar, not a field inside the file, because the params file
+must stay the BlobProtos that SINGA C++ reads, and one scheme for every file
+is simpler than two. The order of `write_checked` is what makes the pair
+atomic: the data goes to a fsynced temporary file, then the sidecar is put
+in place (and the directory fsynced), and only then is the data renamed
+over its name. A crash before that rename leaves the old data file with a
+sidecar that still accepts it: when a file is replaced, the sidecar lists
+the old content's checksum as `previous` until the new data is in place,
+so neither a crash nor a reader in another process between the two renames
+sees a good file refused or a bad one accepted. A data file never exists
+without its sidecar, so `latest` skips a step whose singa-written file
+(one with a `.resume` beside it) has none, as incomplete. A file with no
+sidecar and no `.resume`, as SINGA C++ writes them, loads unchecked when
+the user names it in `checkpoint_path`.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +50,7 @@ from runtime.errors import UserError
 from runtime.trigger import Trigger
 
 CKPT_RE = re.compile(r"^step(\d+)-worker(\d+)$")
+log = logging.getLogger("singa.checkpoint")
 
 
 def _varint(n: int) -> bytes:
@@ -68,29 +90,148 @@ def decode(data: bytes, path: str = "<bytes>") -> dict[str, tuple[int, np.ndarra
     try:
         msg = common_pb2.BlobProtos.FromString(data)
     except Exception as e:  # protobuf's DecodeError
-        raise UserError(f"{path}: not a checkpoint (BlobProtos) file: {e}") from None
+        raise UserError(f"checkpoint {path}: truncated or not a BlobProtos file: {e}") from None
     if len(msg.name) != len(msg.blob):
-        raise UserError(f"{path}: checkpoint has {len(msg.name)} names but {len(msg.blob)} blobs")
+        raise UserError(f"checkpoint {path}: {len(msg.name)} names but {len(msg.blob)} blobs")
     out = {}
     for i, (name, blob) in enumerate(zip(msg.name, msg.blob)):
         arr = np.array(blob.data, dtype=np.float32)
         shape = tuple(blob.shape)
         if int(np.prod(shape, dtype=np.int64)) != arr.size:
-            raise UserError(f"{path}: param '{name}' has shape {list(shape)} but {arr.size} values")
+            raise UserError(f"checkpoint {path}: param '{name}' has shape {list(shape)} "
+                            f"but {arr.size} values")
         version = msg.version[i] if i < len(msg.version) else 0
         out[name] = (version, arr.reshape(shape))
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes) -> None:
+    """`path` holds `data` afterwards, whole and on disk, or is unchanged."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(d: Path) -> None:
+    # the renames done so far reach the disk before the next one
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar that holds the checksum of checkpoint file `path`."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    side = checksum_path(path)
+    try:
+        text = side.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"checkpoint {path}: cannot read {side.name}: {e.strerror}") from None
+    try:
+        rec = json.loads(text)
+        for d in (rec, *rec.get("previous", [])):
+            if not (isinstance(d["sha256"], str) and isinstance(d["size"], int)):
+                raise ValueError
+        return rec
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"checkpoint {path}: its checksum file {side.name} is damaged "
+                        "(expected JSON with sha256 and size)") from None
+
+
+def write_checked(path: Path, data: bytes) -> None:
+    """Write `data` at `path` with its checksum sidecar (see the module doc
+    for the order that keeps the pair consistent through a crash)."""
+    new = _digest(data)
+    try:
+        old = _read_sidecar(path) if path.exists() else None
+    except UserError:
+        old = None  # a damaged sidecar vouches for nothing; the new one replaces it
+    # what the sidecar vouches for now stays valid until the new data is in
+    # place (several entries if an earlier rewrite never finished)
+    kept: list[dict] = []
+    for d in ([old, *old.get("previous", [])] if old else []):
+        d = {"sha256": d["sha256"], "size": d["size"]}
+        if d != new and d not in kept:
+            kept.append(d)
+    tmp = path.with_name(path.name + ".tmp")
+    side = checksum_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(side, json.dumps({**new, "previous": kept} if kept else new).encode())
+        _fsync_dir(path.parent)
+        os.replace(tmp, path)
+        if kept:
+            _replace(side, json.dumps(new).encode())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _step_files(path: Path) -> str:
+    m = re.match(r"step\d+", path.name)
+    return f"{m.group(0)}-*" if m else path.name
+
+
+def read_checked(path: Path, required: bool) -> bytes:
+    """The content of checkpoint file `path`, checked against its sidecar.
+
+    A UserError (one line naming the file) if it does not match, is
+    truncated, or, when `required`, has no sidecar. Without a sidecar and
+    not `required` (a SINGA C++ checkpoint) the bytes come unchecked. The
+    sidecar is read before and after the data, so that a file being
+    replaced meanwhile (by the job's first worker, while another process
+    loads it) is read again rather than judged against the wrong checksum.
+    """
+    for _ in range(10):
+        before = _read_sidecar(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
+        rec = _read_sidecar(path)
+        if rec == before:
+            break
+    else:
+        raise UserError(f"checkpoint {path}: kept changing while it was read "
+                        "(is another job writing to this workspace?)")
+    if rec is None:
+        if required:
+            raise UserError(f"checkpoint {path}: no checksum file {checksum_path(path).name} "
+                            "(an incomplete checkpoint, or one not written by this singa)")
+        return data
+    accepted = [rec, *rec.get("previous", [])]
+    got = _digest(data)
+    if any(got["sha256"] == a["sha256"] and got["size"] == a["size"] for a in accepted):
+        return data
+    fix = (f"restore it, or delete {_step_files(path)} in {path.parent} "
+           "so that --resume takes an earlier checkpoint")
+    if all(got["size"] < a["size"] for a in accepted):
+        raise UserError(f"checkpoint {path}: truncated: {got['size']} of the {rec['size']} bytes "
+                        f"written; {fix}")
+    raise UserError(f"checkpoint {path}: checksum mismatch (file was changed or damaged after "
+                    f"it was written); {fix}")
 
 
 def checkpoint_dir(workspace: str) -> Path:
@@ -105,8 +246,7 @@ def save(workspace: str, step: int, worker: int, params: list[tuple[str, int, np
     if resume_state is not None:
         save_resume(path, resume_state)
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, encode(params))
+        write_checked(path, encode(params))
     except OSError as e:
         # a full or read-only disk: say so plainly; no half-written file stays
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
@@ -133,16 +273,25 @@ def due(job) -> Callable[[int], bool]:
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write `arrays` as an .npz file at `path`, whole or not at all; a
-    UserError if it cannot be written."""
-    tmp = path.with_name(path.name + ".tmp.npz")
+    """Write `arrays` as an .npz file at `path` with its checksum, whole or
+    not at all; a UserError if it cannot be written."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        write_checked(path, buf.getvalue())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file that `save_arrays` wrote, checked against
+    its checksum; a UserError naming the file if they cannot be trusted."""
+    data = read_checked(path, required=True)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"checkpoint {path}: not a readable .npz file: {e}") from None
 
 
 def save_resume(path: Path, resume_state: dict) -> None:
@@ -157,27 +306,31 @@ def load(paths: list[str]) -> dict[str, tuple[int, np.ndarray]]:
     """Params from several checkpoint files; a later file overrides an earlier one."""
     out: dict[str, tuple[int, np.ndarray]] = {}
     for p in paths:
-        try:
-            data = Path(p).read_bytes()
-        except OSError as e:
-            raise UserError(f"cannot read checkpoint {p}: {e.strerror}") from None
-        out.update(decode(data, p))
+        # checked when singa wrote it; SINGA C++'s files have no checksum
+        out.update(decode(read_checked(Path(p), required=False), p))
     return out
 
 
 def load_resume_state(path: str) -> dict | None:
-    """The `.resume` state saved beside checkpoint `path`, or None."""
+    """The `.resume` state saved beside checkpoint `path`, or None (a SINGA
+    checkpoint has none). A UserError if the file is damaged."""
     f = Path(path + ".resume")
     if not f.exists():
         return None
-    with np.load(f, allow_pickle=False) as z:
+    z = load_arrays(f)
+    try:
         meta = json.loads(bytes(z["meta"]).decode())
-        arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+    except (KeyError, ValueError) as e:
+        raise UserError(f"checkpoint {f}: no readable resume state: {e}") from None
+    arrays = {k[2:]: v for k, v in z.items() if k.startswith("a/")}
     return {"meta": meta, "arrays": arrays}
 
 
 def latest(workspace: str) -> tuple[int, list[str]] | None:
-    """The highest step N with checkpoint files in the workspace, and those files."""
+    """The highest step N with complete checkpoint files in the workspace,
+    and those files. A step is skipped when a file of it that singa wrote
+    (it has a `.resume`) lacks its checksum sidecar: an incomplete or
+    foreign checkpoint. SINGA C++'s files (neither) count as they are."""
     d = checkpoint_dir(workspace)
     if not d.is_dir():
         return None
@@ -186,6 +339,14 @@ def latest(workspace: str) -> tuple[int, list[str]] | None:
         m = CKPT_RE.match(f.name)
         if m:
             steps.setdefault(int(m.group(1)), []).append(str(f))
+    for n, files in sorted(steps.items()):
+        unchecked = [f for f in files
+                     if Path(f + ".resume").exists() and not checksum_path(Path(f)).exists()]
+        if unchecked:
+            log.warning("checkpoint %s: no checksum file %s (incomplete, or written by a singa "
+                        "without checksums): step %d is skipped", unchecked[0],
+                        checksum_path(Path(unchecked[0])).name, n)
+            del steps[n]
     if not steps:
         return None
     n = max(steps)

@@ -41,7 +41,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import zmq
 
 from conf import common_pb2 as C, job_pb2
@@ -178,8 +177,7 @@ class Node:
         if self.resumed:
             path = checkpoint.server_state_path(ws, job.step, server.grp, server.sid)
             if path.is_file():
-                with np.load(path, allow_pickle=False) as saved:
-                    server.load_state({k: saved[k] for k in saved.files})
+                server.load_state(checkpoint.load_arrays(path))
             else:
                 log.warning("no server state %s: the updater's history starts afresh", path)
         server.save_at(ws, checkpoint.due(job), 0)

@@ -127,6 +127,13 @@ class Worker:
         and hand them to the parameter service (SINGA's InitNetParams)."""
         loaded = checkpoint.load(list(self.job.checkpoint_path)) if self.job.checkpoint_path else {}
         needs_init = getattr(self.channel, "needs_init", lambda p: True)
+        missing = [p.name for p in self.owned_params() if needs_init(p) and p.name not in loaded]
+        if self.job.checkpoint_path and missing:
+            # SINGA initialises them silently; testing a net half from random
+            # params is rarely what the user meant (char-rnn's sample.conf)
+            self.log(f"Warning: no values for params {', '.join(repr(n) for n in missing)} in "
+                     f"checkpoint_path ({', '.join(self.job.checkpoint_path)}): they start "
+                     "from their init methods")
         for p in self.owned_params():
             if not needs_init(p):
                 p.allocate()  # the values come from the parameter service

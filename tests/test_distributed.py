@@ -261,3 +261,25 @@ def test_multi_process_job_tests_once_at_train_steps(tmp_path):
     assert r.returncode == 0, r.stderr
     tests = [l.split("  ")[0] for l in r.stdout.splitlines() if l.startswith("Test @ step")]
     assert tests == ["Test @ step 0", "Test @ step 3", "Test @ step 6", "Test @ step 7"]
+
+
+def test_resume_from_a_damaged_server_state_fails_the_job(tmp_path):
+    """The server's state file (slices and the updater's history) is
+    checked as the params are: damaged, the job ends FAILED naming it."""
+    from runtime.jobs import registry as R
+    from tests.test_checkpoint import corrupt_middle
+
+    half = conf_with(tmp_path, "half.conf", "server_worker_separate: true", steps=12)
+    half.write_text(half.read_text().replace("num_output: 12", "num_output: 200"))
+    assert submit(half).returncode == 0
+    state = tmp_path / "half.conf.ws" / "checkpoint" / "step12-server0.0.npz"
+    corrupt_middle(state)
+    half.write_text(half.read_text().replace("train_steps: 12", "train_steps: 24"))
+    r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(half), "--resume"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # the worker's process may have resumed, but no step is trained
+    assert r.returncode != 0 and "Train @ step" not in r.stdout, r.stdout
+    job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(half)), key=lambda j: j.id)
+    assert job.state == R.FAILED
+    assert (f"checkpoint {state}: checksum mismatch (file was changed or damaged after it "
+            "was written); ") in job.reason, job.reason

@@ -15,6 +15,7 @@ from conf import common_pb2
 from runtime import checkpoint, driver
 from runtime.config import load_job
 from runtime.io.store import open_store
+from tests.test_checkpoint import corrupt_middle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,8 +114,9 @@ def test_loop_order_log_lines_and_checkpoints(tmp_path):
     # the step-0 test comes before the first training line
     assert lines.index(tests[0]) < lines.index(trains[0])
     files = sorted(f.name for f in (tmp_path / "ws" / "checkpoint").iterdir())
-    assert files == ["step0-worker0", "step0-worker0.resume", "step10-worker0",
-                     "step10-worker0.resume", "step20-worker0", "step20-worker0.resume"]
+    # each file with its checksum sidecar
+    assert files == sorted(f"step{n}-worker0{ext}" for n in (0, 10, 20)
+                           for ext in ("", ".resume", ".sha256", ".resume.sha256"))
     saved = checkpoint.load([str(tmp_path / "ws/checkpoint/step20-worker0")])
     assert set(saved) == {"w1", "b1", "w2", "b2"}
     assert saved["w1"][1].shape == (12, 16)
@@ -310,3 +312,50 @@ def test_user_layer_from_a_module_file(tmp_path):
     assert "Test @ step 6  Loss = " in r.stdout
     r = _singa("submit", "--module", "nosuchmodule", str(conf), cwd=tmp_path)
     assert r.returncode == 2 and "--module nosuchmodule: No module named 'nosuchmodule'" in r.stderr
+
+
+def test_test_mode_warns_of_params_the_checkpoint_lacks(tmp_path):
+    """SINGA's char-rnn sample.conf tests a net with a param (gru2's) that
+    job.conf never trained: it starts from its init method, with a warning
+    that names it."""
+    run(make_conf(tmp_path, "a.conf", steps=10, workspace="ws_a"))
+    conf = make_conf(tmp_path, "t.conf", steps=10, workspace="ws_a")
+    conf.write_text(conf.read_text().replace('name: "b2"', 'name: "b2_new"'))
+    job = load_job(str(conf), submit=True).proto
+    job.checkpoint_path.append(str(tmp_path / "ws_a" / "checkpoint" / "step10-worker0"))
+    lines: list[str] = []
+    driver.test(job, log=lines.append)
+    warnings = [l for l in lines if l.startswith("Warning: ")]
+    assert len(warnings) == 1 and "params 'b2_new' in checkpoint_path" in warnings[0], lines
+    assert "'w1'" not in warnings[0]
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("name,damage,what", [
+    ("step10-worker0", corrupt_middle, "checksum mismatch (file was changed or damaged "
+                                        "after it was written); "),
+    ("step10-worker0.resume", _truncate, "truncated: "),
+], ids=["corrupt-params", "truncated-resume"])
+def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, what):
+    """A damaged checkpoint never trains on: the job ends FAILED with one
+    line that names the file, as its reason and the process's last line."""
+    from runtime.jobs import registry as R
+
+    conf = make_conf(tmp_path, steps=10, test_freq=10)
+    # params of 13 KB, so that 5000 bytes fit in their middle
+    conf.write_text(conf.read_text().replace("num_output: 12", "num_output: 200"))
+    assert _singa("submit", str(conf), cwd=tmp_path).returncode == 0
+    damaged = tmp_path / "ws" / "checkpoint" / name
+    damage(damaged)
+    conf.write_text(conf.read_text().replace("train_steps: 10", "train_steps: 20"))
+    r = _singa("submit", str(conf), "--resume", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Train @ step 10" not in r.stdout
+    job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(conf)), key=lambda j: j.id)
+    assert job.state == R.FAILED
+    assert f"singa: procs 0: checkpoint {damaged}: {what}" in job.reason, job.reason
+    assert f"checkpoint {damaged}: {what}" in r.stderr, r.stderr
