@@ -11,7 +11,9 @@ the job master polls and signals. Registered by name, as `singa submit
   makes itself a session leader and reports its pid, pgid and start time in
   its kConnect, and is signalled through `python -m runtime.jobs.pgroup` on
   its host. The ssh client lives as long as the remote process, so its exit
-  is the remote exit status.
+  is the remote exit status. Signalling connects with a short timeout
+  (`SIGNAL_CONNECT_TIMEOUT_S`): a host that cannot be reached is marked
+  `unreachable` rather than holding up the stop of a job.
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
 stdin (see `handoff`), never on a command line or in a log.
@@ -28,6 +30,10 @@ from pathlib import Path
 
 from runtime.jobs import pgroup
 from runtime.registry import Registry
+
+#: ssh's connect timeout when signalling a remote process: the job is being
+#: stopped, and a host cut off must not hold that up for the launch's timeout.
+SIGNAL_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Handle:
         self.pid: int | None = None
         self.pgid: int | None = None
         self.start_time: float | None = None
+        self.unreachable = False  # its host did not answer a signal: lost with its host
 
     @property
     def host(self) -> str:
@@ -85,7 +92,11 @@ class Handle:
         """The exit in words, for the job's reason."""
         from runtime.jobs.registry import describe_exit
 
-        return describe_exit(code if code >= 0 else None, -code if code < 0 else None)
+        return describe_exit(*self.exit_of(code))
+
+    def exit_of(self, code: int) -> tuple[int | None, int | None]:
+        """(exit code, signal) of the status `poll()` gave: one of them is None."""
+        return (code, None) if code >= 0 else (None, -code)
 
     def close(self) -> None:
         if self.popen.poll() is None:
@@ -107,12 +118,18 @@ class SshHandle(Handle):
         from runtime.jobs import ssh
 
         if self.pgid is not None:
+            import dataclasses
+
             argv = [self.spec.argv[0], "-m", "runtime.jobs.pgroup", "signal", str(self.pgid),
                     repr(self.start_time), signal.Signals(sig).name]
+            opts = dataclasses.replace(self.opts, connect_timeout=min(
+                self.opts.connect_timeout, SIGNAL_CONNECT_TIMEOUT_S))
             try:
-                ssh.run(self.host, argv, self.opts, timeout=15, cwd=self.spec.cwd)
+                r = ssh.run(self.host, argv, opts, timeout=SIGNAL_CONNECT_TIMEOUT_S + 7,
+                            cwd=self.spec.cwd)
+                self.unreachable = r.returncode == ssh.SSH_FAILED
             except subprocess.TimeoutExpired:
-                pass
+                self.unreachable = True
         if (sig == signal.SIGKILL or self.pgid is None) and self.popen.poll() is None:
             # not connected yet, or being killed: the ssh client goes too
             self.popen.send_signal(sig)
@@ -122,9 +139,12 @@ class SshHandle(Handle):
 
         if code == 255:  # ssh's own failure: the remote exit comes through the shell
             return ssh.explain_failure(self.host, code, _read(self.spec.launch_log), opts=self.opts)
-        if 128 < code < 128 + 65:  # the wrapping shell's way of saying "killed by signal"
-            return super().failure(-(code - 128))
         return super().failure(code)
+
+    def exit_of(self, code: int) -> tuple[int | None, int | None]:
+        if 128 < code < 128 + 65:  # the wrapping shell's way of saying "killed by signal"
+            return None, code - 128
+        return super().exit_of(code)
 
 
 def _read(path: Path, limit: int = 4096) -> str:
