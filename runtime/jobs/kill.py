@@ -85,7 +85,8 @@ def _remote(job: R.Job, p: R.Proc, args: list[str], problems: list[str]) -> bool
 
     argv = [sys.executable, "-m", "runtime.jobs.pgroup", *args]
     try:
-        r = ssh.run(p.host, argv, ssh_options(job), timeout=20, cwd=job.options.get("cwd"))
+        r = ssh.run(p.host, argv, ssh_options(job).for_signals(), timeout=20,
+                    cwd=job.options.get("cwd"))
     except Exception as e:  # noqa: BLE001 - a host we cannot reach is reported, not fatal
         problems.append(f"process {p.procs_id} on {p.host}: {e}")
         return False

@@ -12,7 +12,7 @@ the job master polls and signals. Registered by name, as `singa submit
   its kConnect, and is signalled through `python -m runtime.jobs.pgroup` on
   its host. The ssh client lives as long as the remote process, so its exit
   is the remote exit status. Signalling connects with a short timeout
-  (`SIGNAL_CONNECT_TIMEOUT_S`): a host that cannot be reached is marked
+  (`SshOptions.for_signals`): a host that cannot be reached is marked
   `unreachable` rather than holding up the stop of a job.
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
@@ -30,10 +30,6 @@ from pathlib import Path
 
 from runtime.jobs import pgroup
 from runtime.registry import Registry
-
-#: ssh's connect timeout when signalling a remote process: the job is being
-#: stopped, and a host cut off must not hold that up for the launch's timeout.
-SIGNAL_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -118,14 +114,10 @@ class SshHandle(Handle):
         from runtime.jobs import ssh
 
         if self.pgid is not None:
-            import dataclasses
-
             argv = [self.spec.argv[0], "-m", "runtime.jobs.pgroup", "signal", str(self.pgid),
                     repr(self.start_time), signal.Signals(sig).name]
-            opts = dataclasses.replace(self.opts, connect_timeout=min(
-                self.opts.connect_timeout, SIGNAL_CONNECT_TIMEOUT_S))
             try:
-                r = ssh.run(self.host, argv, opts, timeout=SIGNAL_CONNECT_TIMEOUT_S + 7,
+                r = ssh.run(self.host, argv, self.opts.for_signals(), timeout=10,
                             cwd=self.spec.cwd)
                 self.unreachable = r.returncode == ssh.SSH_FAILED
             except subprocess.TimeoutExpired:

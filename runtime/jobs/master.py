@@ -415,31 +415,42 @@ class JobMaster:
         KILL after the grace to what is left. Each process's row says how it
         ended as soon as that is known: KILLED with its exit code or signal, or
         LOST when its host did not answer (its ssh client is stopped at once,
-        not waited for)."""
+        not waited for); one that had exited by itself with that exit."""
         running = {p: h for p, h in enumerate(handles) if h.poll() is None}
+        if len(running) < len(handles):
+            rows = {r.procs_id: r for r in self.reg.procs(self.id, attempt)}
+            for p, h in enumerate(handles):
+                if p not in running and p in rows and not rows[p].terminal:
+                    self._ended(attempt, p, h, stopped=False)
         _signal_each(running.values(), signal.SIGTERM)
         for p, h in list(running.items()):
             if h.unreachable:
                 self._ended(attempt, p, running.pop(p))
         deadline = time.monotonic() + self.grace
+        beat = 0.0
         while running and time.monotonic() < deadline:
             for p, h in list(running.items()):
                 if h.poll() is not None:
                     self._ended(attempt, p, running.pop(p))
+            if time.monotonic() - beat >= 1.0:  # a long --grace must not read as a frozen master
+                beat = time.monotonic()
+                self.reg.master_beat(self.id)
             time.sleep(0.05)
         _signal_each(running.values(), signal.SIGKILL)
         for p, h in running.items():
             self._ended(attempt, p, h)
 
-    def _ended(self, attempt: int, p: int, h: Handle) -> None:
-        """Record how process `p`, signalled by `_stop_all`, ended."""
+    def _ended(self, attempt: int, p: int, h: Handle, stopped: bool = True) -> None:
+        """Record how process `p` ended: signalled by `_stop_all` (KILLED), or
+        (`stopped` False) by itself (SUCCEEDED with code 0, else FAILED)."""
         h.close()
         code = h.poll()
         if h.unreachable or (isinstance(h, SshHandle) and code == SSH_FAILED):
             self.reg.update_proc(self.id, attempt, p, state=R.LOST)  # lost with its host
             return
         exit_code, sig = h.exit_of(code) if code is not None else (None, None)
-        self.reg.update_proc(self.id, attempt, p, state=R.KILLED, exit_code=exit_code, signal=sig)
+        state = R.KILLED if stopped else R.SUCCEEDED if code == 0 else R.FAILED
+        self.reg.update_proc(self.id, attempt, p, state=state, exit_code=exit_code, signal=sig)
 
 
 def _signal_each(handles, sig: int) -> None:
