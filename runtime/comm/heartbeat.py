@@ -176,7 +176,7 @@ def _exit_lost(why: str) -> None:
     # the job's end; without it the job cannot finish, so stop at once rather
     # than train on as an orphan nobody can see or kill. The master cannot
     # remove the job's ipc directory now, so this process does. `singa view`
-    # reads these words and this exit code (runtime.jobs.registry.ORPHAN_WORDS).
+    # reads these words and this exit code (runtime.jobs.orphans).
     S.remove_ipc_dir()
     print(f"singa: {why}; stopping this process", flush=True)
     os._exit(3)

@@ -643,38 +643,17 @@ class JobRegistry:
                            (*end.values(), p.job_id, p.attempt, p.procs_id))
 
 
-#: The exit code and the words with which a process stops itself when its job
-#: master has gone silent (`runtime.comm.heartbeat._exit_lost`).
-ORPHAN_EXIT = 3
-ORPHAN_WORDS = "singa: no word from the job master"
-
-
 def _proc_end(p: Proc) -> dict[str, Any] | None:
-    """What became of process `p` (not ended) of a job whose master is gone:
-    None while it still runs on this host; FAILED with `ORPHAN_EXIT` once it has
-    exited and its log ends with its word that it stopped for want of its
-    master; LOST otherwise (on another host, or ended in a way nobody saw)."""
-    if p.pgid and p.host:
-        from runtime.jobs.hostfile import is_local  # noqa: PLC0415 - only for a LOST job
+    """What became of process `p` (not ended) of a job whose master is gone, as
+    the columns to set: None while it still runs on this host (`orphans.fate`)."""
+    from runtime.jobs import orphans  # noqa: PLC0415 - only for a LOST job
 
-        if is_local(p.host):
-            from runtime.jobs import pgroup  # noqa: PLC0415 - psutil, only for a LOST job
-
-            if pgroup.members(p.pgid, p.start_time):
-                return None
-            if p.log_path and _last_line(p.log_path).startswith(ORPHAN_WORDS):
-                return {"state": FAILED, "exit_code": ORPHAN_EXIT}
+    fate = orphans.fate(p.host, p.pgid, p.start_time, p.log_path)
+    if fate == orphans.RUNNING:
+        return None
+    if fate == orphans.STOPPED:
+        return {"state": FAILED, "exit_code": orphans.ORPHAN_EXIT}
     return {"state": LOST}
-
-
-def _last_line(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 1024))
-            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""
 
 
 def _alive(pid: int, start: float | None) -> bool:

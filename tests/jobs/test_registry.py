@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs import logfile
+from runtime.jobs import logfile, orphans
 from runtime.jobs import registry as R
 from runtime.jobs.registry import JobRegistry, describe_exit
 
@@ -488,7 +488,7 @@ def test_reconcile_a_silent_master_makes_the_job_lost_though_its_pid_lives(reg, 
         assert lost.reason == f"the job master, pid {me.pid}, has not answered for 12 s"
         procs = reg.procs(job.id)
         assert [p.state for p in procs] == [R.RUNNING, R.FAILED, R.SUCCEEDED]
-        assert procs[1].exit_code == R.ORPHAN_EXIT
+        assert procs[1].exit_code == orphans.ORPHAN_EXIT
     finally:
         alive.kill()
         alive.wait()
