@@ -62,13 +62,14 @@ def read_handoff(stream) -> tuple[bytes, dict | None, dict[str, str]]:
 class Handle:
     """A launched process as the master sees it."""
 
+    unreachable = False  # its host did not answer a signal: the process is lost with its host
+
     def __init__(self, spec: ProcSpec, popen: subprocess.Popen):
         self.spec = spec
         self.popen = popen
         self.pid: int | None = None
         self.pgid: int | None = None
         self.start_time: float | None = None
-        self.unreachable = False  # its host did not answer a signal: lost with its host
 
     @property
     def host(self) -> str:

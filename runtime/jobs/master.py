@@ -101,7 +101,6 @@ class JobMaster:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the submitting terminal may go
-        self.reg.master_beat(self.id)
         resume = bool(self.opts.get("resume"))
         try:
             while True:
@@ -510,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     reg = R.JobRegistry()
     job_id = int(argv[0])
     try:
+        reg.master_beat(job_id)  # first thing: until then a PENDING job has 30 s to show a master
         return JobMaster(reg, job_id).run()
     except BaseException as e:
         # whatever broke the master, the job must not be left RUNNING
