@@ -200,6 +200,9 @@ class MasterLink:
 def _exit_lost(why: str) -> None:
     # The master is the only one who stops this process's peers and records
     # the job's end; without it the job cannot finish, so stop at once rather
-    # than train on as an orphan nobody can see or kill.
+    # than train on as an orphan nobody can see or kill. The master cannot
+    # remove the job's ipc directory now, so this process does. `singa view`
+    # reads these words and this exit code (runtime.jobs.orphans).
+    S.remove_ipc_dir()
     print(f"singa: {why}; stopping this process", flush=True)
     os._exit(3)

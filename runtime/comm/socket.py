@@ -15,11 +15,17 @@
   context of a CURVE server needs a running `Guard`). Without keys (ipc and
   inproc on one host) there is no CURVE: ipc socket files live in a fresh
   directory of mode 0700, so only this user can connect.
+- `ipc_dir()` is that directory: one per job, made by the job master and
+  handed down to its processes in `$SINGA_IPC_DIR`; the master removes it
+  when the job ends (`remove_ipc_dir`), a process does when its master is
+  gone. A process outside a job makes its own, removed at its exit.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 
 import zmq
@@ -29,15 +35,37 @@ from runtime.comm.msg import Msg, MsgError
 
 log = logging.getLogger(__name__)
 
+#: Names the job's directory for ipc:// socket files in a process's environment.
+IPC_DIR_ENV = "SINGA_IPC_DIR"
+
 _ipc_dir: str | None = None
 
 
-def _ipc_path(name: str) -> str:
+def ipc_dir() -> str:
+    """This process's directory for ipc:// socket files: the job's
+    (`$SINGA_IPC_DIR`) when set, else a fresh one made on first use and
+    removed when this process exits."""
     global _ipc_dir
     if _ipc_dir is None:
-        # mkdtemp makes the directory 0700: other users cannot reach the sockets
-        _ipc_dir = tempfile.mkdtemp(prefix="singa-ipc-")
-    return os.path.join(_ipc_dir, f"{name}-{os.getpid()}")
+        given = os.environ.get(IPC_DIR_ENV)
+        if given:
+            _ipc_dir = given
+        else:
+            # mkdtemp makes the directory 0700: other users cannot reach the sockets
+            _ipc_dir = tempfile.mkdtemp(prefix="singa-ipc-")
+            atexit.register(shutil.rmtree, _ipc_dir, True)
+    return _ipc_dir
+
+
+def remove_ipc_dir() -> None:
+    """Remove `ipc_dir()` with the socket files left in it (by processes that
+    were killed); nothing if this process never made or was given one."""
+    if _ipc_dir is not None:
+        shutil.rmtree(_ipc_dir, ignore_errors=True)
+
+
+def _ipc_path(name: str) -> str:
+    return os.path.join(ipc_dir(), f"{name}-{os.getpid()}")
 
 
 def bind(sock: zmq.Socket, transport: str, host: str = "127.0.0.1", name: str = "stub") -> str:

@@ -48,7 +48,7 @@ def kill_job(reg: R.JobRegistry, job_id: int, grace: float = 10.0,
     if pgroup.alive(job.master_pid, job.master_start):
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGKILL)
     for p in reg.procs(job_id):
-        if p.state not in (R.SUCCEEDED, R.FAILED, R.KILLED):
+        if not p.terminal:  # a row the master wrote (e.g. LOST with its host) stays
             reg.update_proc(job_id, p.attempt, p.procs_id, state=R.KILLED)
     return problems
 
@@ -85,7 +85,8 @@ def _remote(job: R.Job, p: R.Proc, args: list[str], problems: list[str]) -> bool
 
     argv = [sys.executable, "-m", "runtime.jobs.pgroup", *args]
     try:
-        r = ssh.run(p.host, argv, ssh_options(job), timeout=20, cwd=job.options.get("cwd"))
+        r = ssh.run(p.host, argv, ssh_options(job).for_signals(), timeout=20,
+                    cwd=job.options.get("cwd"))
     except Exception as e:  # noqa: BLE001 - a host we cannot reach is reported, not fatal
         problems.append(f"process {p.procs_id} on {p.host}: {e}")
         return False

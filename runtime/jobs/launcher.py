@@ -11,7 +11,9 @@ the job master polls and signals. Registered by name, as `singa submit
   makes itself a session leader and reports its pid, pgid and start time in
   its kConnect, and is signalled through `python -m runtime.jobs.pgroup` on
   its host. The ssh client lives as long as the remote process, so its exit
-  is the remote exit status.
+  is the remote exit status. Signalling connects with a short timeout
+  (`SshOptions.for_signals`): a host that cannot be reached is marked
+  `unreachable` rather than holding up the stop of a job.
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
 stdin (see `handoff`), never on a command line or in a log.
@@ -60,6 +62,8 @@ def read_handoff(stream) -> tuple[bytes, dict | None, dict[str, str]]:
 class Handle:
     """A launched process as the master sees it."""
 
+    unreachable = False  # its host did not answer a signal: the process is lost with its host
+
     def __init__(self, spec: ProcSpec, popen: subprocess.Popen):
         self.spec = spec
         self.popen = popen
@@ -85,7 +89,11 @@ class Handle:
         """The exit in words, for the job's reason."""
         from runtime.jobs.registry import describe_exit
 
-        return describe_exit(code if code >= 0 else None, -code if code < 0 else None)
+        return describe_exit(*self.exit_of(code))
+
+    def exit_of(self, code: int) -> tuple[int | None, int | None]:
+        """(exit code, signal) of the status `poll()` gave: one of them is None."""
+        return (code, None) if code >= 0 else (None, -code)
 
     def close(self) -> None:
         if self.popen.poll() is None:
@@ -110,9 +118,11 @@ class SshHandle(Handle):
             argv = [self.spec.argv[0], "-m", "runtime.jobs.pgroup", "signal", str(self.pgid),
                     repr(self.start_time), signal.Signals(sig).name]
             try:
-                ssh.run(self.host, argv, self.opts, timeout=15, cwd=self.spec.cwd)
+                r = ssh.run(self.host, argv, self.opts.for_signals(), timeout=10,
+                            cwd=self.spec.cwd)
+                self.unreachable = r.returncode == ssh.SSH_FAILED
             except subprocess.TimeoutExpired:
-                pass
+                self.unreachable = True
         if (sig == signal.SIGKILL or self.pgid is None) and self.popen.poll() is None:
             # not connected yet, or being killed: the ssh client goes too
             self.popen.send_signal(sig)
@@ -122,9 +132,12 @@ class SshHandle(Handle):
 
         if code == 255:  # ssh's own failure: the remote exit comes through the shell
             return ssh.explain_failure(self.host, code, _read(self.spec.launch_log), opts=self.opts)
-        if 128 < code < 128 + 65:  # the wrapping shell's way of saying "killed by signal"
-            return super().failure(-(code - 128))
         return super().failure(code)
+
+    def exit_of(self, code: int) -> tuple[int | None, int | None]:
+        if 128 < code < 128 + 65:  # the wrapping shell's way of saying "killed by signal"
+            return None, code - 128
+        return super().exit_of(code)
 
 
 def _read(path: Path, limit: int = 4096) -> str:

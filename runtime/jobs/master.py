@@ -13,7 +13,8 @@ For each attempt it:
    when all have come sends everyone the address book: the start barrier;
    the job is RUNNING,
 4. hears heartbeats (every second, answered) and metrics, and records the
-   step, loss, accuracy and samples/s,
+   step, loss, accuracy and samples/s, and its own heartbeat (a master not
+   heard from for `registry.MASTER_SILENT_S` makes the job LOST),
 5. when every process has said its workers are done (kStop), tells them all
    to stop; the job SUCCEEDED when all exit 0.
 
@@ -51,7 +52,8 @@ from runtime.comm.msg import Addr, Msg
 from runtime.jobs import registry as R
 from runtime.errors import UserError
 from runtime.jobs.metrics import MetricsWriter
-from runtime.jobs.launcher import (EngineHandle, Handle, JobFiles, ProcSpec, handoff,
+from runtime.jobs.ssh import SSH_FAILED
+from runtime.jobs.launcher import (EngineHandle, Handle, JobFiles, ProcSpec, SshHandle, handoff,
                                    launcher_registry)
 
 log = logging.getLogger("singa.master")
@@ -104,17 +106,21 @@ class JobMaster:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the submitting terminal may go
         resume = bool(self.opts.get("resume"))
-        while True:
-            attempt = self.reg.begin_attempt(self.id)
-            try:
-                out = self.run_attempt(attempt, resume)
-            finally:
-                self.metrics.flush()
-                self.tensorboard.flush()
-            log.info("attempt %d: %s %s", attempt, out.state, out.reason)
-            if out.state != "RESTART":
-                return 0 if out.state == "SUCCEEDED" else 1
-            resume = self._can_resume()
+        try:
+            while True:
+                attempt = self.reg.begin_attempt(self.id)
+                try:
+                    out = self.run_attempt(attempt, resume)
+                finally:
+                    self.metrics.flush()
+                    self.tensorboard.flush()
+                log.info("attempt %d: %s %s", attempt, out.state, out.reason)
+                if out.state != "RESTART":
+                    return 0 if out.state == "SUCCEEDED" else 1
+                resume = self._can_resume()
+        finally:
+            # the job's ipc sockets (S.ipc_dir, handed down in _env), whatever the end
+            S.remove_ipc_dir()
 
     def _settle(self, attempt: int, out: Outcome) -> Outcome:
         """Record how the attempt ended: the job's final state, or (a failure
@@ -262,6 +268,8 @@ class JobMaster:
         if self.opts.get("cores"):
             threads = max(1, min(threads, int(self.opts["cores"]) // procs_on_host))
         env = {k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        if all(_is_local(h) for h in self.hosts):  # the processes bind ipc:// sockets
+            env[S.IPC_DIR_ENV] = S.ipc_dir()
         for k, v in os.environ.items():
             # what shapes numerics and debugging travels with the job to every host
             if k.startswith(("SINGA_", "OPENBLAS_CORETYPE")) or k == "PYTHONPATH":
@@ -301,8 +309,11 @@ class JobMaster:
             if now - last_check >= 1.0:
                 last_check = now
                 self.metrics.flush()
-                if self._killed():
+                state = self.reg.master_beat(self.id)
+                if state == R.KILLED:
                     return Outcome("KILLED")
+                if state in R.TERMINAL:  # found LOST (this master was frozen): make it true
+                    return Outcome(state)
             for p, h in enumerate(handles):
                 code = h.poll()
                 if code is None:
@@ -384,6 +395,8 @@ class JobMaster:
                 done.add(p)
                 if p in steps:
                     self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
+                    if p == 0:  # its last heartbeat (just before) carried its final step
+                        self.reg.progress(self.id, steps[p])
                 if len(done) == n and not stopping:
                     stopping = True
                     for q, who in idents.items():
@@ -411,22 +424,60 @@ class JobMaster:
 
     # --------------------------------------------------------------- stop ---
     def _stop_all(self, attempt: int, handles: list[Handle]) -> None:
-        """TERM to every process group still running, KILL after the grace."""
-        running = [(p, h) for p, h in enumerate(handles) if h.poll() is None]
-        for _, h in running:
-            h.signal(signal.SIGTERM)
+        """TERM to every process group still running, on all hosts at once;
+        KILL after the grace to what is left. Each process's row says how it
+        ended as soon as that is known: KILLED with its exit code or signal, or
+        LOST when its host did not answer (its ssh client is stopped at once,
+        not waited for); one that had exited by itself with that exit."""
+        running = {p: h for p, h in enumerate(handles) if h.poll() is None}
+        if len(running) < len(handles):
+            rows = {r.procs_id: r for r in self.reg.procs(self.id, attempt)}
+            for p, h in enumerate(handles):
+                if p not in running and p in rows and not rows[p].terminal:
+                    self._ended(attempt, p, h, stopped=False)
+        _signal_each(running.values(), signal.SIGTERM)
+        for p, h in list(running.items()):
+            if h.unreachable:
+                self._ended(attempt, p, running.pop(p))
         deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and any(h.poll() is None for _, h in running):
+        beat = 0.0
+        while running and time.monotonic() < deadline:
+            for p, h in list(running.items()):
+                if h.poll() is not None:
+                    self._ended(attempt, p, running.pop(p))
+            if time.monotonic() - beat >= 1.0:  # a long --grace must not read as a frozen master
+                beat = time.monotonic()
+                self.reg.master_beat(self.id)
             time.sleep(0.05)
-        for _, h in running:
-            if h.poll() is None:
-                h.signal(signal.SIGKILL)
-        for p, h in running:
-            h.close()
-            code = h.poll()
-            self.reg.update_proc(self.id, attempt, p, state=R.KILLED,
-                                 exit_code=code if code is not None and code >= 0 else None,
-                                 signal=-code if code is not None and code < 0 else None)
+        _signal_each(running.values(), signal.SIGKILL)
+        for p, h in running.items():
+            self._ended(attempt, p, h)
+
+    def _ended(self, attempt: int, p: int, h: Handle, stopped: bool = True) -> None:
+        """Record how process `p` ended: signalled by `_stop_all` (KILLED), or
+        (`stopped` False) by itself (SUCCEEDED with code 0, else FAILED)."""
+        h.close()
+        code = h.poll()
+        if h.unreachable or (isinstance(h, SshHandle) and code == SSH_FAILED):
+            self.reg.update_proc(self.id, attempt, p, state=R.LOST)  # lost with its host
+            return
+        exit_code, sig = h.exit_of(code) if code is not None else (None, None)
+        state = R.KILLED if stopped else R.SUCCEEDED if code == 0 else R.FAILED
+        self.reg.update_proc(self.id, attempt, p, state=state, exit_code=exit_code, signal=sig)
+
+
+def _signal_each(handles, sig: int) -> None:
+    """Send `sig` to every handle at once: signalling a remote process is an
+    ssh call, and one host that does not answer must not delay the others."""
+    handles = list(handles)
+    if len(handles) <= 1:
+        for h in handles:
+            h.signal(sig)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(handles), 32)) as pool:
+        list(pool.map(lambda h: h.signal(sig), handles))
 
 
 class _Rate:
@@ -485,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     reg = R.JobRegistry()
     job_id = int(argv[0])
     try:
+        reg.master_beat(job_id)  # first thing: until then a PENDING job has 30 s to show a master
         return JobMaster(reg, job_id).run()
     except BaseException as e:
         # whatever broke the master, the job must not be left RUNNING

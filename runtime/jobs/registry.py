@@ -8,8 +8,9 @@ so many CLI processes and masters can write at once: a writer that finds the
 file locked waits up to 30 s (`busy_timeout`) instead of failing.
 
 State is derived from liveness, never only from what a job last wrote:
-`reconcile(job)` moves a job whose master has died (or never started) to
-LOST, so `singa list` never shows a stale RUNNING. A terminal state is final:
+`reconcile(job)` moves a job whose master has died, never started, or has
+not written its own heartbeat (`master_beat`) for `MASTER_SILENT_S` (a
+frozen master) to LOST, so `singa list` never shows a stale RUNNING. A terminal state is final:
 `transition` refuses to leave it, so a late writer (a master that was slow
 to notice a kill, a reconcile racing a master's last word) cannot overwrite
 how a job ended.
@@ -49,11 +50,19 @@ TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST})
 ACTIVE: frozenset[str] = frozenset({PENDING, RUNNING})
 PROC_STATES: tuple[str, ...] = STATES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: What each version adds to the one before (version 2: the master's own heartbeat).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE jobs ADD COLUMN master_heartbeat REAL",),
+}
 #: A PENDING job whose master has not registered after this many seconds is LOST.
 MASTER_START_TIMEOUT = 30.0
 #: A master whose pid's start time differs from the recorded one by more is a reused pid.
 START_TIME_SLACK = 0.5
+#: A job whose master has not written its heartbeat for this many seconds is LOST,
+#: alive or not (a frozen master). Its processes give up on it after 5 s
+#: (`runtime.comm.heartbeat`), so by then they have stopped.
+MASTER_SILENT_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs(
@@ -84,7 +93,8 @@ CREATE TABLE IF NOT EXISTS jobs(
     master_start REAL,
     options TEXT NOT NULL DEFAULT '{}',
     secret TEXT NOT NULL DEFAULT '{}',
-    external_id TEXT
+    external_id TEXT,
+    master_heartbeat REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS procs(
@@ -148,6 +158,7 @@ class Job:
     options: dict[str, Any]
     secret: dict[str, Any] = field(repr=False)
     external_id: str | None
+    master_heartbeat: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -201,7 +212,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "id", "name", "conf_path", "conf_text", "conf_hash", "user", "state", "reason", "attempts",
     "max_restarts", "submitted", "started", "ended", "workspace", "log_dir", "launcher", "hosts",
     "nprocs", "train_steps", "step", "loss", "accuracy", "samples_per_s", "master_pid",
-    "master_start", "options", "secret", "external_id")
+    "master_start", "options", "secret", "external_id", "master_heartbeat")
 PROC_COLUMNS: tuple[str, ...] = (
     "job_id", "attempt", "procs_id", "host", "pid", "pgid", "start_time", "role", "endpoint",
     "state", "exit_code", "signal", "heartbeat", "step", "log_path")
@@ -358,6 +369,10 @@ class JobRegistry:
             version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
             self._version_check(version)
             if version < SCHEMA_VERSION:
+                # an existing file (version >= 1) is migrated; a new one gets the whole schema
+                for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1) if version else ():
+                    for stmt in _MIGRATIONS[v]:
+                        db.execute(stmt)
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         db.execute(stmt)
@@ -521,6 +536,16 @@ class JobRegistry:
         """Record the job master: its pid and `psutil.Process(pid).create_time()`."""
         self._set(job_id, "master_pid = ?, master_start = ?", (int(pid), float(start_time)))
 
+    def master_beat(self, job_id: int) -> str:
+        """The job master's heartbeat: record that it is alive now; returns the
+        job's state (a master that finds its job ended must stop)."""
+        with self._write() as db:
+            row = db.execute("UPDATE jobs SET master_heartbeat = ? WHERE id = ? RETURNING state",
+                             (time.time(), int(job_id))).fetchone()
+            if row is None:
+                raise self._unknown(job_id)
+            return row[0]
+
     def set_external_id(self, job_id: int, ext: str) -> None:
         """Record the id another system gave the job (e.g. a Slurm job id)."""
         self._set(job_id, "external_id = ?", (ext,))
@@ -602,32 +627,70 @@ class JobRegistry:
     def reconcile(self, job: Job) -> Job:
         """The job with its state derived from liveness; returns the fresh row.
 
-        A job that has not ended but whose master (on this host) is gone -- no such
-        pid, a zombie, or a pid reused by another process (start time differs) --
-        becomes LOST, and so do its processes that had not ended. A PENDING job with
-        no master 30 s after submission becomes LOST too (the master never started).
+        A job that has not ended becomes LOST when its master (on this host) is
+        gone -- no such pid, a zombie, or a pid reused by another process (start
+        time differs) -- or has not written its heartbeat (`master_beat`) for
+        `MASTER_SILENT_S`, alive or not (a frozen master). A PENDING job with no
+        master, or whose master has not beaten, 30 s after submission becomes
+        LOST too (the master never started). The rows of its processes that had
+        not ended then say what became of them (`_proc_end`); those still running
+        on this host are looked at again on each reconcile of the LOST job.
         """
         if job.terminal:
+            if job.state == LOST:
+                self._settle_procs(job.id)
             return job
+        now = time.time()
         reason = None
+        silent = None if job.master_heartbeat is None else now - job.master_heartbeat
         if job.master_pid is not None:
             if not _alive(job.master_pid, job.master_start):
                 reason = (f"the job master (pid {job.master_pid}) is gone; "
                           "the job's processes may still be running")
-        elif job.state == PENDING and time.time() - job.submitted > MASTER_START_TIMEOUT:
+            elif silent is None and job.state == PENDING \
+                    and now - job.submitted > MASTER_START_TIMEOUT:
+                silent = now - job.submitted
+            if reason is None and silent is not None and silent > MASTER_SILENT_S:
+                reason = f"the job master, pid {job.master_pid}, has not answered for {silent:.0f} s"
+        elif job.state == PENDING and now - job.submitted > MASTER_START_TIMEOUT:
             reason = "the job master never started"
         if reason is None:
             return job
-        now = time.time()
         with self._write() as db:
+            # a master that beat (or a pid recorded) since the row was read is not LOST
             moved = db.execute(
                 f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND state NOT IN "
-                f"{_TERMINAL_SQL} AND master_pid IS ?", (LOST, reason, now, job.id,
-                                                         job.master_pid)).rowcount
-            if moved:
-                db.execute(f"UPDATE procs SET state = ? WHERE job_id = ? AND state NOT IN "
-                           f"{_TERMINAL_SQL}", (LOST, job.id))
+                f"{_TERMINAL_SQL} AND master_pid IS ? AND master_heartbeat IS ?",
+                (LOST, reason, now, job.id, job.master_pid, job.master_heartbeat)).rowcount
+        if moved:
+            self._settle_procs(job.id)
         return self.job(job.id)
+
+    def _settle_procs(self, job_id: int) -> None:
+        """Record what became of the processes of a LOST job that had not ended."""
+        ends = [(p, _proc_end(p)) for p in self.all_procs(job_id) if not p.terminal]
+        ends = [(p, end) for p, end in ends if end is not None]
+        if not ends:
+            return
+        with self._write() as db:
+            for p, end in ends:
+                sets = ", ".join(f"{k} = ?" for k in end)
+                db.execute(f"UPDATE procs SET {sets} WHERE job_id = ? AND attempt = ? AND "
+                           f"procs_id = ? AND state NOT IN {_TERMINAL_SQL}",
+                           (*end.values(), p.job_id, p.attempt, p.procs_id))
+
+
+def _proc_end(p: Proc) -> dict[str, Any] | None:
+    """What became of process `p` (not ended) of a job whose master is gone, as
+    the columns to set: None while it still runs on this host (`orphans.fate`)."""
+    from runtime.jobs import orphans  # noqa: PLC0415 - only for a LOST job
+
+    fate = orphans.fate(p.host, p.pgid, p.start_time, p.log_path)
+    if fate == orphans.RUNNING:
+        return None
+    if fate == orphans.STOPPED:
+        return {"state": FAILED, "exit_code": orphans.ORPHAN_EXIT}
+    return {"state": LOST}
 
 
 def _holders(db: Any, workspace: str) -> list[int]:

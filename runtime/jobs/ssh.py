@@ -21,6 +21,7 @@ Contract:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -33,6 +34,8 @@ from runtime.errors import UserError
 from runtime.jobs.hostfile import is_local
 
 SSH_FAILED = 255  # ssh's exit status for its own errors (connect, auth, host key)
+#: ssh's connect timeout when signalling a job's processes (`SshOptions.for_signals`).
+SIGNAL_CONNECT_TIMEOUT_S = 3.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -49,6 +52,13 @@ class SshOptions:
     # seconds between keep-alives on a long session (a launched process), so a
     # dead host ends the session instead of leaving it open forever
     server_alive_interval: int | None = None
+
+    def for_signals(self) -> SshOptions:
+        """These options with a connect timeout of `SIGNAL_CONNECT_TIMEOUT_S` at
+        most, for signalling a job's processes: the job is being stopped, and a
+        host cut off must not hold that up for the launch's timeout."""
+        return dataclasses.replace(self, connect_timeout=min(self.connect_timeout,
+                                                             SIGNAL_CONNECT_TIMEOUT_S))
 
     def check(self) -> None:
         """Raise UserError if a given file is missing or the port is out of range."""

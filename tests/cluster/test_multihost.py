@@ -202,3 +202,39 @@ def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_p
     assert set(got) == set(ref)
     for name, values in ref.items():
         assert float(abs(got[name] - values).max()) <= 1e-5, name
+
+
+def test_a_host_cut_off_fails_the_job_and_the_master_stops_at_once(make_ssh_cluster, tmp_path):
+    """Host 1 cut off mid-training: the job FAILED naming process 1; the master
+    stops the hosts in parallel with a short connect timeout, so it exits within
+    seconds (not after sequential ssh timeouts), with each process's row saying
+    how it ended: process 0 KILLED with its exit, process 1 LOST with its host."""
+    cluster = make_ssh_cluster(2)
+    conf = lenet_conf(tmp_path, "cut", 10**6, "nworkers_per_group: 2")
+    r = singa("submit", "--detach", str(conf), "-H", str(cluster.hostfile(1)),
+              "--ssh-config", str(cluster.ssh_config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = submitted_id(r)
+    reg = R.JobRegistry()
+    wait_for(lambda: (reg.job(job_id).step or 0) >= 5, 60, "training steps")
+    subprocess.run(["ip", "link", "set", cluster.veth_names[1], "down"], check=True)
+    try:
+        job = wait_for(lambda: (lambda j: j if j.terminal else None)(reg.job(job_id)), 15,
+                       "the job to end")
+        assert job.state == R.FAILED, job
+        assert f"process 1 on {cluster.addresses[1]}" in job.reason, job.reason
+        wait_for(lambda: not pgroup.alive(job.master_pid, job.master_start), 12,
+                 "the master to exit")
+        rows = {p.procs_id: p for p in reg.procs(job_id)}
+        assert rows[1].state == R.LOST, rows[1]
+        assert rows[0].state == R.KILLED and (rows[0].exit_code, rows[0].signal) != (None, None), \
+            rows[0]
+        v = singa("view", str(job_id), cwd=tmp_path)
+        assert re.search(rf"^1\s+{re.escape(cluster.addresses[1])}\s+\d+\s+.*\sLOST\s", v.stdout,
+                         re.M), v.stdout
+    finally:
+        subprocess.run(["ip", "link", "set", cluster.veth_names[1], "up"], check=True)
+    # without its master, process 1 stops by itself on its host
+    assert cluster.wait_idle(0, timeout=10) == []
+    p1 = reg.procs(job_id)[1]
+    wait_for(lambda: not pgroup.members(p1.pgid, p1.start_time), 15, "process 1 to stop")

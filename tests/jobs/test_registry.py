@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs import logfile
+from runtime.jobs import logfile, orphans
 from runtime.jobs import registry as R
 from runtime.jobs.registry import JobRegistry, describe_exit
 
@@ -83,7 +83,7 @@ def test_home_comes_from_singa_home(tmp_path, monkeypatch):
 def test_wal_busy_timeout_and_schema_version(reg):
     db = sqlite3.connect(reg.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 2
     cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)")]
     assert tuple(cols) == R.JOB_COLUMNS
     cols = [r[1] for r in db.execute("PRAGMA table_info(procs)")]
@@ -104,7 +104,7 @@ def test_a_newer_schema_is_refused_naming_the_file_and_versions(tmp_path):
         JobRegistry(tmp_path / "h")
     msg = str(e.value)
     assert str(tmp_path / "h" / "jobs.db") in msg
-    assert "version 7" in msg and "version 1" in msg
+    assert "version 7" in msg and f"version {R.SCHEMA_VERSION}" in msg
 
 
 def test_reopening_keeps_the_jobs(tmp_path):
@@ -482,3 +482,82 @@ def test_a_bug_of_the_caller_keeps_its_traceback_a_broken_file_does_not(reg):
     reg._db.execute("UPDATE jobs SET options = '{' WHERE id = ?", (job.id,))
     with pytest.raises(RegistryError, match=rf"job {job.id} has an undecodable 'options' value"):
         reg.jobs()
+
+
+# -- the master's own heartbeat -------------------------------------------------------------
+
+def test_a_version_1_registry_is_migrated_and_keeps_its_jobs(tmp_path):
+    home = tmp_path / "h"
+    home.mkdir()
+    db = sqlite3.connect(home / "jobs.db")
+    v1 = R._SCHEMA.replace(",\n    master_heartbeat REAL", "")
+    assert "master_heartbeat" not in v1
+    db.executescript(v1)
+    db.execute("INSERT INTO jobs(name, state, submitted) VALUES ('old', 'SUCCEEDED', 1.0)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with JobRegistry(home) as reg:
+        job = reg.job(1)
+        assert (job.name, job.state, job.master_heartbeat) == ("old", R.SUCCEEDED, None)
+        assert reg.master_beat(new_job(reg).id) == R.PENDING
+    db = sqlite3.connect(home / "jobs.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION
+    assert tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)")) == R.JOB_COLUMNS
+    db.close()
+
+
+def _age_beat(reg: JobRegistry, job_id: int, seconds: float) -> None:
+    db = sqlite3.connect(reg.path)
+    db.execute("UPDATE jobs SET master_heartbeat = ? WHERE id = ?", (time.time() - seconds, job_id))
+    db.commit()
+    db.close()
+
+
+def test_reconcile_a_silent_master_makes_the_job_lost_though_its_pid_lives(reg, tmp_path):
+    me = psutil.Process(os.getpid())
+    job = _running_job_with_master(reg, me.pid, me.create_time())
+    assert reg.master_beat(job.id) == R.RUNNING
+    _age_beat(reg, job.id, 9)
+    assert reg.reconcile(reg.job(job.id)).state == R.RUNNING  # 10 s have not passed
+    # procs 0 still runs here; procs 1 stopped itself for want of its master
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             start_new_session=True)
+    orphan = tmp_path / "orphan.log"
+    orphan.write_text("Train @ step 5\nsinga: no word from the job master at ipc:///x for 5 s; "
+                      "stopping this process\n")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    gone_start = psutil.Process(gone.pid).create_time()
+    gone.wait()
+    try:
+        reg.update_proc(job.id, 1, 0, pid=alive.pid, pgid=alive.pid,
+                        start_time=psutil.Process(alive.pid).create_time())
+        reg.update_proc(job.id, 1, 1, state=R.RUNNING, pid=gone.pid, pgid=gone.pid,
+                        start_time=gone_start, log_path=str(orphan))
+        _age_beat(reg, job.id, 12.4)
+        lost = reg.reconcile(reg.job(job.id))
+        assert lost.state == R.LOST and lost.ended is not None
+        assert lost.reason == f"the job master, pid {me.pid}, has not answered for 12 s"
+        procs = reg.procs(job.id)
+        assert [p.state for p in procs] == [R.RUNNING, R.FAILED, R.SUCCEEDED]
+        assert procs[1].exit_code == orphans.ORPHAN_EXIT
+    finally:
+        alive.kill()
+        alive.wait()
+    # a LOST job's process that was still running is looked at again
+    assert reg.reconcile(reg.job(job.id)).state == R.LOST
+    assert [p.state for p in reg.procs(job.id)] == [R.LOST, R.FAILED, R.SUCCEEDED]
+
+
+def test_reconcile_a_pending_job_whose_live_master_never_beat(reg):
+    me = psutil.Process(os.getpid())
+    job = new_job(reg)
+    reg.set_master(job.id, me.pid, me.create_time())
+    assert reg.reconcile(reg.job(job.id)).state == R.PENDING
+    db = sqlite3.connect(reg.path)
+    db.execute("UPDATE jobs SET submitted = ? WHERE id = ?", (time.time() - 31, job.id))
+    db.commit()
+    db.close()
+    lost = reg.reconcile(reg.job(job.id))
+    assert lost.state == R.LOST
+    assert lost.reason == f"the job master, pid {me.pid}, has not answered for 31 s"

@@ -231,3 +231,12 @@ def test_run_captures_output_of_a_failing_ssh(tmp_path):
     assert r.returncode == 255
     assert b"Connection refused" in r.stderr
     assert r.args[0] == "ssh"
+
+
+def test_signalling_connects_with_a_short_timeout():
+    from runtime.jobs.ssh import SIGNAL_CONNECT_TIMEOUT_S, SshOptions, ssh_argv
+
+    assert "ConnectTimeout=3" in ssh_argv("node2", ["true"], SshOptions().for_signals())
+    assert SshOptions(connect_timeout=1.0).for_signals().connect_timeout == 1.0
+    assert SshOptions(port=2222).for_signals() == SshOptions(
+        port=2222, connect_timeout=SIGNAL_CONNECT_TIMEOUT_S)
