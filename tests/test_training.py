@@ -357,5 +357,6 @@ def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, 
     assert "Traceback" not in r.stderr and "Train @ step 10" not in r.stdout
     job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(conf)), key=lambda j: j.id)
     assert job.state == R.FAILED
-    assert f"singa: procs 0: checkpoint {damaged}: {what}" in job.reason, job.reason
+    assert job.reason.startswith("process 0 on localhost"), job.reason
+    assert f"): checkpoint {damaged}: {what}" in job.reason, job.reason
     assert f"checkpoint {damaged}: {what}" in r.stderr, r.stderr
