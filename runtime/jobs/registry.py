@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from runtime.errors import UserError
-from runtime.jobs import registry_errors
+from runtime.jobs import lockholder, registry_errors
 from runtime.jobs.registry_errors import show_path  # noqa: F401 - part of this module's API
 
 PENDING = "PENDING"
@@ -317,9 +317,10 @@ class JobRegistry:
         # (SQLite also gives -wal/-shm the db file's mode); restored right after.
         old = os.umask(0o077)
         try:
-            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            db = sqlite3.connect(str(self.path), timeout=registry_errors.BUSY_TIMEOUT_MS / 1000,
+                                 isolation_level=None)
             try:
-                db.execute("PRAGMA busy_timeout = 30000")
+                db.execute(f"PRAGMA busy_timeout = {registry_errors.BUSY_TIMEOUT_MS}")
                 network = _fs_type(self.home) in _NETWORK_FS
                 # WAL lets readers (singa list) run beside a writer; it needs shared memory,
                 # which network filesystems do not give, so there the rollback journal is used.
@@ -385,13 +386,35 @@ class JobRegistry:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """Take the write lock, waiting up to 30 s. While waiting, a job master
+        that holds the lock frozen (silent past MASTER_SILENT_S, so LOST by this
+        registry's own rule) is killed so that the lock passes on
+        (`runtime.jobs.lockholder`): one stopped master must not stop every
+        singa command and every other job."""
+        deadline = time.monotonic() + registry_errors.BUSY_TIMEOUT_MS / 1000
+        while not self._db.begin_immediate(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise registry_errors.explain(self.path, sqlite3.OperationalError("database is locked"))
+            lock_files = [self.path, self.path.with_name(self.path.name + "-shm")]
+            lockholder.release_from_frozen_masters(lock_files, self._silent_master)
+
+    def _silent_master(self, pid: int) -> int | None:
+        """The job whose master is process `pid` (pid and start time) and has not
+        beaten for MASTER_SILENT_S, else None."""
+        row = self._db.execute("SELECT id, master_start, master_heartbeat FROM jobs WHERE "
+                               "master_pid = ? ORDER BY id DESC LIMIT 1", (pid,)).fetchone()
+        if row is None or row[2] is None or time.time() - row[2] <= MASTER_SILENT_S:
+            return None
+        return row[0] if _alive(pid, row[1]) else None
 
     def close(self) -> None:
         self._db.close()
@@ -644,14 +667,17 @@ class JobRegistry:
         reason = None
         silent = None if job.master_heartbeat is None else now - job.master_heartbeat
         if job.master_pid is not None:
-            if not _alive(job.master_pid, job.master_start):
-                reason = (f"the job master (pid {job.master_pid}) is gone; "
-                          "the job's processes may still be running")
-            elif silent is None and job.state == PENDING \
+            alive = _alive(job.master_pid, job.master_start)
+            if alive and silent is None and job.state == PENDING \
                     and now - job.submitted > MASTER_START_TIMEOUT:
                 silent = now - job.submitted
-            if reason is None and silent is not None and silent > MASTER_SILENT_S:
+            # silence first: a frozen master killed for holding the registry's
+            # lock (lockholder) is gone now, but what happened is that it froze
+            if silent is not None and silent > MASTER_SILENT_S:
                 reason = f"the job master, pid {job.master_pid}, has not answered for {silent:.0f} s"
+            elif not alive:
+                reason = (f"the job master (pid {job.master_pid}) is gone; "
+                          "the job's processes may still be running")
         elif job.state == PENDING and now - job.submitted > MASTER_START_TIMEOUT:
             reason = "the job master never started"
         if reason is None:

@@ -19,6 +19,9 @@ from typing import Iterator
 
 from runtime.errors import UserError
 
+# how long a statement waits on a lock before it is "locked" (the message says 30 s)
+BUSY_TIMEOUT_MS = 30_000
+
 
 class RegistryError(UserError):
     """The job registry (its directory, its file or a row in it) cannot be used."""
@@ -134,6 +137,21 @@ class GuardedConnection:
     def execute(self, sql: str, args: tuple | list = ()) -> GuardedCursor:
         with translate(self.path):
             return GuardedCursor(self._db.execute(sql, args), self.path)
+
+    def begin_immediate(self, wait_s: float) -> bool:
+        """BEGIN IMMEDIATE, waiting up to `wait_s` for the write lock: False if it
+        stayed locked (any other failure is translated as usual)."""
+        self._db.execute(f"PRAGMA busy_timeout = {max(0, int(wait_s * 1000))}")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return False
+            with translate(self.path):
+                raise
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def close(self) -> None:
         self._db.close()
