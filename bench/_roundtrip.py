@@ -39,7 +39,7 @@ STEPS_WARM = 20
 
 def _updater():
     from conf import job_pb2
-    from runtime.updater import create_updater
+    from runtime.model.updater import create_updater
 
     proto = job_pb2.UpdaterProto(type=job_pb2.kSGD)
     proto.learning_rate.type = job_pb2.kFixed
@@ -95,7 +95,7 @@ def _cluster():
 
 def _param(size: int):
     from conf import job_pb2
-    from runtime.param import Param
+    from runtime.model.param import Param
 
     p = Param(job_pb2.ParamProto(name="w"), (size,))
     p.allocate()
@@ -103,13 +103,13 @@ def _param(size: int):
 
 
 def server_procs(conn, size: int) -> None:
-    """Process B: a stub and one server thread, as runtime.node sets them up."""
+    """Process B: a stub and one server thread, as runtime.train.node sets them up."""
     import threading
 
-    from runtime.comm import socket as S
-    from runtime.param_slice import SlicePlan
-    from runtime.server import Server
-    from runtime.stub import Stub, identity
+    from runtime.comm import socket as zsock
+    from runtime.ps.param_slice import SlicePlan
+    from runtime.ps.server import Server
+    from runtime.ps.stub import Stub, identity
 
     cluster = _cluster()
     ctx = zmq.Context()
@@ -118,7 +118,7 @@ def server_procs(conn, size: int) -> None:
     conn.send(stub.endpoint)
     stub.peers = conn.recv()
     server = Server(0, 0, _updater(), stub.plan)
-    sock = S.dealer(ctx, identity(server.addr))
+    sock = zsock.dealer(ctx, identity(server.addr))
     sock.connect(stub.inproc)
     threading.Thread(target=server.run, args=(sock,), daemon=True).start()
     stub.run()  # until the parent terminates this process
@@ -128,7 +128,7 @@ def singa_client(conn, size: int):
     """Process A: a stub (in a thread) and a worker's channel."""
     import threading
 
-    from runtime.stub import Stub
+    from runtime.ps.stub import Stub
 
     cluster = _cluster()
     ctx = zmq.Context()
@@ -157,8 +157,8 @@ def singa_client(conn, size: int):
 
 def server_direct(endpoint: str, size: int) -> None:
     from runtime.cluster import Cluster
-    from runtime.param_slice import SlicePlan
-    from runtime.server import Server
+    from runtime.ps.param_slice import SlicePlan
+    from runtime.ps.server import Server
 
     server = Server(0, 0, _updater(), SlicePlan([("w", size)], Cluster()))
     ctx = zmq.Context()
@@ -168,28 +168,28 @@ def server_direct(endpoint: str, size: int) -> None:
 
 
 def server_client(endpoint: str, size: int):
-    from conf import common_pb2 as C
-    from runtime.comm import socket as S
+    from conf import common_pb2
+    from runtime.comm import socket as zsock
     from runtime.comm.msg import Addr, Msg
-    from runtime.server import put_meta, update_meta
+    from runtime.ps.server import put_meta, update_meta
 
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)
     d.connect(endpoint)
     grad = np.ones(size, np.float32)
     param = np.zeros(size, np.float32)
-    me, srv = Addr(0, 0, C.kStub), Addr.server(0, 0)
-    S.send(d, Msg(me, srv, C.kPut, 0, 0, 0).add_array(grad).add_bytes(put_meta(1)))
+    me, srv = Addr(0, 0, common_pb2.kStub), Addr.server(0, 0)
+    zsock.send(d, Msg(me, srv, common_pb2.kPut, 0, 0, 0).add_array(grad).add_bytes(put_meta(1)))
     step = [0]
 
     def trip():
-        m = Msg(me, srv, C.kUpdate, 0, 0, step[0])
-        S.send(d, m.add_array(grad).add_bytes(update_meta(1, step[0])))
-        np.copyto(param, S.recv(d)[1].array(0))
+        m = Msg(me, srv, common_pb2.kUpdate, 0, 0, step[0])
+        zsock.send(d, m.add_array(grad).add_bytes(update_meta(1, step[0])))
+        np.copyto(param, zsock.recv(d)[1].array(0))
         step[0] += 1
 
     def stop():
-        S.send(d, Msg(me, srv, C.kStop))
+        zsock.send(d, Msg(me, srv, common_pb2.kStop))
 
     return trip, stop
 

@@ -32,25 +32,25 @@ ACTIVE = 20
 def fill(home: Path, njobs: int, nprocs: int) -> None:
     import psutil
 
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
     me = psutil.Process()
-    ended = [R.SUCCEEDED, R.FAILED, R.KILLED, R.LOST]
-    with R.JobRegistry(home) as reg:
+    ended = [jobdb.SUCCEEDED, jobdb.FAILED, jobdb.KILLED, jobdb.LOST]
+    with jobdb.JobDB(home) as reg:
         for i in range(njobs):
             hosts = [f"node{(i + p) % 8}.cluster.example.org" for p in range(nprocs)]
             job = reg.create_job(name=f"job-{i}", conf_path=f"/data/exp/{i}/job.conf",
                                  conf_text="name: 'cifar10'\n" * 40, workspace=f"/data/exp/{i}",
                                  launcher="ssh", hosts=hosts, nprocs=nprocs, train_steps=5000,
                                  secret={"curve_secret": "x" * 40})
-            reg.transition(job.id, R.RUNNING)
+            reg.transition(job.id, jobdb.RUNNING)
             reg.set_master(job.id, me.pid, me.create_time())
             attempt = reg.begin_attempt(job.id)
             for p, host in enumerate(hosts):
                 reg.add_proc(job.id, attempt, p, host=host, role=f"worker-0-{p}",
                              log_path=f"{job.log_dir}/attempt-{attempt}/worker-0-{p}.log")
                 reg.update_proc(job.id, attempt, p, pid=10000 + p, pgid=10000 + p,
-                                state=R.RUNNING, heartbeat=time.time(), step=i % 5000)
+                                state=jobdb.RUNNING, heartbeat=time.time(), step=i % 5000)
             reg.progress(job.id, i % 5000, loss=1.5, accuracy=0.6, samples_per_s=800.0)
             if i < njobs - ACTIVE:
                 reg.transition(job.id, ended[i % len(ended)], "bench")

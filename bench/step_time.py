@@ -38,7 +38,7 @@ def parse() -> argparse.Namespace:
     server = ap.add_mutually_exclusive_group()
     server.add_argument("--server-thread", dest="threaded", action="store_const", const=True,
                         help="apply updates in a server thread (default: only with a core "
-                             "to spare beyond the BLAS threads, as `runtime.driver.build`)")
+                             "to spare beyond the BLAS threads, as `runtime.single.build`)")
     server.add_argument("--no-server-thread", dest="threaded", action="store_const",
                         const=False, help="apply updates in the worker's thread")
     return ap.parse_args()
@@ -88,7 +88,7 @@ def singa_step(conf: str, closers: list):
     """A function that runs one training step of the conf's train net (batch
     from the conf); what must be closed after goes to `closers`."""
     from runtime.config import load_job
-    from runtime.driver import build
+    from runtime.train.single import build
 
     job = load_job(str(ROOT / conf), submit=True).proto
     job.test_steps = 0

@@ -32,10 +32,10 @@ GOAL_S = 1.5
 
 BASELINE = """
 import sys
-from runtime import driver
+from runtime.train import single
 from runtime.config import load_job
 job = load_job(sys.argv[1], submit=True).proto
-w, s = driver.build(job, log=lambda line: None)
+w, s = single.build(job, log=lambda line: None)
 w.init_params()
 w.train_one_batch(0, w.train_net)
 """
@@ -56,13 +56,13 @@ def make_conf(tmp: Path) -> Path:
 
 
 def submit_to_first_step(conf: Path, env: dict) -> float:
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", "--detach", str(conf)],
                        capture_output=True, text=True, env=env, check=True)
     job_id = int(re.search(r"Submitted job (\d+)", r.stdout).group(1))
-    reg = R.JobRegistry(Path(env["SINGA_HOME"]))
+    reg = jobdb.JobDB(Path(env["SINGA_HOME"]))
     log = None
     try:
         while True:

@@ -47,7 +47,7 @@ import numpy as np
 
 from conf import common_pb2
 from runtime.errors import UserError
-from runtime.trigger import Trigger
+from runtime.train.trigger import Trigger
 
 CKPT_RE = re.compile(r"^step(\d+)-worker(\d+)$")
 log = logging.getLogger("singa.checkpoint")

@@ -1,118 +1,11 @@
-"""Driver: runs a job in this process, as SINGA's `Driver::Train` and
-`Driver::Test` do for a single-process job (one worker, one server).
-
-`train(job)` builds the worker and its parameter service, sets up resume
-(the latest `step<N>` checkpoints of the workspace become `checkpoint_path`
-and `job.step = N`), and runs the loop. `test(job)` loads `checkpoint_path`
-into a test net and runs `test_steps` batches.
-
-The distributed runtime replaces the LocalServer with the stub and servers;
-the Worker does not change.
-"""
+"""Driver: SINGA's Driver for a user's own main program (`main.py`): register
+classes, then submit a job as `singa submit` does. The in-process run of a
+one-process job is runtime.train.single."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from conf import job_pb2
-from runtime import checkpoint
-from runtime.errors import UserError
-from runtime.local_server import LocalServer
-from runtime.updater import create_updater
-from runtime.worker import Worker, create_worker
-
-
-def prepare_workspace(job: job_pb2.JobProto) -> None:
-    ws = job.cluster.workspace
-    if not ws:
-        raise UserError("cluster.workspace is not set")
-    try:
-        Path(ws).mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like its files
-    except OSError as e:
-        raise UserError(f"cannot create workspace {ws}: {e.strerror}") from None
-
-
-def setup_resume(job: job_pb2.JobProto) -> dict | None:
-    """Point the job at the latest checkpoint of its workspace (SINGA's -resume)."""
-    found = checkpoint.latest(job.cluster.workspace)
-    if found is None:
-        raise UserError(f"--resume: no checkpoint in {checkpoint.checkpoint_dir(job.cluster.workspace)}")
-    step, files = found
-    del job.checkpoint_path[:]
-    job.checkpoint_path.extend(files)
-    job.step = step
-    if not job.HasField("reset_param_version"):
-        job.reset_param_version = False
-    return checkpoint.load_resume_state(files[0])
-
-
-def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
-          threaded: bool | None = None) -> tuple[Worker, LocalServer]:
-    """The worker of a single-process job and its parameter service, set up
-    (nets built, params registered) but not initialised.
-
-    `threaded`: whether updates run in a server thread, overlapping the
-    backward pass. By default only when a core is left over by BLAS's
-    threads: otherwise the server thread and BLAS take turns on the same
-    cores, and a BLAS thread that waits for its core stalls the others
-    (measured on 2 cores: 10-15% slower steps for the MLP and LeNet).
-    """
-    updater = create_updater(job.updater)
-    blas_threads = max(1, job.num_openblas_threads)
-    # the updater's elementwise work uses as many threads as BLAS does
-    updater.threads = blas_threads
-    if threaded is None:
-        import os
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        threaded = cores > blas_threads
-    server = LocalServer(updater, threaded=threaded)
-    worker = create_worker(job, server, log=log)
-    try:
-        worker.setup()
-    except BaseException:
-        server.close()
-        raise
-    server.register(worker.train_net.params)
-    return worker, server
-
-
-def train(job: job_pb2.JobProto, resume: bool = False,
-          log: Callable[[str], None] | None = None) -> Worker:
-    """Train the job in this process; returns the finished worker."""
-    prepare_workspace(job)
-    resume_state = setup_resume(job) if resume else None
-    worker, server = build(job, log)
-    try:
-        worker.init_params(resume_state)
-        if resume:
-            worker.log(f"Resumed from step {job.step}")
-        worker.run()
-    finally:
-        server.close()
-    return worker
-
-
-def test(job: job_pb2.JobProto, log: Callable[[str], None] | None = None) -> dict:
-    """SINGA's -test mode: load `checkpoint_path`, run `test_steps` test batches."""
-    from runtime.neuralnet.net import NeuralNet
-
-    if not job.checkpoint_path:
-        raise UserError("test mode needs checkpoint_path (or --resume to use the latest checkpoint)")
-    if job.test_steps <= 0:
-        raise UserError(f"test mode needs test_steps > 0, got {job.test_steps}")
-    worker = create_worker(job, LocalServer(None), log=log)
-    worker.test_net = NeuralNet.create(job.neuralnet, job_pb2.kTest)
-    worker.test_net.set_rng(worker.test_rng)
-    # params come from the checkpoint only: the test net owns them
-    worker.train_net = worker.test_net
-    worker.init_params()
-    try:
-        return worker.test(job.step, job.test_steps, job_pb2.kTest, worker.test_net, "Test")
-    finally:
-        worker.test_net.close()
 
 
 class Driver:
@@ -150,7 +43,7 @@ class Driver:
         from google.protobuf import text_format
 
         from runtime.config.paths import resolve_paths
-        from runtime.jobs import registry as R
+        from runtime.jobs import jobdb
         from runtime.jobs.submit import follow, submit
 
         opts = dataclasses.replace(self.options)
@@ -168,6 +61,6 @@ class Driver:
             conf.write_text(text_format.MessageToString(proto))
         else:
             conf = Path(job)
-        reg = R.JobRegistry()
+        reg = jobdb.JobDB()
         job_id = submit(str(conf), opts, reg)
         return job_id if detach else follow(reg, job_id, grace=opts.grace)

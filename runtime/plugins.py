@@ -27,7 +27,7 @@ taking the name that job.conf's `user_type` / `user_alg` gives):
 
 They are importable from here (`from runtime.plugins import register_layer`)
 or from the module of each base class (`layer_registry.register`,
-`runtime.updater.register_updater`, ...): the same registries. A name
+`runtime.model.updater.register_updater`, ...): the same registries. A name
 registered twice, or a class that lacks a method it must define, is a
 `UserError` at once, naming the methods.
 """
@@ -129,7 +129,7 @@ def register_layer(name: str) -> Callable[[T], T]:
 def register_alg(name: str) -> Callable[[T], T]:
     """Decorator: register a user Worker subclass (a TrainOneBatch algorithm)
     under `name` (job.conf: `train_one_batch { user_alg: "name" }`)."""
-    from runtime.worker import alg_registry
+    from runtime.train.worker import alg_registry
 
     _check_name(name, "register_alg")
     return alg_registry.register(name)
@@ -144,8 +144,8 @@ def _check_name(name: Any, call: str) -> None:
 def __getattr__(attr: str) -> Any:
     # the other three live beside their base classes; imported on first use so
     # that `runtime.plugins` stays cheap for the CLI
-    homes = {"register_updater": "runtime.updater", "register_lr": "runtime.lr",
-             "register_init": "runtime.param_init"}
+    homes = {"register_updater": "runtime.model.updater", "register_lr": "runtime.model.lr",
+             "register_init": "runtime.model.param_init"}
     if attr in homes:
         return getattr(importlib.import_module(homes[attr]), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -13,10 +13,10 @@ import click
               help="Seconds between TERM and KILL.")
 def kill(job_id: int, grace: float) -> None:
     """Stop a job: TERM to each process group on every host, KILL after the grace."""
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
     from runtime.jobs.kill import kill_job
 
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     job = reg.reconcile(reg.job(job_id))
     if job.terminal:
         click.echo(f"job {job_id} has already ended: {job.state}")
@@ -43,9 +43,9 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
 
     from runtime.errors import UserError
     from runtime.jobs import logfile, logs
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     job = reg.reconcile(reg.job(job_id))
     if master:
         path = Path(job.log_dir) / "master.log"
@@ -61,7 +61,7 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
         raise UserError(f"job {job_id} has no processes yet ({job.state})"
                         + (f" in attempt {attempt}" if attempt else ""))
     if procs_id is None:
-        proc = next((p for p in procs if p.state == R.FAILED), procs[0])
+        proc = next((p for p in procs if p.state == jobdb.FAILED), procs[0])
     else:
         proc = next((p for p in procs if p.procs_id == procs_id), None)
         if proc is None:

@@ -32,9 +32,9 @@ def _load_proto(conf: str, modules: tuple[str, ...]):
     plugins.load(modules)
     if conf.isdigit() and not os.path.exists(conf):
         from conf import job_pb2  # noqa: PLC0415
-        from runtime.jobs import registry as R  # noqa: PLC0415
+        from runtime.jobs import jobdb  # noqa: PLC0415
 
-        with R.JobRegistry() as reg:
+        with jobdb.JobDB() as reg:
             job = reg.job(int(conf))
         path = Path(job.log_dir or "") / "job.pb"
         if not job.log_dir or not path.exists():
@@ -98,12 +98,12 @@ def filters(checkpoint: str, param: str, output: str, shape: str | None, count: 
         raise UserError(f"{checkpoint}: no such checkpoint file (they are "
                         "<workspace>/checkpoint/step<N>-worker<W>)")
     try:
-        from runtime.viz import filters as F  # noqa: PLC0415
+        from runtime.viz import filters  # noqa: PLC0415
     except ModuleNotFoundError as e:
         if e.name != "runtime.viz.filters":
             raise
         raise UserError("drawing filters needs runtime/viz/filters.py, which this copy of "
                         "singa does not have") from None
-    dims = F.parse_shape(shape) if shape else None
-    h, w = F.draw(checkpoint, param, output, dims, count, cols, zoom)[:2]
+    dims = filters.parse_shape(shape) if shape else None
+    h, w = filters.draw(checkpoint, param, output, dims, count, cols, zoom)[:2]
     click.echo(f"wrote {output}: filters of {param}, {w}x{h} pixels")

@@ -2,7 +2,7 @@
 
 Both reconcile first: a job whose master has died is shown LOST, never a stale
 RUNNING. Both are on a user's hot path (`watch singa list`), so this module
-imports only click, the standard library and `runtime.jobs.registry`/`logfile`:
+imports only click, the standard library and `runtime.jobs.jobdb`/`logfile`:
 no numpy, protobuf or zmq (see tests/cli/test_jobs_cli.py and bench/registry_list.py).
 Secrets (`jobs.secret`) and the conf text are never printed, not even with --json.
 """
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import click
 
 from runtime.errors import UserError
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 
 TAIL_LINES = 20
 _HOSTS_WIDTH = 28
@@ -96,15 +96,15 @@ def _parse_states(ctx: click.Context, param: click.Parameter, values: tuple[str,
             s = given.strip().upper()
             if not s:
                 continue
-            if s not in R.STATES:
+            if s not in jobdb.STATES:
                 raise click.BadParameter(f"unknown state {given.strip()!r}; expected one of "
-                                         f"{', '.join(R.STATES)}", ctx=ctx, param=param)
+                                         f"{', '.join(jobdb.STATES)}", ctx=ctx, param=param)
             if s not in out:
                 out.append(s)
     return out
 
 
-def _list_row(j: R.Job) -> list[str]:
+def _list_row(j: jobdb.Job) -> list[str]:
     return [str(j.id), j.name or "-", j.state, str(j.nprocs if j.nprocs is not None else "-"),
             _hosts(j.hosts), _step(j.step, j.train_steps), _ts(j.started), _dur(j.elapsed)]
 
@@ -117,10 +117,10 @@ def _list_row(j: R.Job) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
 def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
     """List jobs: the active ones (PENDING, RUNNING) unless --all or --state."""
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         # Reconcile every job that claims to be active, so none shows a stale RUNNING.
         just_ended = []
-        for j in reg.jobs(R.ACTIVE):
+        for j in reg.jobs(jobdb.ACTIVE):
             fresh = reg.reconcile(j)
             if fresh.terminal:
                 just_ended.append(fresh)
@@ -131,8 +131,8 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
         else:
             # A job that was active a moment ago and was just found LOST stays in
             # this listing once, so the user sees what became of it.
-            jobs = sorted(reg.jobs(R.ACTIVE) + just_ended, key=lambda j: j.id)
-        path = R.show_path(reg.path)
+            jobs = sorted(reg.jobs(jobdb.ACTIVE) + just_ended, key=lambda j: j.id)
+        path = jobdb.show_path(reg.path)
     if as_json:
         click.echo(json.dumps([j.public_dict() for j in jobs], indent=2))
         return
@@ -150,17 +150,17 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
 
 # -- singa view / status -------------------------------------------------------------------
 
-def _proc_name(p: R.Proc) -> str:
+def _proc_name(p: jobdb.Proc) -> str:
     role = f" ({p.role})" if p.role else ""
     return f"procs {p.procs_id}{role} on {p.host or 'this host'}"
 
 
-def _attempt_summary(procs: list[R.Proc]) -> str:
-    failed = [p for p in procs if p.state == R.FAILED]
+def _attempt_summary(procs: list[jobdb.Proc]) -> str:
+    failed = [p for p in procs if p.state == jobdb.FAILED]
     if failed:
         p = failed[0]
-        how = f"{_proc_name(p)} {R.describe_exit(p.exit_code, p.signal)}"
-    elif procs and all(p.state == R.SUCCEEDED for p in procs):
+        how = f"{_proc_name(p)} {jobdb.describe_exit(p.exit_code, p.signal)}"
+    elif procs and all(p.state == jobdb.SUCCEEDED for p in procs):
         how = f"all {len(procs)} processes succeeded"
     else:
         counts: dict[str, int] = {}
@@ -173,14 +173,14 @@ def _attempt_summary(procs: list[R.Proc]) -> str:
             where = os.path.commonpath(logs)
         except ValueError:
             where = logs[0]
-        how += f"; logs in {R.show_path(where)}"
+        how += f"; logs in {jobdb.show_path(where)}"
     return how
 
 
-def _failing_tail(job: R.Job, p: R.Proc) -> list[str]:
+def _failing_tail(job: jobdb.Job, p: jobdb.Proc) -> list[str]:
     """Lines telling which process failed, then the end of its log (or where to read it)."""
     out = [f"Failing process: {_proc_name(p)} "
-           f"{R.describe_exit(p.exit_code, p.signal)}"]
+           f"{jobdb.describe_exit(p.exit_code, p.signal)}"]
     if not p.log_path:
         return out + ["(no log file recorded for it)"]
     try:
@@ -196,8 +196,8 @@ def _failing_tail(job: R.Job, p: R.Proc) -> list[str]:
         return out + [f"(cannot show its log {p.log_path} on {p.host}: {e}; "
                       f"try singa log {job.id} --proc {p.procs_id})"]
     if not lines:
-        return out + [f"its log {R.show_path(p.log_path)} is empty"]
-    return out + [f"Last {len(lines)} lines of {R.show_path(p.log_path)}:",
+        return out + [f"its log {jobdb.show_path(p.log_path)} is empty"]
+    return out + [f"Last {len(lines)} lines of {jobdb.show_path(p.log_path)}:",
                   *("    " + line for line in lines)]
 
 
@@ -207,7 +207,7 @@ def _local_tail(path: str) -> list[str]:
     return logfile.tail(path, TAIL_LINES)
 
 
-def _progress(job: R.Job) -> str:
+def _progress(job: jobdb.Job) -> str:
     parts = [f"step {_step(job.step, job.train_steps)}"]
     if job.loss is not None:
         parts.append(f"loss {job.loss:.4f}")
@@ -225,8 +225,8 @@ def _host_counts(hosts: list[str]) -> str:
     return ", ".join(f"{h} ({n} proc{'s' if n != 1 else ''})" for h, n in counts.items()) or "-"
 
 
-def _render_view(job: R.Job, procs: list[R.Proc], now: float) -> str:
-    attempts: dict[int, list[R.Proc]] = {}
+def _render_view(job: jobdb.Job, procs: list[jobdb.Proc], now: float) -> str:
+    attempts: dict[int, list[jobdb.Proc]] = {}
     for p in procs:
         attempts.setdefault(p.attempt, []).append(p)
     latest = max(attempts) if attempts else None
@@ -241,7 +241,7 @@ def _render_view(job: R.Job, procs: list[R.Proc], now: float) -> str:
         ("ended", _ts(job.ended)),
         ("elapsed", _dur(job.elapsed)),
         ("workspace", job.workspace or "-"),
-        ("log dir", R.show_path(job.log_dir) if job.log_dir else "-"),
+        ("log dir", jobdb.show_path(job.log_dir) if job.log_dir else "-"),
         ("launcher", job.launcher or "-"),
         ("hosts", _host_counts(job.hosts)),
         ("progress", _progress(job)),
@@ -260,8 +260,8 @@ def _render_view(job: R.Job, procs: list[R.Proc], now: float) -> str:
         rows = [[str(p.procs_id), p.host or "-", str(p.pid) if p.pid is not None else "-",
                  p.role or "-", p.state, _ago(p.heartbeat, now),
                  str(p.step) if p.step is not None else "-",
-                 R.describe_exit(p.exit_code, p.signal, running=p.state == R.RUNNING),
-                 R.show_path(p.log_path) if p.log_path else "-"]
+                 jobdb.describe_exit(p.exit_code, p.signal, running=p.state == jobdb.RUNNING),
+                 jobdb.show_path(p.log_path) if p.log_path else "-"]
                 for p in attempts[latest]]
         out.append(f"Processes (attempt {latest}):")
         out.append(_table(["PROCS", "HOST", "PID", "ROLE", "STATE", "HEARTBEAT", "STEP", "EXIT",
@@ -271,8 +271,8 @@ def _render_view(job: R.Job, procs: list[R.Proc], now: float) -> str:
             out.append("")
             out.append("Earlier attempts:")
             out += [f"  attempt {a}: {_attempt_summary(attempts[a])}" for a in earlier]
-        if job.state in (R.FAILED, R.LOST):
-            failed = [p for p in attempts[latest] if p.state == R.FAILED]
+        if job.state in (jobdb.FAILED, jobdb.LOST):
+            failed = [p for p in attempts[latest] if p.state == jobdb.FAILED]
             if failed:
                 out.append("")
                 out += _failing_tail(job, failed[0])
@@ -280,7 +280,7 @@ def _render_view(job: R.Job, procs: list[R.Proc], now: float) -> str:
 
 
 def _view(job_id: int, as_json: bool) -> None:
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         job = reg.reconcile(reg.job(job_id))
         procs = reg.all_procs(job.id)
     if as_json:

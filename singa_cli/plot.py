@@ -26,9 +26,9 @@ from runtime.errors import UserError
 def _job_source(job: str) -> tuple[Path, str, str]:
     """(workspace, title, default file stem) of JOB: a job id or a workspace folder."""
     if job.isdigit():
-        from runtime.jobs import registry as R  # noqa: PLC0415
+        from runtime.jobs import jobdb  # noqa: PLC0415
 
-        with R.JobRegistry() as reg:
+        with jobdb.JobDB() as reg:
             j = reg.reconcile(reg.job(int(job)))
         if not j.workspace:
             raise UserError(f"job {j.id} ({j.name}) has no workspace recorded: nothing to plot")
@@ -62,26 +62,26 @@ def plot(job: str, output: str | None, metrics: tuple[str, ...], norms: bool) ->
     if norms and metrics:
         raise UserError("--norms and --metric draw different pictures: give one of them")
     out = Path(output) if output else Path(f"{stem}{'-norms' if norms else ''}.png")
-    from runtime.viz import plot as P  # noqa: PLC0415 - matplotlib only for this verb
+    from runtime.viz import plot  # noqa: PLC0415 - matplotlib only for this verb
 
     if norms:
-        from runtime import debug  # noqa: PLC0415
+        from runtime.train import debug  # noqa: PLC0415
 
         recs = debug.read(ws)
         if not recs:
             raise UserError(f"no per-layer norms in {ws}/{debug.VIS_DIR}: the job records them "
                             "at display steps when its job.conf sets `debug: true`")
-        res = P.plot_norms(recs, out, f"{title}: per-layer norms")
+        res = plot.plot_norms(recs, out, f"{title}: per-layer norms")
         steps = sorted({r["step"] for r in recs if "step" in r})
         click.echo(f"wrote {out}: {len(res.curves)} lines, steps {steps[0]}..{steps[-1]}")
         return
-    from runtime.jobs import metrics as M  # noqa: PLC0415
+    from runtime.jobs import metrics as metrics_stream  # noqa: PLC0415
 
-    recs = M.read(ws)
+    recs = metrics_stream.read(ws)
     if not recs:
-        raise UserError(f"no metrics yet in {ws / M.FILE}: a job writes them from its first "
-                        "display or test step on")
-    res = P.plot_metrics(recs, out, title, list(metrics) or None)
+        raise UserError(f"no metrics yet in {ws / metrics_stream.FILE}: a job writes them from "
+                        "its first display or test step on")
+    res = plot.plot_metrics(recs, out, title, list(metrics) or None)
     shown = list(dict.fromkeys(c.metric for c in res.curves))
     groups = sorted({c.group for c in res.curves if c.phase != "server"})
     steps = [s for c in res.curves if c.phase != "server" for s in c.steps]

@@ -24,13 +24,13 @@ def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
 def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), protos: tuple[str, ...] = (),
          **kw) -> int:
     from runtime import plugins
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
     from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
 
     # protos first: the [ext] blocks of the conf and the user's modules need them
     kw["modules"] = plugins.with_protos(protos, tuple(execs) + tuple(kw.get("modules", ())))
     opts = SubmitOptions(**kw, warn=lambda line: click.echo(line, err=True))
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     job_id = submit_job(conf, opts, reg)
     if detach:
         click.echo(f"Submitted job {job_id}")

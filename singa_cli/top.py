@@ -29,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from singa_cli.jobs import _ago, _is_local, _short_host, _step, _table
 
 WINDOW_S = 10.0
@@ -72,7 +72,7 @@ class RateTracker:
         self.window_s = window_s
         self._hist: dict[int, deque[tuple[float, int]]] = {}
 
-    def observe(self, procs: list[R.Proc]) -> None:
+    def observe(self, procs: list[jobdb.Proc]) -> None:
         for p in procs:
             if p.heartbeat is None or p.step is None:
                 continue
@@ -101,7 +101,7 @@ class Usage:
     def __init__(self):
         self._ps: dict[tuple[int, float | None], object] = {}
 
-    def _process(self, p: R.Proc):
+    def _process(self, p: jobdb.Proc):
         import psutil  # noqa: PLC0415
 
         key = (p.pid, p.start_time)
@@ -117,16 +117,16 @@ class Usage:
             self._ps[key] = proc
         return proc
 
-    def prime(self, procs: list[R.Proc]) -> None:
+    def prime(self, procs: list[jobdb.Proc]) -> None:
         for p in procs:
             if self._measurable(p):
                 self._process(p)
 
     @staticmethod
-    def _measurable(p: R.Proc) -> bool:
-        return p.pid is not None and p.state == R.RUNNING and _is_local(p.host)
+    def _measurable(p: jobdb.Proc) -> bool:
+        return p.pid is not None and p.state == jobdb.RUNNING and _is_local(p.host)
 
-    def read(self, p: R.Proc) -> tuple[float, int] | None:
+    def read(self, p: jobdb.Proc) -> tuple[float, int] | None:
         """(CPU %, RSS bytes), or None for a remote or gone process."""
         import psutil  # noqa: PLC0415
 
@@ -146,7 +146,7 @@ class Usage:
 
 @dataclass
 class Row:
-    proc: R.Proc
+    proc: jobdb.Proc
     steps_per_s: float | None = None
     samples_per_s: float | None = None
     usage: tuple[float, int] | None = None
@@ -155,13 +155,13 @@ class Row:
 
 @dataclass
 class Snapshot:
-    job: R.Job
+    job: jobdb.Job
     rows: list[Row] = field(default_factory=list)
     median: float | None = None
     now: float = 0.0
 
 
-def _job_shape(job: R.Job) -> tuple[int, int]:
+def _job_shape(job: jobdb.Job) -> tuple[int, int]:
     """(train batchsize of one group, nworkers_per_group) from the job's job.pb;
     (0, 1) when it cannot be read."""
     if not job.log_dir:
@@ -176,7 +176,7 @@ def _job_shape(job: R.Job) -> tuple[int, int]:
         return 0, 1
 
 
-def snapshot(reg: R.JobRegistry, job_id: int, tracker: RateTracker, usage: Usage,
+def snapshot(reg: jobdb.JobDB, job_id: int, tracker: RateTracker, usage: Usage,
              shape: tuple[int, int]) -> Snapshot:
     """The job and its processes now, with speeds, usage and stragglers."""
     from runtime.jobs import metrics  # noqa: PLC0415
@@ -202,7 +202,7 @@ def snapshot(reg: R.JobRegistry, job_id: int, tracker: RateTracker, usage: Usage
         row.usage = usage.read(p)
         rows.append(row)
     live = {r.proc.procs_id: r.steps_per_s for r in rows
-            if r.steps_per_s is not None and r.proc.state == R.RUNNING}
+            if r.steps_per_s is not None and r.proc.state == jobdb.RUNNING}
     slow = stragglers(live)
     for r in rows:
         r.straggler = r.proc.procs_id in slow
@@ -257,7 +257,7 @@ def render(s: Snapshot) -> str:
 def top(job_id: int, interval: float, once: bool) -> None:
     """A live table of a job's processes: step, speed, CPU, memory, heartbeat, stragglers."""
     tracker, usage = RateTracker(), Usage()
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         job = reg.job(job_id)  # an unknown job is a UserError before anything is drawn
         shape = _job_shape(job)
         tty = sys.stdout.isatty()

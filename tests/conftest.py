@@ -15,12 +15,12 @@ def _singa_home(tmp_path_factory):
     yield
     # a test that failed half-way may leave a job running: stop them all, so a
     # test run never leaves processes behind (pytest later deletes the registry)
-    from runtime.jobs import pgroup, registry as R
+    from runtime.jobs import pgroup, jobdb
     from runtime.jobs.hostfile import is_local
     from runtime.jobs.kill import kill_job
 
-    with R.JobRegistry() as reg:
-        for job in reg.jobs([R.PENDING, R.RUNNING]):
+    with jobdb.JobDB() as reg:
+        for job in reg.jobs([jobdb.PENDING, jobdb.RUNNING]):
             kill_job(reg, job.id, grace=1.0, reason="left running by the test session")
         # and a process of an ended job that outlived it (a bug the tests
         # report, which must not leave a process training on this machine)

@@ -252,10 +252,10 @@ def test_a_built_job_with_a_user_layer_and_block_is_submitted(tmp_path):
                        text=True, timeout=180, env=_env())
     assert r.returncode == 0, r.stderr
     assert "Train @ step 4  Loss = " in r.stdout and "SUCCEEDED" in r.stderr
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
-    job = [j for j in R.JobRegistry().jobs() if j.name == "from-builder"][-1]
-    assert job.nprocs == 2 and job.state == R.SUCCEEDED
+    job = [j for j in jobdb.JobDB().jobs() if j.name == "from-builder"][-1]
+    assert job.nprocs == 2 and job.state == jobdb.SUCCEEDED
     # the compiled proto, the layer and main.py itself ship with the job
     assert job.options["modules"] == ["xp_pb2.py", "scale.py", "main.py"]
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conf import job_pb2
-from runtime import checkpoint, driver
+from runtime import checkpoint
+from runtime.train import single
 from runtime.config import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def setup_example(tmp: Path, corpus: Path, steps: int = 20, chars: int = 40) -> 
 
 def train(conf: Path, resume: bool = False):
     lines: list[str] = []
-    worker = driver.train(load_job(str(conf), submit=True).proto, resume=resume,
+    worker = single.train(load_job(str(conf), submit=True).proto, resume=resume,
                           log=lines.append)
     return worker, lines
 
@@ -147,21 +148,21 @@ def test_sampling_feeds_back_its_predictions_and_keeps_its_state(tmp_path, corpu
     train(job)
     capsys.readouterr()
     conf = load_job(str(sample), strict=True).proto
-    metrics = driver.test(conf, log=print)
+    metrics = single.test(conf, log=print)
     out = capsys.readouterr().out
     assert metrics["phase"] == "test"
     # 25 characters, then the newline the output layer ends with
     assert len(out) == 26 and out.endswith("\n") and set(out) <= set(VOCAB)
     # the first character is a random lowercase letter (rnn_dummy_conf low 66, high 92)
     assert "a" <= out[0] <= "z"
-    driver.test(load_job(str(sample), strict=True).proto, log=print)
+    single.test(load_job(str(sample), strict=True).proto, log=print)
     assert capsys.readouterr().out == out  # seeded: the same sample again
 
 
 def sampling_net(conf: job_pb2.JobProto):
-    from runtime.local_server import LocalServer
+    from runtime.ps.local_server import LocalServer
     from runtime.neuralnet.net import NeuralNet
-    from runtime.worker import create_worker
+    from runtime.train.algorithms import create_worker
 
     w = create_worker(conf, LocalServer(None), log=lambda line: None)
     net = w.test_net = w.train_net = NeuralNet.create(conf.neuralnet, job_pb2.kTest)

@@ -10,7 +10,7 @@ import pytest
 from conf import common_pb2
 from runtime import checkpoint
 from runtime.errors import UserError
-from runtime.trigger import Trigger
+from runtime.train.trigger import Trigger
 
 
 def test_encoding_is_plain_blobprotos():

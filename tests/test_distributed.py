@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import checkpoint, driver
+from runtime import checkpoint
+from runtime.train import single as in_process
 from runtime.config import load_job
 from tests.test_training import make_conf
 
@@ -42,7 +43,7 @@ def final_params(conf: Path, steps: int = 20) -> dict[str, np.ndarray]:
 def single(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     conf = conf_with(tmp, "one.conf", "")
-    worker = driver.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
+    worker = in_process.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
     return tmp, {p.name: p.data.copy() for p in worker.owned_params()}
 
 
@@ -102,11 +103,11 @@ def test_stub_survives_a_foreign_peer_sending_garbage():
 
     import zmq
 
-    from conf import common_pb2 as C
+    from conf import common_pb2
     from runtime.cluster import Cluster
-    from runtime.comm import socket as S
+    from runtime.comm import socket as zsock
     from runtime.comm.msg import Addr, Msg
-    from runtime.stub import Stub
+    from runtime.ps.stub import Stub
 
     ctx = zmq.Context()
     stub = Stub(ctx, Cluster(nworker_groups=1), 0, transport="tcp")
@@ -120,10 +121,10 @@ def test_stub_survives_a_foreign_peer_sending_garbage():
     raw.send_multipart([b"SG\x01\x63" + bytes(23)])       # an unknown message type
     raw.send_multipart([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
     # then a well-formed message to this stub is still handled
-    S.send(raw, Msg(Addr.worker(0, 0), Addr.stub(0), C.kStop))
+    zsock.send(raw, Msg(Addr.worker(0, 0), Addr.stub(0), common_pb2.kStop))
     t.join(timeout=10)
     assert not t.is_alive()
-    assert len(seen) == 1 and seen[0].type == C.kStop
+    assert len(seen) == 1 and seen[0].type == common_pb2.kStop
     raw.close()
     stub.close()
     ctx.term()
@@ -135,7 +136,7 @@ def test_stopping_submit_stops_every_process(tmp_path):
     import time
 
     from runtime.jobs import pgroup
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
     conf = conf_with(tmp_path, "long.conf", "nworker_groups: 2 nworkers_per_group: 2", steps=10**6)
     proc = subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
@@ -143,7 +144,7 @@ def test_stopping_submit_stops_every_process(tmp_path):
     for line in proc.stdout:
         if line.startswith("Train @ step"):
             break
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     job = next(j for j in reg.jobs() if j.conf_path == str(conf))
     procs = reg.procs(job.id)
     assert len(procs) == 4  # 2 groups x 2 workers, one process each
@@ -156,7 +157,7 @@ def test_stopping_submit_stops_every_process(tmp_path):
     assert not any(pgroup.members(p.pgid, p.start_time) for p in procs)
     assert not pgroup.alive(job.master_pid, job.master_start)
     job = reg.job(job.id)
-    assert job.state == R.KILLED and "interrupted" in job.reason
+    assert job.state == jobdb.KILLED and "interrupted" in job.reason
     assert proc.returncode == 130
     assert f"job {job.id} KILLED: interrupted from the submitting terminal" in proc.stderr.read()
 
@@ -185,9 +186,9 @@ def test_a_param_on_two_servers_out_of_step_is_still_collected():
 
     from conf import job_pb2
     from runtime.cluster import Cluster
-    from runtime.param import Param
-    from runtime.param_slice import SlicePlan
-    from runtime.stub import Stub
+    from runtime.model.param import Param
+    from runtime.ps.param_slice import SlicePlan
+    from runtime.ps.stub import Stub
 
     ctx = zmq.Context()
     cluster = Cluster(nworker_groups=2, nservers_per_group=2, server_worker_separate=True)
@@ -266,7 +267,7 @@ def test_multi_process_job_tests_once_at_train_steps(tmp_path):
 def test_resume_from_a_damaged_server_state_fails_the_job(tmp_path):
     """The server's state file (slices and the updater's history) is
     checked as the params are: damaged, the job ends FAILED naming it."""
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
     from tests.test_checkpoint import corrupt_middle
 
     half = conf_with(tmp_path, "half.conf", "server_worker_separate: true", steps=12)
@@ -279,7 +280,7 @@ def test_resume_from_a_damaged_server_state_fails_the_job(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     # the worker's process may have resumed, but no step is trained
     assert r.returncode != 0 and "Train @ step" not in r.stdout, r.stdout
-    job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(half)), key=lambda j: j.id)
-    assert job.state == R.FAILED
+    job = max((j for j in jobdb.JobDB().jobs() if j.conf_path == str(half)), key=lambda j: j.id)
+    assert job.state == jobdb.FAILED
     assert (f"checkpoint {state}: checksum mismatch (file was changed or damaged after it "
             "was written); ") in job.reason, job.reason

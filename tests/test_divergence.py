@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import driver
+from runtime.train import single
 from runtime.config import load_job
-from runtime.divergence import check_metrics, check_update, finite
+from runtime.train.divergence import check_metrics, check_update, finite
 from runtime.errors import Diverged
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.test_distributed import conf_with
 from tests.test_training import make_conf
 
@@ -34,10 +34,10 @@ def diverging(conf: Path, base_lr: str = "1e6", w1_lr_scale: str | None = None) 
     return conf
 
 
-def submit(conf: Path) -> tuple[subprocess.CompletedProcess, R.Job]:
+def submit(conf: Path) -> tuple[subprocess.CompletedProcess, jobdb.Job]:
     r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],
                        cwd=conf.parent, capture_output=True, text=True, timeout=300)
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         job = next(j for j in reversed(reg.jobs()) if j.conf_path == str(conf))
     return r, job
 
@@ -85,7 +85,7 @@ def test_a_diverging_loss_stops_training_at_its_step(tmp_path):
     conf = diverging(make_conf(tmp_path, steps=40, test_freq=40))
     lines: list[str] = []
     with pytest.raises(Diverged, match=rf"^diverged: loss is nan at step (\d+) \(layer 'loss'\); {HINT}$") as e:
-        driver.train(load_job(str(conf), submit=True).proto, log=lines.append)
+        single.train(load_job(str(conf), submit=True).proto, log=lines.append)
     step = int(re.search(r"step (\d+)", str(e.value)).group(1))
     assert step < 40
     # no line before it reports a perfect accuracy with a nan loss
@@ -99,20 +99,20 @@ def test_a_non_finite_last_update_fails_the_job_in_one_process(tmp_path):
     per step.)"""
     conf = diverging(make_conf(tmp_path, steps=1, test_freq=0), base_lr="1e38", w1_lr_scale="1e30")
     with pytest.raises(Diverged, match=rf"^diverged: param 'w1' is not finite after step 1; {HINT}$"):
-        driver.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
+        single.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
     # and with a step after it, that step's loss
     conf = diverging(make_conf(tmp_path, "two.conf", steps=2, test_freq=0, workspace="ws2"),
                      base_lr="1e38", w1_lr_scale="1e30")
     with pytest.raises(Diverged, match=r"^diverged: loss is nan at step 1 \(layer 'loss'\)"):
-        driver.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
+        single.train(load_job(str(conf), submit=True).proto, log=lambda l: None)
 
 
 def test_a_diverging_job_ends_failed_with_the_reason(tmp_path):
     conf = diverging(make_conf(tmp_path, "single.conf", steps=40, test_freq=40))
     r, job = submit(conf)
     assert r.returncode == 1
-    assert job.state == R.FAILED, job.reason
-    with R.JobRegistry() as reg:
+    assert job.state == jobdb.FAILED, job.reason
+    with jobdb.JobDB() as reg:
         proc = reg.procs(job.id)[0]
     assert re.fullmatch(rf"process 0 on localhost, pid {proc.pid} \(worker 0/0, server 0/0\): "
                         rf"diverged: loss is nan at step \d+ \(layer 'loss'\); {HINT}", job.reason), job.reason
@@ -127,7 +127,7 @@ def test_a_diverging_distributed_job_ends_failed(tmp_path, cluster):
     conf = diverging(conf_with(tmp_path, "dist.conf", cluster, steps=40))
     r, job = submit(conf)
     assert r.returncode == 1, r.stderr
-    assert job.state == R.FAILED, job.reason
+    assert job.state == jobdb.FAILED, job.reason
     # a worker's loss, or the update its servers applied: whichever saw it first
     assert re.fullmatch(rf"process \d on localhost, pid \d+ \(worker \d/\d(, server 0/0)?\): "
                         rf"diverged: (loss is nan at step \d+ \(layer 'loss'\)|update of param "
@@ -141,6 +141,6 @@ def test_a_non_finite_update_fails_the_servers_process(tmp_path):
                                steps=40), base_lr="1e38", w1_lr_scale="1e30")
     r, job = submit(conf)
     assert r.returncode == 1, r.stderr
-    assert job.state == R.FAILED, job.reason
+    assert job.state == jobdb.FAILED, job.reason
     assert re.fullmatch(rf"process 2 on localhost, pid \d+ \(server 0/0\): diverged: update of "
                         rf"param 'w1' is not finite at version 1; {HINT}", job.reason), job.reason

@@ -18,12 +18,12 @@ import pytest
 from conf import job_pb2
 from runtime import plugins
 from runtime.errors import UserError
-from runtime.lr import LRGen, create_lr, lr_registry
+from runtime.model.lr import LRGen, create_lr, lr_registry
 from runtime.neuralnet.layer import Layer, layer_registry
-from runtime.param_init import generate, init_registry
+from runtime.model.param_init import generate, init_registry
 from runtime.registry import Registry, is_stub, missing_methods
-from runtime.updater import Updater, create_updater, updater_registry
-from runtime.worker import Worker, alg_registry
+from runtime.model.updater import Updater, create_updater, updater_registry
+from runtime.train.worker import Worker, alg_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "user-updater"
@@ -73,7 +73,7 @@ def test_each_extension_point_has_one_registration_call():
         np.full((2, 2), 7, np.float32))
     assert alg_registry.lookup(job_pb2.kUserAlg, "XpAlg") is Alg
     # the same registries as the base classes' modules use
-    assert plugins.register_updater.__module__ == "runtime.updater"
+    assert plugins.register_updater.__module__ == "runtime.model.updater"
     assert create_lr(job_pb2.LRGenProto(user_type="XpHalf", base_lr=1)).get(0) == 0.5
 
 
@@ -256,10 +256,10 @@ def test_the_user_updater_trains_a_two_process_job(tmp_path):
     print("user-updater example, test accuracy by step:", acc)
     assert sorted(acc) == [0, 200, 400, 600]
     assert acc[0] < 0.5 and acc[600] > 0.9
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
-    job = R.JobRegistry().jobs()[-1]
-    assert job.state == R.SUCCEEDED and job.nprocs == 2
+    job = jobdb.JobDB().jobs()[-1]
+    assert job.state == jobdb.SUCCEEDED and job.nprocs == 2
     assert job.options["modules"] == ["lion.py"]
 
 
@@ -296,10 +296,10 @@ def test_the_user_updater_runs_across_hosts(ssh_cluster, tmp_path):  # noqa: F81
               "--ssh-config", str(ssh_cluster.ssh_config), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Test @ step 200  Loss = " in r.stdout
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
-    job = R.JobRegistry().job(int(re.search(r"Submitted job (\d+)", r.stderr).group(1)))
-    assert job.state == R.SUCCEEDED
+    job = jobdb.JobDB().job(int(re.search(r"Submitted job (\d+)", r.stderr).group(1)))
+    assert job.state == jobdb.SUCCEEDED
     assert sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
 
 

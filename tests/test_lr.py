@@ -1,4 +1,4 @@
-"""Learning-rate generators against hand-computed values (runtime/lr.py)."""
+"""Learning-rate generators against hand-computed values (runtime/model/lr.py)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import UserError
-from runtime.lr import LRGen, create_lr, lr_registry, register_lr
+from runtime.model.lr import LRGen, create_lr, lr_registry, register_lr
 
 
 def lr(text: str) -> LRGen:

@@ -1,4 +1,4 @@
-"""Param init methods (runtime/param_init.py): statistics, exact fan-in scaling, errors."""
+"""Param init methods (runtime/model/param_init.py): statistics, exact fan-in scaling, errors."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import UserError
-from runtime.param import Param
-from runtime.param_init import generate, init_registry, register_init
+from runtime.model.param import Param
+from runtime.model.param_init import generate, init_registry, register_init
 
 
 def gen(text: str, shape, seed: int = 0) -> np.ndarray:

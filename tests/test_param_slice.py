@@ -1,4 +1,4 @@
-"""Param slicing (runtime/param_slice.py): SINGA's Slice/PartitionSlices and the SlicePlan.
+"""Param slicing (runtime/ps/param_slice.py): SINGA's Slice/PartitionSlices and the SlicePlan.
 
 The expected slicings are worked out by hand from the rule: boxes of
 avg = total // num + total % num, tolerance avg // 10.
@@ -12,7 +12,7 @@ import pytest
 
 from runtime.cluster import Cluster
 from runtime.comm.msg import Addr
-from runtime.param_slice import SlicePlan, partition_slices, slice_sizes
+from runtime.ps.param_slice import SlicePlan, partition_slices, slice_sizes
 
 # the sizes of SINGA's unit test (a convnet: conv1 w, b, ..., a big fc weight)
 SIZES = [14112, 96, 256, 884736, 384]

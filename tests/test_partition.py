@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import checkpoint, driver
+from runtime import checkpoint
+from runtime.train import single
 from runtime.config import load_job
 from tests.test_distributed import submit
 from tests.test_training import make_conf
@@ -84,7 +85,7 @@ def reference(tmp_path_factory):
     out = {}
     for net in ("mlp", "lenet"):
         conf = write(tmp, f"one-{net}.conf", "", net)
-        worker = driver.train(load_job(str(conf), submit=True).proto, log=lambda line: None)
+        worker = single.train(load_job(str(conf), submit=True).proto, log=lambda line: None)
         out[net] = {p.name: p.data.copy() for p in worker.owned_params()}
     return tmp, out
 

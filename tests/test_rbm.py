@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from conf import common_pb2, job_pb2
-from runtime import checkpoint, driver
-from runtime.algorithms.cd import CDWorker
+from runtime import checkpoint
+from runtime.train import single
+from runtime.train.algorithms.cd import CDWorker
 from runtime.config import load_job
 from runtime.errors import UserError
 from runtime.io.store import open_store
 from runtime.neuralnet.rbm_layer import RBMVisLayer
-from runtime.worker import alg_registry
+from runtime.train.worker import alg_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -99,7 +100,7 @@ def conf(tmp: Path, name: str, layers: str, steps: int = 100, k: int = 1, ckpt: 
 def train(path: Path):
     lines: list[str] = []
     job = load_job(str(path), submit=True).proto
-    worker = driver.train(job, log=lines.append)
+    worker = single.train(job, log=lines.append)
     return worker, lines
 
 

@@ -1,4 +1,4 @@
-"""Server (runtime/server.py): the put/get/update/sync protocol through `handle`, and `run`.
+"""Server (runtime/ps/server.py): the put/get/update/sync protocol through `handle`, and `run`.
 
 Plain SGD with a fixed learning rate of 0.5 and small integer gradients, so
 every expected value is exact in float32 and worked out by hand (or by the
@@ -18,9 +18,9 @@ from conf import job_pb2
 from runtime.cluster import Cluster
 from runtime.comm.msg import Addr, Msg
 from runtime.errors import UserError
-from runtime.param_slice import SlicePlan
-from runtime.server import Server, put_meta, update_meta
-from runtime.updater import create_updater
+from runtime.ps.param_slice import SlicePlan
+from runtime.ps.server import Server, put_meta, update_meta
+from runtime.model.updater import create_updater
 
 LR = 0.5
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conf import common_pb2
-from runtime import checkpoint, driver
+from runtime import checkpoint
+from runtime.train import single
 from runtime.config import load_job
 from runtime.io.store import open_store
 from tests.test_checkpoint import corrupt_middle
@@ -95,7 +96,7 @@ def make_conf(tmp: Path, name: str = "job.conf", steps: int = 20, test_freq: int
 def run(path: Path, resume: bool = False):
     lines: list[str] = []
     job = load_job(str(path), submit=True).proto
-    worker = driver.train(job, resume=resume, log=lines.append)
+    worker = single.train(job, resume=resume, log=lines.append)
     return worker, lines
 
 
@@ -177,9 +178,9 @@ def test_fine_tune_loads_params_by_name(tmp_path):
     text = conf.read_text().replace('name: "tiny"', f'name: "tiny"\ncheckpoint_path: "{ckpt}"')
     conf.write_text(text.replace("train_steps: 0", "train_steps: 1"))
     job = load_job(str(conf), submit=True).proto
-    from runtime.local_server import LocalServer
-    from runtime.updater import create_updater
-    from runtime.worker import create_worker
+    from runtime.ps.local_server import LocalServer
+    from runtime.model.updater import create_updater
+    from runtime.train.algorithms import create_worker
 
     w = create_worker(job, LocalServer(create_updater(job.updater)), log=lambda l: None)
     w.setup()
@@ -203,7 +204,7 @@ def test_test_mode_prediction_chain_writes_csv(tmp_path):
     job = load_job(str(conf), submit=True).proto
     job.checkpoint_path.append(str(ckpt))
     lines: list[str] = []
-    metrics = driver.test(job, log=lines.append)
+    metrics = single.test(job, log=lines.append)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and lines[0].startswith("Test @ step 0  Loss = ")
     rows = out.read_text().splitlines()
     assert len(rows) == 5 * 10  # test_steps x batch
@@ -242,7 +243,7 @@ def test_submit_from_the_singa_root_gives_the_job_absolute_paths(tmp_path):
     the fallback, and the job master and its processes get the paths
     resolved at submit, absolute."""
     from conf import job_pb2
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
     root = tmp_path / "singa"
     conf_dir = root / "examples" / "tiny"
@@ -253,7 +254,7 @@ def test_submit_from_the_singa_root_gives_the_job_absolute_paths(tmp_path):
     assert "Test @ step 6  Loss = " in r.stdout
     assert (conf_dir / "ws" / "checkpoint" / "step6-worker0").exists()
     assert not (conf_dir / "examples").exists()
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         row = max(reg.jobs(), key=lambda j: j.id)
     assert row.workspace == str(conf_dir / "ws")
     job = job_pb2.JobProto.FromString((Path(row.log_dir) / "job.pb").read_bytes())
@@ -324,7 +325,7 @@ def test_test_mode_warns_of_params_the_checkpoint_lacks(tmp_path):
     job = load_job(str(conf), submit=True).proto
     job.checkpoint_path.append(str(tmp_path / "ws_a" / "checkpoint" / "step10-worker0"))
     lines: list[str] = []
-    driver.test(job, log=lines.append)
+    single.test(job, log=lines.append)
     warnings = [l for l in lines if l.startswith("Warning: ")]
     assert len(warnings) == 1 and "params 'b2_new' in checkpoint_path" in warnings[0], lines
     assert "'w1'" not in warnings[0]
@@ -343,7 +344,7 @@ def _truncate(path: Path) -> None:
 def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, what):
     """A damaged checkpoint never trains on: the job ends FAILED with one
     line that names the file, as its reason and the process's last line."""
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
     conf = make_conf(tmp_path, steps=10, test_freq=10)
     # params of 13 KB, so that 5000 bytes fit in their middle
@@ -355,8 +356,8 @@ def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, 
     r = _singa("submit", str(conf), "--resume", cwd=tmp_path)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "Train @ step 10" not in r.stdout
-    job = max((j for j in R.JobRegistry().jobs() if j.conf_path == str(conf)), key=lambda j: j.id)
-    assert job.state == R.FAILED
+    job = max((j for j in jobdb.JobDB().jobs() if j.conf_path == str(conf)), key=lambda j: j.id)
+    assert job.state == jobdb.FAILED
     assert job.reason.startswith("process 0 on localhost"), job.reason
     assert f"): checkpoint {damaged}: {what}" in job.reason, job.reason
     assert f"checkpoint {damaged}: {what}" in r.stderr, r.stderr

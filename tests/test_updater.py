@@ -1,4 +1,4 @@
-"""Updaters against hand-computed values (runtime/updater.py).
+"""Updaters against hand-computed values (runtime/model/updater.py).
 
 Numbers are chosen to be exact in float32 (0.5, 0.25, 0.9375, ...) so each
 expected value can be worked out on paper; the derivation is in the comments.
@@ -13,8 +13,8 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import UserError
-from runtime.param import Param
-from runtime.updater import (History, Updater, create_updater, register_updater,
+from runtime.model.param import Param
+from runtime.model.updater import (History, Updater, create_updater, register_updater,
                              updater_registry)
 
 
@@ -427,9 +427,9 @@ def test_register_user_updater_not_a_subclass_names_missing_methods():
 def test_large_arrays_match_the_formula(momentum, clip):
     """Arrays above the block size take the fused BLAS path (or, when
     clipping, the blocked numpy path); results are the formula's."""
-    from runtime import updater as U
+    from runtime.model import updater
 
-    n = U._BLOCK * 3 + 123
+    n = updater._BLOCK * 3 + 123
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal(n).astype(np.float32)
     g = rng.standard_normal(n).astype(np.float32)
@@ -437,7 +437,7 @@ def test_large_arrays_match_the_formula(momentum, clip):
                                  clip_low=-clip, clip_high=clip)
     proto.learning_rate.type = job_pb2.kFixed
     proto.learning_rate.base_lr = 0.1
-    upd = U.create_updater(proto)
+    upd = updater.create_updater(proto)
     w = w0.copy()
     h = np.zeros(n, np.float64)
     ref = w0.astype(np.float64)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.plugins import register_updater
-from runtime.updater import History, Updater
+from runtime.model.updater import History, Updater
 
 
 @register_updater("Lion")

@@ -35,8 +35,8 @@ from typing import Callable
 
 import zmq
 
-from conf import common_pb2 as C
-from runtime.comm import socket as S
+from conf import common_pb2
+from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
 
 log = logging.getLogger("singa.heartbeat")
@@ -61,7 +61,7 @@ class MasterLink:
         self.on_master_lost = on_master_lost or _exit_lost
         # records to report now and then (e.g. the servers' staleness), and at close()
         self.periodic: Callable[[], list[dict]] = lambda: []
-        self.sock = S.dealer(ctx, f"procs{procs}".encode(), keys=keys)
+        self.sock = zsock.dealer(ctx, f"procs{procs}".encode(), keys=keys)
         self.sock.connect(master)
         self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
         self._closing = threading.Event()
@@ -72,18 +72,18 @@ class MasterLink:
     # -------------------------------------------------------------- start ---
     def connect(self, info: dict, timeout: float = 120.0) -> dict[int, str]:
         """Register with the master and wait for the address book."""
-        S.send(self.sock, Msg(self.me, MASTER, C.kConnect).add_bytes(json.dumps(info).encode()))
+        zsock.send(self.sock, Msg(self.me, MASTER, common_pb2.kConnect).add_bytes(json.dumps(info).encode()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.sock.poll(int(HEARTBEAT_S * 1000)):
                 continue
-            got = S.recv(self.sock)
+            got = zsock.recv(self.sock)
             if got is None:
                 continue
             msg = got[1]
-            if msg.type == C.kConnect:
+            if msg.type == common_pb2.kConnect:
                 return {int(k): v for k, v in json.loads(msg.bytes(0)).items()}
-            if msg.type == C.kStop:
+            if msg.type == common_pb2.kStop:
                 raise SystemExit(f"procs {self.procs}: the job master stopped the job before it started")
         raise SystemExit(f"procs {self.procs}: no address book from the job master at {self.master} "
                          f"within {timeout:.0f} s")
@@ -94,20 +94,20 @@ class MasterLink:
 
     # ---------------------------------------------------- any thread's API ---
     def metric(self, record: dict) -> None:
-        self._out.put(Msg(self.me, MASTER, C.kMetric).add_bytes(json.dumps(record).encode()))
+        self._out.put(Msg(self.me, MASTER, common_pb2.kMetric).add_bytes(json.dumps(record).encode()))
 
     def done(self) -> None:
         """This process's workers have all finished (after a last heartbeat
         with the final step)."""
         self._out.put(None)
-        self._out.put(Msg(self.me, MASTER, C.kStop))
+        self._out.put(Msg(self.me, MASTER, common_pb2.kStop))
 
     def fail(self, reason: str, timeout: float = 5.0) -> bool:
         """Tell the master why this process is ending; True once the master
         has it, False if it did not answer within `timeout` (its log is then
         the master's only source). Safe from any thread; the caller exits
         afterwards."""
-        msg = Msg(self.me, MASTER, C.kFail).add_bytes(json.dumps({"reason": reason}).encode())
+        msg = Msg(self.me, MASTER, common_pb2.kFail).add_bytes(json.dumps({"reason": reason}).encode())
         if self._thread is not None and self._thread.is_alive():
             self._out.put(msg)
             return self._failed.wait(timeout)
@@ -116,8 +116,8 @@ class MasterLink:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sock.poll(100):
-                got = S.recv(self.sock)
-                if got is not None and got[1].type == C.kFail:
+                got = zsock.recv(self.sock)
+                if got is not None and got[1].type == common_pb2.kFail:
                     return True
         return False
 
@@ -148,12 +148,12 @@ class MasterLink:
                 if self._closing.is_set():
                     return
                 if self.sock.poll(100):
-                    got = S.recv(self.sock)
+                    got = zsock.recv(self.sock)
                     if got is not None:
                         heard = time.monotonic()
-                        if got[1].type == C.kStop and ctl is not None:
-                            S.send(ctl, got[1])
-                        elif got[1].type == C.kFail:
+                        if got[1].type == common_pb2.kStop and ctl is not None:
+                            zsock.send(ctl, got[1])
+                        elif got[1].type == common_pb2.kFail:
                             self._failed.set()
                 now = time.monotonic()
                 if now - sent >= HEARTBEAT_S:
@@ -173,7 +173,7 @@ class MasterLink:
 
     def _send_heartbeat(self) -> None:
         body = json.dumps({"step": int(self.step())}).encode()
-        self._send(Msg(self.me, MASTER, C.kHeartbeat).add_bytes(body))
+        self._send(Msg(self.me, MASTER, common_pb2.kHeartbeat).add_bytes(body))
 
     def _send(self, msg: Msg) -> None:
         # Never block: with the master gone the socket's queue fills up (a
@@ -203,6 +203,6 @@ def _exit_lost(why: str) -> None:
     # than train on as an orphan nobody can see or kill. The master cannot
     # remove the job's ipc directory now, so this process does. `singa view`
     # reads these words and this exit code (runtime.jobs.orphans).
-    S.remove_ipc_dir()
+    zsock.remove_ipc_dir()
     print(f"singa: {why}; stopping this process", flush=True)
     os._exit(3)

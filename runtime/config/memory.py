@@ -10,7 +10,7 @@ whole run, from the shapes the validation nets inferred:
   - params: the values of its params, counted once per process for the
     replicas that share them (the workers of a group share the lowest worker
     id's values; with `cluster.share_memory` the groups of a process share
-    one copy too, as `runtime.stub.Stub.link` does);
+    one copy too, as `runtime.ps.stub.Stub.link` does);
   - grads: one gradient per param of every worker (share_from params
     included: each reports its own; not the unrolled copies, which add into
     copy 0's);
@@ -18,12 +18,12 @@ whole run, from the shapes the validation nets inferred:
     group's first worker also runs the test and validation nets the job uses
     (outputs only: no backward pass; their params are the training net's);
   - updater history, for a job of one process, one worker and one server
-    (`runtime.node.run_single`: the LocalServer applies the updater in the
+    (`runtime.train.node.run_single`: the LocalServer applies the updater in the
     worker's process): `len(updater.slots)` arrays per owned param (momentum
     for kSGD with momentum, one for kNesterov/kAdaGrad/kRMSProp, two for
     kAdaDelta/kAdam/kAdamMax; a user updater's own `slots`);
-- for each server in the process (`runtime.server.Server`): its param slices
-  (`runtime.param_slice.SlicePlan.slices_on`), each with its values, the
+- for each server in the process (`runtime.ps.server.Server`): its param slices
+  (`runtime.ps.param_slice.SlicePlan.slices_on`), each with its values, the
   gradient accumulator of a round, the updater's history slots, and with
   several server groups the copy last synced with the master group;
 - checkpoint: worker (0, 0) writes the group's params (at the last step at
@@ -121,7 +121,7 @@ def updater_slots(updater: job_pb2.UpdaterProto) -> int:
     """History arrays per param of the job's updater (0 if it cannot be built,
     e.g. an unregistered user updater, reported elsewhere)."""
     try:
-        from runtime.updater import create_updater  # noqa: PLC0415
+        from runtime.model.updater import create_updater  # noqa: PLC0415
 
         return len(getattr(create_updater(updater), "slots", ()) or ())
     except Exception:  # noqa: BLE001 - the updater's own problems are validate's to report
@@ -146,7 +146,7 @@ def estimate(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any = Non
     nworkers_per_group partitions, or None."""
     from runtime.neuralnet.net import origin_name  # noqa: PLC0415
     from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
-    from runtime.param_slice import SlicePlan  # noqa: PLC0415
+    from runtime.ps.param_slice import SlicePlan  # noqa: PLC0415
 
     train = nets.get(job_pb2.kTrain)
     if train is None:

@@ -330,9 +330,9 @@ class _Checker:
     def algorithm(self) -> None:
         alg = self.job.train_one_batch
         builtin = _enum_names(job_pb2.AlgType, job_pb2.kUserAlg)
-        reg = _registry("runtime.worker", "alg_registry")
+        reg = _registry("runtime.train.worker", "alg_registry")
         if reg is not None:
-            _registry("runtime.algorithms", "__name__")  # registers the built-ins
+            _registry("runtime.train.algorithms", "__name__")  # registers the built-ins
         fpath = self.first_written("train_one_batch", "alg", "user_alg")
         if alg.alg == job_pb2.kUserAlg:
             if alg.user_alg:
@@ -368,7 +368,7 @@ class _Checker:
         upd = job.updater
         n_before = len(self.problems)
         builtin = _enum_names(job_pb2.UpdaterType, job_pb2.kUserUpdater)
-        reg = _registry("runtime.updater", "updater_registry")
+        reg = _registry("runtime.model.updater", "updater_registry")
         fpath = self.first_written("updater", "type", "user_type")
         tname = job_pb2.UpdaterType.Name(upd.type)
         if upd.user_type:
@@ -418,7 +418,7 @@ class _Checker:
                                  f"updater.{conf}.{n} must be in [0, 1), got {v:g}")
         self.learning_rate(upd)
         if not any(p.severity == "error" for p in self.problems[n_before:]):
-            self._fallback("updater", "runtime.updater", "create_updater", upd)
+            self._fallback("updater", "runtime.model.updater", "create_updater", upd)
 
     def learning_rate(self, upd: job_pb2.UpdaterProto) -> None:
         builtin = _enum_names(job_pb2.ChangeMethod, job_pb2.kUserChange)
@@ -429,7 +429,7 @@ class _Checker:
             return
         lr = upd.learning_rate
         base = "updater.learning_rate"
-        reg = _registry("runtime.lr", "lr_registry")
+        reg = _registry("runtime.model.lr", "lr_registry")
         fpath = self.first_written(base, "type", "user_type")
         tname = job_pb2.ChangeMethod.Name(lr.type)
         n_before = len(self.problems)
@@ -489,7 +489,7 @@ class _Checker:
                      f"learning_rate.base_lr is {lr.base_lr:g}; the params will not learn "
                      "(or will move uphill)", "warning")
         if not any(p.severity == "error" for p in self.problems[n_before:]):
-            self._fallback(base, "runtime.lr", "create_lr", lr)
+            self._fallback(base, "runtime.model.lr", "create_lr", lr)
 
     def _fallback(self, fpath: str, module: str, fn: str, proto) -> None:
         """Let the runtime's own constructor check what the rules above do not
@@ -838,7 +838,7 @@ class _Checker:
     # -------------------------------------------------------------- params ---
     def params(self, phases: list[int]) -> None:
         layer_reg = _registry("runtime.neuralnet", "layer_registry")
-        init_reg = _registry("runtime.param_init", "init_registry")
+        init_reg = _registry("runtime.model.param_init", "init_registry")
         init_builtin = _enum_names(job_pb2.InitMethod, job_pb2.kUserInit)
         have_ckpt = bool(self.job.checkpoint_path)
         ckpt_names = self._checkpoint_names()

@@ -1,6 +1,6 @@
 """A process's rank and the job's size, from the variables srun or mpirun set.
 
-Under `srun python -m runtime.node ...` or `mpirun -np 4 python -m ...` there
+Under `srun python -m runtime.train.node ...` or `mpirun -np 4 python -m ...` there
 is no launcher of ours: each process learns which SINGA process it is from
 its environment (reference peers.md §4.1, launch mechanisms 2 and 3).
 

@@ -17,15 +17,15 @@ import sys
 import time
 
 from runtime.jobs import pgroup
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 
 
-def kill_job(reg: R.JobRegistry, job_id: int, grace: float = 10.0,
+def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,
              reason: str = "killed with singa kill") -> list[str]:
     job = reg.job(job_id)
     if job.terminal:
         return []
-    reg.transition(job_id, R.KILLED, reason)
+    reg.transition(job_id, jobdb.KILLED, reason)
     if pgroup.alive(job.master_pid, job.master_start):
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGTERM)
     problems: list[str] = []
@@ -49,16 +49,16 @@ def kill_job(reg: R.JobRegistry, job_id: int, grace: float = 10.0,
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGKILL)
     for p in reg.procs(job_id):
         if not p.terminal:  # a row the master wrote (e.g. LOST with its host) stays
-            reg.update_proc(job_id, p.attempt, p.procs_id, state=R.KILLED)
+            reg.update_proc(job_id, p.attempt, p.procs_id, state=jobdb.KILLED)
     return problems
 
 
-def _signal_all(job: R.Job, procs: list[R.Proc], sig: int, problems: list[str]) -> list[R.Proc]:
+def _signal_all(job: jobdb.Job, procs: list[jobdb.Proc], sig: int, problems: list[str]) -> list[jobdb.Proc]:
     """Signal each; the ones that got it (still there)."""
     return [p for p in procs if _signal(job, p, sig, problems)]
 
 
-def _signal(job: R.Job, p: R.Proc, sig: int, problems: list[str]) -> bool:
+def _signal(job: jobdb.Job, p: jobdb.Proc, sig: int, problems: list[str]) -> bool:
     from runtime.jobs.hostfile import is_local
 
     if is_local(p.host):
@@ -69,7 +69,7 @@ def _signal(job: R.Job, p: R.Proc, sig: int, problems: list[str]) -> bool:
                    problems)
 
 
-def _alive(job: R.Job, p: R.Proc, problems: list[str]) -> bool:
+def _alive(job: jobdb.Job, p: jobdb.Proc, problems: list[str]) -> bool:
     from runtime.jobs.hostfile import is_local
 
     if is_local(p.host):
@@ -79,7 +79,7 @@ def _alive(job: R.Job, p: R.Proc, problems: list[str]) -> bool:
     return _remote(job, p, ["alive", str(p.pgid), repr(p.start_time)], problems)
 
 
-def _remote(job: R.Job, p: R.Proc, args: list[str], problems: list[str]) -> bool:
+def _remote(job: jobdb.Job, p: jobdb.Proc, args: list[str], problems: list[str]) -> bool:
     from runtime.jobs import ssh
     from runtime.jobs.logs import ssh_options
 

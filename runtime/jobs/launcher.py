@@ -87,7 +87,7 @@ class Handle:
 
     def failure(self, code: int) -> str:
         """The exit in words, for the job's reason."""
-        from runtime.jobs.registry import describe_exit
+        from runtime.jobs.jobdb import describe_exit
 
         return describe_exit(*self.exit_of(code))
 
@@ -265,7 +265,7 @@ class JobFiles:
 
 def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
     """The node argv of a spec, rank-less: the engine gives each its rank."""
-    argv = [python, "-m", "runtime.node"]
+    argv = [python, "-m", "runtime.train.node"]
     skip = {"--procs", "--log"}
     it = iter(spec.argv[3:])
     for a in it:
@@ -296,7 +296,7 @@ class MpirunEngine(Engine):
 
 @launcher_registry.register("mpi")
 class MpiLauncher(Launcher):
-    """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.node ...`
+    """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.train.node ...`
     (Open MPI's spelling); ZeroMQ stays the data plane, MPI only starts the
     processes. Each process takes its rank from OMPI_COMM_WORLD_RANK or
     PMI_RANK."""

@@ -15,7 +15,7 @@ import subprocess
 import threading
 
 from runtime.jobs import logfile
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 
 
 def _is_local(host: str) -> bool:
@@ -24,19 +24,19 @@ def _is_local(host: str) -> bool:
     return is_local(host)
 
 
-def ssh_options(job: R.Job):
+def ssh_options(job: jobdb.Job):
     from runtime.jobs.ssh import SshOptions
 
     return SshOptions(**job.options.get("ssh", {}))
 
 
-def _here(job: R.Job, proc: R.Proc) -> bool:
+def _here(job: jobdb.Job, proc: jobdb.Proc) -> bool:
     """Whether the log is readable on this host: its process ran here, or an
     engine (Slurm, MPI) wrote it on the filesystem the job's nodes share."""
     return _is_local(proc.host) or job.launcher in ("slurm", "mpi")
 
 
-def tail(job: R.Job, proc: R.Proc, n: int) -> list[str]:
+def tail(job: jobdb.Job, proc: jobdb.Proc, n: int) -> list[str]:
     if not proc.log_path:
         return []
     if _here(job, proc):
@@ -95,7 +95,7 @@ def _size(path: str) -> int:
 class RemoteReader:
     """`tail -F` of the log on its host over ssh, read by a thread."""
 
-    def __init__(self, job: R.Job, proc: R.Proc, from_start: bool = True):
+    def __init__(self, job: jobdb.Job, proc: jobdb.Proc, from_start: bool = True):
         from runtime.jobs import ssh
 
         self.job, self.proc = job, proc
@@ -150,7 +150,7 @@ class RemoteReader:
         self.thread.join(timeout=5)  # the lines already in the pipe are delivered
 
 
-def reader(job: R.Job, proc: R.Proc, from_start: bool = True):
+def reader(job: jobdb.Job, proc: jobdb.Proc, from_start: bool = True):
     if _here(job, proc):
         return LocalReader(proc.log_path, from_start)
     return RemoteReader(job, proc, from_start)

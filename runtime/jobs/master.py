@@ -45,11 +45,11 @@ from pathlib import Path
 
 import zmq
 
-from conf import common_pb2 as C, job_pb2
-from runtime.comm import socket as S
+from conf import common_pb2, job_pb2
+from runtime.comm import socket as zsock
 from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
 from runtime.comm.msg import Addr, Msg
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from runtime.errors import UserError
 from runtime.jobs.metrics import MetricsWriter
 from runtime.jobs.ssh import SSH_FAILED
@@ -84,7 +84,7 @@ class Outcome:
 
 
 class JobMaster:
-    def __init__(self, reg: R.JobRegistry, job_id: int):
+    def __init__(self, reg: jobdb.JobDB, job_id: int):
         self.reg = reg
         self.id = job_id
         self.row = reg.job(job_id)
@@ -119,8 +119,8 @@ class JobMaster:
                     return 0 if out.state == "SUCCEEDED" else 1
                 resume = self._can_resume()
         finally:
-            # the job's ipc sockets (S.ipc_dir, handed down in _env), whatever the end
-            S.remove_ipc_dir()
+            # the job's ipc sockets (zsock.ipc_dir, handed down in _env), whatever the end
+            zsock.remove_ipc_dir()
 
     def _settle(self, attempt: int, out: Outcome) -> Outcome:
         """Record how the attempt ended: the job's final state, or (a failure
@@ -137,7 +137,7 @@ class JobMaster:
         self.stop_signal = signum
 
     def _killed(self) -> bool:
-        return self.reg.job(self.id).state == R.KILLED
+        return self.reg.job(self.id).state == jobdb.KILLED
 
     def _can_resume(self) -> bool:
         from runtime import checkpoint
@@ -156,14 +156,14 @@ class JobMaster:
             keys = JobKeys.from_dict(self.row.secret["curve"])
         ctx = zmq.Context()
         guard = Guard(ctx, keys) if keys is not None else None
-        router = S.router(ctx, keys=keys)
+        router = zsock.router(ctx, keys=keys)
         if remote:
             # under Slurm the hosts are not known yet: advertise this host's own address
             peer = socket.gethostname() if self.opts.get("launcher") == "slurm" else remote[0]
             addr = hostfile.advertise_address(peer=peer, interface=self.opts.get("interface"))
-            endpoint = S.bind(router, "tcp", host=addr, name="master")
+            endpoint = zsock.bind(router, "tcp", host=addr, name="master")
         else:
-            endpoint = S.bind(router, "ipc", name="master")
+            endpoint = zsock.bind(router, "ipc", name="master")
         handles: list[Handle] = []
         try:
             try:
@@ -200,7 +200,7 @@ class JobMaster:
         for p, host in enumerate(self.hosts):
             log_path = adir / f"procs-{p}.log"
             self.reg.add_proc(self.id, attempt, p, host=host, role=self._role(p), log_path=str(log_path))
-            argv = [sys.executable, "-m", "runtime.node", "--job-id", str(self.id),
+            argv = [sys.executable, "-m", "runtime.train.node", "--job-id", str(self.id),
                     "--procs", str(p), "--master", endpoint, "--log", str(log_path)]
             if resume:
                 argv.append("--resume")
@@ -269,7 +269,7 @@ class JobMaster:
             threads = max(1, min(threads, int(self.opts["cores"]) // procs_on_host))
         env = {k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         if all(_is_local(h) for h in self.hosts):  # the processes bind ipc:// sockets
-            env[S.IPC_DIR_ENV] = S.ipc_dir()
+            env[zsock.IPC_DIR_ENV] = zsock.ipc_dir()
         for k, v in os.environ.items():
             # what shapes numerics and debugging travels with the job to every host
             if k.startswith(("SINGA_", "OPENBLAS_CORETYPE")) or k == "PYTHONPATH":
@@ -310,9 +310,9 @@ class JobMaster:
                 last_check = now
                 self.metrics.flush()
                 state = self.reg.master_beat(self.id)
-                if state == R.KILLED:
+                if state == jobdb.KILLED:
                     return Outcome("KILLED")
-                if state in R.TERMINAL:  # found LOST (this master was frozen): make it true
+                if state in jobdb.TERMINAL:  # found LOST (this master was frozen): make it true
                     return Outcome(state)
             for p, h in enumerate(handles):
                 code = h.poll()
@@ -321,13 +321,13 @@ class JobMaster:
                 if code == 0 and stopping:
                     continue
                 words = h.failure(code) if code != 0 else "exited with code 0 before the job finished"
-                self.reg.update_proc(self.id, attempt, p, state=R.FAILED,
+                self.reg.update_proc(self.id, attempt, p, state=jobdb.FAILED,
                                      exit_code=code if code >= 0 else None,
                                      signal=-code if code < 0 else None)
                 return Outcome("FAILED", self._blame(p, h, words, said.get(p)))
             if stopping and all(h.poll() == 0 for h in handles):
                 for p in range(n):
-                    self.reg.update_proc(self.id, attempt, p, state=R.SUCCEEDED, exit_code=0)
+                    self.reg.update_proc(self.id, attempt, p, state=jobdb.SUCCEEDED, exit_code=0)
                 return Outcome("SUCCEEDED")
             if len(book) < n and now - started > CONNECT_TIMEOUT_S:
                 p = min(set(range(n)) - set(book))
@@ -340,12 +340,12 @@ class JobMaster:
             behind = router.getsockopt(zmq.EVENTS) & zmq.POLLIN
             for p, t in ([] if behind else heard.items()):
                 if now - t > MISSED * HEARTBEAT_S and handles[p].poll() is None:
-                    self.reg.update_proc(self.id, attempt, p, state=R.LOST)
+                    self.reg.update_proc(self.id, attempt, p, state=jobdb.LOST)
                     return Outcome("FAILED", self._blame(
                         p, handles[p], f"went silent: no heartbeat for {now - t:.1f} s", said.get(p)))
             if not poller.poll(100):
                 continue
-            got = S.recv(router, router=True)
+            got = zsock.recv(router, router=True)
             if got is None:
                 continue
             ident, msg = got
@@ -354,7 +354,7 @@ class JobMaster:
                 log.warning("dropped a message from unknown procs %d", p)
                 continue
             heard[p] = time.monotonic()
-            if msg.type == C.kConnect:
+            if msg.type == common_pb2.kConnect:
                 info = json.loads(msg.bytes(0))
                 idents[p] = ident
                 book[p] = info.get("endpoint", "")
@@ -362,17 +362,17 @@ class JobMaster:
                 if isinstance(handles[p], EngineHandle):
                     handles[p].reported_host = info.get("host")
                     self.reg.update_proc(self.id, attempt, p, host=handles[p].host)
-                self.reg.update_proc(self.id, attempt, p, state=R.RUNNING, pid=info["pid"],
+                self.reg.update_proc(self.id, attempt, p, state=jobdb.RUNNING, pid=info["pid"],
                                      pgid=info["pgid"], start_time=info["start_time"],
                                      endpoint=book[p], heartbeat=time.time())
                 if len(book) == n:
                     body = json.dumps(book).encode()
                     for q, who in idents.items():
-                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), C.kConnect).add_bytes(body))
-                    self.reg.transition(self.id, R.RUNNING)
-            elif msg.type == C.kHeartbeat:
+                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), common_pb2.kConnect).add_bytes(body))
+                    self.reg.transition(self.id, jobdb.RUNNING)
+            elif msg.type == common_pb2.kHeartbeat:
                 steps[p] = int(json.loads(msg.bytes(0)).get("step", 0))
-                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), C.kHeartbeat))
+                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), common_pb2.kHeartbeat))
                 if heard[p] - written.get(p, 0.0) >= STEP_WRITE_S:
                     written[p] = heard[p]
                     self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
@@ -380,18 +380,18 @@ class JobMaster:
                         sps = rate.add(steps[p])
                         self.reg.progress(self.id, steps[p], samples_per_s=(
                             sps * self.samples_per_step if sps is not None else None))
-            elif msg.type == C.kMetric:
+            elif msg.type == common_pb2.kMetric:
                 rec = self.metrics.add(json.loads(msg.bytes(0)))
                 if rec.get("phase") in ("train", "test") and not rec.get("group"):
                     # an energy model (CD) reports its reconstruction error instead
                     loss = rec.get("loss", rec.get("squared_error"))
                     acc = rec.get("accuracy")
                     self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
-            elif msg.type == C.kFail:
+            elif msg.type == common_pb2.kFail:
                 said[p] = str(json.loads(msg.bytes(0)).get("reason", "")).strip()
                 # the answer lets the process exit: its exit is then blamed with its reason
-                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), C.kFail))
-            elif msg.type == C.kStop:
+                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), common_pb2.kFail))
+            elif msg.type == common_pb2.kStop:
                 done.add(p)
                 if p in steps:
                     self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
@@ -400,12 +400,12 @@ class JobMaster:
                 if len(done) == n and not stopping:
                     stopping = True
                     for q, who in idents.items():
-                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), C.kStop))
+                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), common_pb2.kStop))
 
     @staticmethod
     def _send(router: zmq.Socket, who: bytes, msg: Msg) -> None:
         try:
-            S.send(router, msg, to=who)
+            zsock.send(router, msg, to=who)
         except zmq.ZMQError:
             pass  # that process is gone; its exit is seen by poll()
 
@@ -459,10 +459,10 @@ class JobMaster:
         h.close()
         code = h.poll()
         if h.unreachable or (isinstance(h, SshHandle) and code == SSH_FAILED):
-            self.reg.update_proc(self.id, attempt, p, state=R.LOST)  # lost with its host
+            self.reg.update_proc(self.id, attempt, p, state=jobdb.LOST)  # lost with its host
             return
         exit_code, sig = h.exit_of(code) if code is not None else (None, None)
-        state = R.KILLED if stopped else R.SUCCEEDED if code == 0 else R.FAILED
+        state = jobdb.KILLED if stopped else jobdb.SUCCEEDED if code == 0 else jobdb.FAILED
         self.reg.update_proc(self.id, attempt, p, state=state, exit_code=exit_code, signal=sig)
 
 
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # what the master writes into the workspace is private, as in node.py
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s master %(levelname)s %(message)s")
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     job_id = int(argv[0])
     try:
         reg.master_beat(job_id)  # first thing: until then a PENDING job has 30 s to show a master
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:
         # whatever broke the master, the job must not be left RUNNING
         log.exception("job master failed")
-        reg.transition(job_id, R.FAILED, f"the job master failed: {e!r}")
+        reg.transition(job_id, jobdb.FAILED, f"the job master failed: {e!r}")
         raise
 
 

@@ -1,9 +1,9 @@
 """Running a command on another host with plain OpenSSH, and saying why it failed.
 
-    argv = ssh_argv("node2", ["python3", "-m", "runtime.node", "--rank", "3"], opts,
+    argv = ssh_argv("node2", ["python3", "-m", "runtime.train.node", "--rank", "3"], opts,
                     env={"SINGA_JOB": "17"}, cwd="/home/u/singa")
     # ssh -o BatchMode=yes -o ConnectTimeout=10 node2 -- \
-    #     "cd /home/u/singa && exec env SINGA_JOB=17 python3 -m runtime.node --rank 3"
+    #     "cd /home/u/singa && exec env SINGA_JOB=17 python3 -m runtime.train.node --rank 3"
 
 Contract:
 - The local side is always an argv list (never `shell=True`). The remote

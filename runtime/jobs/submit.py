@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from runtime.errors import UserError
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 
 
 @dataclass
@@ -48,9 +48,10 @@ class SubmitOptions:
     warn: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
-def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> int:
+def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> int:
     """Validate, register and launch the job; returns its id."""
-    from runtime import checkpoint, driver, plugins
+    from runtime import checkpoint, plugins
+    from runtime.train import single
     from runtime.cluster import Cluster
     from runtime.config import load_job
     from runtime.jobs import hostfile
@@ -114,9 +115,9 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
         secret = {"curve": JobKeys.generate().to_dict()}
         if launcher != "slurm":
             hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
-    reg = reg or R.JobRegistry()
+    reg = reg or jobdb.JobDB()
     reg.check_workspace(ws)  # before the workspace is touched; create_job checks it again
-    driver.prepare_workspace(job)
+    single.prepare_workspace(job)
     from runtime.jobs import code
 
     staged = Path(tempfile.mkdtemp(prefix="singa-code-"))
@@ -149,13 +150,13 @@ def submit(conf: str, opts: SubmitOptions, reg: R.JobRegistry | None = None) -> 
             f.write(job.SerializeToString())
         master = _start_master(reg, row)
     except (OSError, subprocess.SubprocessError) as e:
-        reg.transition(row.id, R.FAILED, f"could not start the job master: {e}")
+        reg.transition(row.id, jobdb.FAILED, f"could not start the job master: {e}")
         raise UserError(f"job {row.id}: could not start the job master: {e}") from None
     reg.set_master(row.id, master.pid, _start_time(master.pid))
     return row.id
 
 
-def _start_master(reg: R.JobRegistry, row: R.Job) -> subprocess.Popen:
+def _start_master(reg: jobdb.JobDB, row: jobdb.Job) -> subprocess.Popen:
     log_path = Path(row.log_dir) / "master.log"
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
@@ -173,7 +174,7 @@ def _start_time(pid: int) -> float | None:
 
 # ------------------------------------------------------------------ follow ---
 
-def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+def follow(reg: jobdb.JobDB, job_id: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
            grace: float = 5.0) -> int:
     """Stream process 0's log until the job ends; Ctrl-C or TERM stops the job."""
     from runtime.jobs import logs
@@ -207,7 +208,7 @@ def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextI
                     for line in reader.drain():
                         _emit(line, out, status)
                     reader.close()
-                if job.state == R.SUCCEEDED:
+                if job.state == jobdb.SUCCEEDED:
                     for line in _server_lines(job, procs[1:]):
                         _emit(line, out, status)
                 break
@@ -229,7 +230,7 @@ def follow(reg: R.JobRegistry, job_id: int, out: TextIO = sys.stdout, err: TextI
     return _report_end(reg, job, err, interrupted)
 
 
-def _server_lines(job: R.Job, procs: list[R.Proc]) -> list[str]:
+def _server_lines(job: jobdb.Job, procs: list[jobdb.Proc]) -> list[str]:
     """The `Server (g,s): ...` summaries (update counts, staleness) that the
     servers of the other processes wrote last in their logs: process 0's
     log, which submit streams, has only its own servers'."""
@@ -258,17 +259,17 @@ def _emit(line: str, out: TextIO, status: "_Status | None") -> None:
     out.flush()
 
 
-def _report_end(reg: R.JobRegistry, job: R.Job, err: TextIO, interrupted: bool) -> int:
+def _report_end(reg: jobdb.JobDB, job: jobdb.Job, err: TextIO, interrupted: bool) -> int:
     took = _clock(job.elapsed)
-    if job.state == R.SUCCEEDED:
+    if job.state == jobdb.SUCCEEDED:
         print(f"singa: job {job.id} SUCCEEDED in {took}", file=err, flush=True)
         return 0
     print(f"singa: job {job.id} {job.state}" + (f": {job.reason}" if job.reason else ""),
           file=err, flush=True)
-    if job.state in (R.FAILED, R.LOST):
+    if job.state in (jobdb.FAILED, jobdb.LOST):
         from runtime.jobs import logs
 
-        failed = next((p for p in reg.procs(job.id) if p.state == R.FAILED), None)
+        failed = next((p for p in reg.procs(job.id) if p.state == jobdb.FAILED), None)
         if failed is not None and failed.procs_id != 0:
             try:
                 lines = logs.tail(job, failed, 20)
@@ -294,7 +295,7 @@ class _Status:
         self.err = err
         self.shown = False
 
-    def show(self, job: R.Job) -> None:
+    def show(self, job: jobdb.Job) -> None:
         parts = [f"job {job.id} {job.state}"]
         if job.train_steps:
             parts.append(f"step {job.step or 0}/{job.train_steps}")
@@ -304,7 +305,7 @@ class _Status:
             parts.append(f"accuracy {job.accuracy:.4f}")
         if job.samples_per_s:
             parts.append(f"{job.samples_per_s:,.0f} samples/s")
-            if job.train_steps and job.step is not None and job.state == R.RUNNING:
+            if job.train_steps and job.step is not None and job.state == jobdb.RUNNING:
                 left = _eta(job)
                 if left is not None:
                     parts.append(f"ETA {_clock(left)}")
@@ -320,7 +321,7 @@ class _Status:
             self.shown = False
 
 
-def _eta(job: R.Job) -> float | None:
+def _eta(job: jobdb.Job) -> float | None:
     """Seconds left, from the steps done so far and the time they took."""
     if not job.started or not job.step:
         return None

@@ -32,7 +32,7 @@ so its src never waits forever. The builder orders every worker's layers as
 one topological order of the whole graph (a src before its dst), which
 makes the blocking receives deadlock-free in both directions.
 
-Links (`runtime.group.BridgeLink`) deliver messages per (group, bridge id,
+Links (`runtime.ps.group.BridgeLink`) deliver messages per (group, bridge id,
 direction) in order: references in memory between workers of one process,
 `kData` messages through the stubs between processes (`ipc://` on one host,
 `tcp://` across hosts).
@@ -57,7 +57,7 @@ DATA, GRAD = 0, 1
 
 class Link(Protocol):
     """What a bridge needs of its worker's link to the group (see
-    `runtime.group.BridgeLink`)."""
+    `runtime.ps.group.BridgeLink`)."""
 
     def send(self, bridge: int, direction: int, to_partition: int, data: np.ndarray,
              aux: np.ndarray | None = None) -> None: ...

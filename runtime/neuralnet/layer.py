@@ -29,7 +29,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
-from runtime.param import Param
+from runtime.model.param import Param
 from runtime.registry import Registry
 
 layer_registry = Registry("layer type", job_pb2.LayerType,

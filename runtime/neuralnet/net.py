@@ -54,7 +54,7 @@ are views of it) so that the group's first worker initialises, tests and
 checkpoints the conf params under their conf names.
 
 A training net whose layer protos carry `num_partitions` > 1 (the job of a
-worker of a group, see `runtime.node.partition_job`) is built as partition
+worker of a group, see `runtime.train.node.partition_job`) is built as partition
 `partition_id` of that many; the test and validation nets are never
 partitioned (SINGA builds them with 1 partition) and read whole batches.
 """
@@ -65,9 +65,9 @@ from typing import Callable
 
 from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
-from runtime.neuralnet import partition as P
+from runtime.neuralnet import partition as partitioning
 from runtime.neuralnet.layer import Layer, create_layer, kOneToOne, layer_registry
-from runtime.param import Param
+from runtime.model.param import Param
 
 UNROLL_SEP = "#"
 
@@ -385,7 +385,7 @@ class NeuralNet:
         if self.npartitions > 1:
             if self.unrolled:  # a copy inherits the net's partition_dim as its conf layer does
                 inherited = {q.name for _, q in protos if origin_name(q.name) in inherited}
-            found = P.check([l for l in sorted_layers if l.name not in failed], self._index,
+            found = partitioning.check([l for l in sorted_layers if l.name not in failed], self._index,
                             locate, self.npartitions, self.unrolled, inherited)
             for name, problem in found:
                 report(name, problem)
@@ -458,9 +458,9 @@ class NeuralNet:
         layers in order and the names of those whose one-partition layer
         failed."""
         n = self.npartitions
-        nodes = P.expand(order, self._src, n)
+        nodes = partitioning.expand(order, self._src, n)
         if self.partition is not None:
-            nodes = P.local_nodes(nodes, self.partition)
+            nodes = partitioning.local_nodes(nodes, self.partition)
         index, src, dst = {}, {}, {}
         by_name: dict[str, Layer] = {}
         out: list[Layer] = []
@@ -470,7 +470,7 @@ class NeuralNet:
             by_name[node.name] = layer
             out.append(layer)
             index[node.name] = self._index.get(node.base, -1)
-            if node.base in failed and P.whole_name(node.name) == node.base:
+            if node.base in failed and partitioning.whole_name(node.name) == node.base:
                 bad.add(node.name)  # a partition of a failed layer (its connection
                 # layers are skipped when their own sources failed)
             if node.bridge >= 0:
@@ -505,12 +505,12 @@ class NeuralNet:
         n = self.npartitions
         first: dict[str, Layer] = {}
         for layer in self.layers:
-            base = P.whole_name(layer.name)
+            base = partitioning.whole_name(layer.name)
             if getattr(layer, "_feature_params", False):
                 for param in layer.params:
                     rows = param.shape[0] if param.shape else 1
                     k = layer.proto.partition_id
-                    part = PartOf(P.whole_name(param.name), k, n, k * rows, (k + 1) * rows)
+                    part = PartOf(partitioning.whole_name(param.name), k, n, k * rows, (k + 1) * rows)
                     self._parts[id(param)] = part
                     if self.partition in (None, 0):
                         whole = self.wholes.get(part.name)

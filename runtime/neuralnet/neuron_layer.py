@@ -22,7 +22,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
-from runtime.param import Param
+from runtime.model.param import Param
 
 F32 = np.float32
 

@@ -1,5 +1,5 @@
 """RBM layers: kRBMVis and kRBMHid, the two halves of a Restricted Boltzmann
-Machine trained by contrastive divergence (`runtime.algorithms.cd`).
+Machine trained by contrastive divergence (`runtime.train.algorithms.cd`).
 
 An RBM is written as two layers joined both ways, as in SINGA:
 

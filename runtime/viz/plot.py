@@ -17,7 +17,7 @@ was logged. The picture is written atomically (temporary name, then rename);
 the format follows the suffix (.png, .svg, .pdf).
 
 `plot_norms` draws the per-layer norms that `debug: true` writes
-(`runtime.debug`) the same way, one panel per kind of norm.
+(`runtime.train.debug`) the same way, one panel per kind of norm.
 
 matplotlib is used without pyplot (a `Figure` and its own canvas), so no GUI
 backend is chosen and nothing global is touched.
@@ -279,7 +279,7 @@ def plot_metrics(records: Sequence[dict], path: str | Path, title: str,
 
 
 def plot_norms(records: Sequence[dict], path: str | Path, title: str) -> PlotResult:
-    """Draw the per-layer norms of `runtime.debug.read` (one record per layer
+    """Draw the per-layer norms of `runtime.train.debug.read` (one record per layer
     and display step) against the step: the layers' data and gradients, the
     params' values and gradients, one line per layer or param, log scale."""
     records = list(records)

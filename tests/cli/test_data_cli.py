@@ -58,7 +58,8 @@ def test_import_idx_v01_feeds_a_singa_v01_mnist_conf(tmp_path, monkeypatch):
     (kShardData + kMnist + kLabel, paths from the SINGA root): it validates
     and trains on them, and the parsed batches are the imported images."""
     from conf import job_pb2
-    from runtime import checkpoint, driver
+    from runtime import checkpoint
+    from runtime.train import single
     from runtime.config import load_job
     from runtime.io.idx import read_idx
     from runtime.neuralnet.net import NeuralNet
@@ -86,7 +87,7 @@ def test_import_idx_v01_feeds_a_singa_v01_mnist_conf(tmp_path, monkeypatch):
 
     lines: list[str] = []
     job = load_job("examples/mnist/job.conf", submit=True).proto
-    worker = driver.train(job, log=lines.append)
+    worker = single.train(job, log=lines.append)
     assert [l.split("  ")[0] for l in lines if l.startswith("Test @")] == \
         ["Test @ step 0", "Test @ step 2", "Test @ step 3"]
     assert len([l for l in lines if l.startswith("Train @")]) == 3

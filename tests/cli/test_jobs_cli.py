@@ -15,7 +15,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "curve-secret-do-not-print"
@@ -34,13 +34,13 @@ def singa(home: Path, *args: str, extra: list[str] | None = None) -> subprocess.
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def make_job(reg: R.JobRegistry, name: str, hosts: list[str], **kw) -> R.Job:
+def make_job(reg: jobdb.JobDB, name: str, hosts: list[str], **kw) -> jobdb.Job:
     return reg.create_job(name=name, conf_path=f"/exp/{name}/job.conf", conf_text=f"name: '{name}'",
                           workspace=f"/exp/{name}/ws", launcher="ssh", hosts=hosts,
                           nprocs=len(hosts), train_steps=1200, secret={"key": SECRET}, **kw)
 
 
-def live_master(reg: R.JobRegistry, job: R.Job) -> None:
+def live_master(reg: jobdb.JobDB, job: jobdb.Job) -> None:
     me = psutil.Process()
     reg.set_master(job.id, me.pid, me.create_time())
 
@@ -48,19 +48,19 @@ def live_master(reg: R.JobRegistry, job: R.Job) -> None:
 @pytest.fixture
 def jobs(home):
     """Four jobs: 1 RUNNING (live master), 2 PENDING, 3 SUCCEEDED, 4 FAILED."""
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         run = make_job(reg, "cifar10", ["node1.example.org", "node1.example.org", "node2.example.org"])
-        reg.transition(run.id, R.RUNNING)
+        reg.transition(run.id, jobdb.RUNNING)
         live_master(reg, run)
         reg.progress(run.id, 300, loss=1.25, accuracy=0.5, samples_per_s=800.0)
         pend = make_job(reg, "mnist", ["localhost"])
         live_master(reg, pend)
         done = make_job(reg, "done", ["localhost"])
-        reg.transition(done.id, R.RUNNING)
-        reg.transition(done.id, R.SUCCEEDED)
+        reg.transition(done.id, jobdb.RUNNING)
+        reg.transition(done.id, jobdb.SUCCEEDED)
         bad = make_job(reg, "broken", ["localhost"])
-        reg.transition(bad.id, R.RUNNING)
-        reg.transition(bad.id, R.FAILED, "procs 1 exited with code 3")
+        reg.transition(bad.id, jobdb.RUNNING)
+        reg.transition(bad.id, jobdb.FAILED, "procs 1 exited with code 3")
     return {"running": run.id, "pending": pend.id, "succeeded": done.id, "failed": bad.id}
 
 
@@ -118,9 +118,9 @@ def test_list_of_an_empty_registry_says_how_to_see_ended_jobs(home):
     r = singa(home, "list")
     assert r.returncode == 0, r.stderr
     assert "no active jobs" in r.stdout and "singa list --all" in r.stdout
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         j = make_job(reg, "x", ["localhost"])
-        reg.transition(j.id, R.KILLED)
+        reg.transition(j.id, jobdb.KILLED)
     r = singa(home, "list")
     assert "no active jobs" in r.stdout
     assert "KILLED" in singa(home, "list", "--all").stdout
@@ -144,13 +144,13 @@ def test_list_json_has_no_secret_and_no_conf_text(home, jobs):
 def test_list_and_view_show_a_job_whose_master_died_as_lost(home):
     master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     start = psutil.Process(master.pid).create_time()
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         job = make_job(reg, "orphan", ["localhost"])
-        reg.transition(job.id, R.RUNNING)
+        reg.transition(job.id, jobdb.RUNNING)
         reg.set_master(job.id, master.pid, start)
         reg.add_proc(job.id, reg.begin_attempt(job.id), 0, host="localhost", role="worker-0-0",
                      log_path=str(home / "w.log"))
-        reg.update_proc(job.id, 1, 0, state=R.RUNNING)
+        reg.update_proc(job.id, 1, 0, state=jobdb.RUNNING)
     assert " RUNNING " in singa(home, "list").stdout
     master.kill()
     master.wait()
@@ -166,18 +166,18 @@ def test_list_and_view_show_a_job_whose_master_died_as_lost(home):
 def test_view_shows_the_job_its_procs_and_earlier_attempts(home, jobs):
     jid = jobs["running"]
     now = time.time()
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         job = reg.job(jid)
         for attempt in (1, 2):
             assert reg.begin_attempt(jid) == attempt
             for p, host in enumerate(job.hosts):
                 reg.add_proc(jid, attempt, p, host=host, role=f"worker-0-{p}",
                              log_path=f"{job.log_dir}/attempt-{attempt}/worker-0-{p}.log")
-        reg.update_proc(jid, 1, 1, state=R.FAILED, exit_code=3, pid=41)
-        reg.update_proc(jid, 1, 0, state=R.KILLED, signal=15)
-        reg.update_proc(jid, 1, 2, state=R.KILLED, signal=9)
-        reg.update_proc(jid, 2, 0, state=R.RUNNING, pid=4242, heartbeat=now - 0.4, step=300)
-        reg.update_proc(jid, 2, 2, state=R.SUCCEEDED, exit_code=0, pid=4244)
+        reg.update_proc(jid, 1, 1, state=jobdb.FAILED, exit_code=3, pid=41)
+        reg.update_proc(jid, 1, 0, state=jobdb.KILLED, signal=15)
+        reg.update_proc(jid, 1, 2, state=jobdb.KILLED, signal=9)
+        reg.update_proc(jid, 2, 0, state=jobdb.RUNNING, pid=4242, heartbeat=now - 0.4, step=300)
+        reg.update_proc(jid, 2, 2, state=jobdb.SUCCEEDED, exit_code=0, pid=4244)
     r = singa(home, "view", str(jid))
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -207,7 +207,7 @@ def test_view_shows_the_job_its_procs_and_earlier_attempts(home, jobs):
 
 def test_status_is_view_and_json(home, jobs):
     jid = jobs["failed"]
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         reg.add_proc(jid, 1, 0, host="localhost", role="server-0-0", log_path="/nowhere/s.log")
         reg.add_proc(jid, 2, 0, host="localhost", role="server-0-0", log_path="/nowhere/s2.log")
     assert singa(home, "status", str(jid)).stdout == singa(home, "view", str(jid)).stdout
@@ -236,9 +236,9 @@ def test_an_unknown_job_exits_2_with_a_clear_message(home, jobs):
 
 
 def _failed_job(home: Path, host: str) -> tuple[int, Path]:
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         job = make_job(reg, "broken", [host, host])
-        reg.transition(job.id, R.RUNNING)
+        reg.transition(job.id, jobdb.RUNNING)
         a = reg.begin_attempt(job.id)
         log = Path(job.log_dir) / "worker-0-1.log"
         log.write_text("".join(f"Train step-{i}, loss : 1.86, accuracy : 0.51\n" for i in range(28))
@@ -246,9 +246,9 @@ def _failed_job(home: Path, host: str) -> tuple[int, Path]:
         for p in range(2):
             reg.add_proc(job.id, a, p, host=host, role=f"worker-0-{p}",
                          log_path=str(Path(job.log_dir) / f"worker-0-{p}.log"))
-        reg.update_proc(job.id, a, 0, state=R.KILLED, signal=15, pid=101)
-        reg.update_proc(job.id, a, 1, state=R.FAILED, exit_code=1, pid=102)
-        reg.transition(job.id, R.FAILED, "procs 1 (worker-0-1) exited with code 1")
+        reg.update_proc(job.id, a, 0, state=jobdb.KILLED, signal=15, pid=101)
+        reg.update_proc(job.id, a, 1, state=jobdb.FAILED, exit_code=1, pid=102)
+        reg.transition(job.id, jobdb.FAILED, "procs 1 (worker-0-1) exited with code 1")
     return job.id, log
 
 
@@ -276,13 +276,13 @@ def test_view_of_a_failed_job_on_another_host_says_where_its_log_is(home):
 
 
 def test_list_and_view_import_nothing_heavy(home, jobs):
-    heavy = re.compile(r"\| +(numpy|zmq|google|conf|runtime\.(?!errors|jobs\.registry$"
-                       r"|jobs\.registry_errors$|jobs\.lockholder$|jobs\.logfile$"
+    heavy = re.compile(r"\| +(numpy|zmq|google|conf|runtime\.(?!errors|jobs\.jobdb$"
+                       r"|jobs\.jobdb_errors$|jobs\.lockholder$|jobs\.logfile$"
                        r"|jobs$)[\w.]+)\s*$")
     for args in (["list", "--all"], ["view", str(jobs["failed"])], ["--help"]):
         r = singa(home, *args, extra=["-X", "importtime"])
         assert r.returncode == 0, r.stderr
-        assert "runtime.jobs.registry" in r.stderr or args == ["--help"]
+        assert "runtime.jobs.jobdb" in r.stderr or args == ["--help"]
         bad = [l for l in r.stderr.splitlines() if heavy.search(l)]
         assert not bad, (args, bad)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.test_training import make_conf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def singa(home: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess
 
 def healthy(home: Path) -> bytes:
     """A registry with job 1 (PENDING) and two more; its bytes, WAL checkpointed."""
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         for i in range(3):
             reg.create_job(name=f"j{i}", conf_path="/c/job.conf", conf_text="x" * 3000,
                            workspace=f"/nowhere/ws{i}", launcher="local", hosts=["localhost"],

@@ -253,7 +253,7 @@ def test_a_job_too_big_for_the_host_is_an_error_at_the_layer(tmp_path):
 
 
 def test_submit_refuses_a_job_too_big_for_the_host(tmp_path, monkeypatch):
-    from runtime.jobs import registry as R  # noqa: PLC0415
+    from runtime.jobs import jobdb  # noqa: PLC0415
 
     home = tmp_path / "home"
     monkeypatch.setenv("SINGA_HOME", str(home))
@@ -262,5 +262,5 @@ def test_submit_refuses_a_job_too_big_for_the_host(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["submit", str(conf)])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and "layer 'fc1' (kInnerProduct)" in r.output
-    with R.JobRegistry(home) as reg:
+    with jobdb.JobDB(home) as reg:
         assert reg.jobs() == []

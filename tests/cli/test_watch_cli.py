@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from runtime.jobs import metrics as M
-from runtime.jobs import registry as R
+from runtime.jobs import metrics
+from runtime.jobs import jobdb
 from singa_cli.main import COMMANDS, SingaGroup
 from singa_cli.top import (RateTracker, Row, Snapshot, group_rates, render, stragglers,
                            workers_of)
@@ -45,19 +45,19 @@ def done(tmp_path_factory):
     """An async job of 2 worker groups, run to its end: (job, its metrics)."""
     tmp = tmp_path_factory.mktemp("watch")
     job_id = submit_detached(job_conf(tmp, "duo", "nworker_groups: 2", steps=40))
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
-    return job, M.read(job.workspace)
+    assert job.state == jobdb.SUCCEEDED, job.reason
+    return job, metrics.read(job.workspace)
 
 
 def test_plot_of_an_ended_async_job_draws_its_logged_curves(done, tmp_path, monkeypatch):
     job, recs = done
-    from runtime.viz import plot as P
+    from runtime.viz import plot
 
     drawn = []
-    real = P.plot_metrics
-    monkeypatch.setattr(P, "plot_metrics", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    real = plot.plot_metrics
+    monkeypatch.setattr(plot, "plot_metrics", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
     out = tmp_path / "duo.png"
     r = run("plot", job.id, "-o", out)
     assert r.exit_code == 0, r.output
@@ -109,11 +109,11 @@ def test_top_and_plot_of_a_running_job(tmp_path):
     conf = job_conf(tmp_path, "live", "nworker_groups: 2")
     job_id = submit_detached(conf)
     try:
-        with R.JobRegistry() as reg:
+        with jobdb.JobDB() as reg:
             procs = training(reg, job_id)
             ws = reg.job(job_id).workspace
         # two train records of each group give its speed before top has samples of its own
-        wait_for(lambda: len(group_rates(M.read(ws))) == 2, 30, "both groups' train records")
+        wait_for(lambda: len(group_rates(metrics.read(ws))) == 2, 30, "both groups' train records")
         r = run("top", job_id, "--once")
         assert r.exit_code == 0, r.output
         lines = r.output.splitlines()
@@ -139,9 +139,9 @@ def test_top_and_plot_of_a_running_job(tmp_path):
         assert_png(out)
     finally:
         singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         nothing_left(reg, job_id)
-        assert reg.job(job_id).state == R.KILLED
+        assert reg.job(job_id).state == jobdb.KILLED
     r = run("top", job_id, "--once")  # an ended job: its last table
     assert r.exit_code == 0 and f"Job {job_id}: tiny  KILLED" in r.output, r.output
 
@@ -166,16 +166,16 @@ def test_stragglers_are_slower_than_half_the_median():
 
 
 def test_rate_tracker_and_the_flagged_table():
-    def proc(i: int, hb: float, step: int) -> R.Proc:
-        return R.Proc(1, 1, i, "localhost", 100 + i, 100 + i, 0.0, f"worker {i}/0", None,
-                      R.RUNNING, None, None, hb, step, None)
+    def proc(i: int, hb: float, step: int) -> jobdb.Proc:
+        return jobdb.Proc(1, 1, i, "localhost", 100 + i, 100 + i, 0.0, f"worker {i}/0", None,
+                      jobdb.RUNNING, None, None, hb, step, None)
 
     t = RateTracker(window_s=10)
     t.observe([proc(0, 100.0, 0), proc(1, 100.0, 0), proc(2, 100.0, 0)])
     assert t.rate(0) is None
     t.observe([proc(0, 102.0, 20), proc(1, 102.0, 18), proc(2, 102.0, 4)])
     assert [t.rate(i) for i in range(3)] == [10.0, 9.0, 2.0]
-    job = R.Job(1, "cifar", None, None, None, None, R.RUNNING, "", 1, 0, 0.0, 0.0, None, "/ws",
+    job = jobdb.Job(1, "cifar", None, None, None, None, jobdb.RUNNING, "", 1, 0, 0.0, 0.0, None, "/ws",
                 None, "local", ["localhost"], 3, 100, 20, 1.5, 0.25, None, None, None, {}, {},
                 None)
     rows = [Row(proc(i, 102.0, s), t.rate(i), t.rate(i) * 8, (50.0, 300 * 2**20), i == 2)

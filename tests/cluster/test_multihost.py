@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runtime.jobs import pgroup
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.jobs.test_supervision import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def submitted_id(r: subprocess.CompletedProcess) -> int:
     return int(m.group(1))
 
 
-def nothing_left(cluster, job: R.Job) -> None:
+def nothing_left(cluster, job: jobdb.Job) -> None:
     """No process of the job on any host, nor its master here."""
     for i in range(len(cluster.addresses)):
         assert cluster.wait_idle(i, timeout=10) == [], f"processes left on host {i}"
@@ -79,7 +79,7 @@ def test_lenet_across_two_hosts(ssh_cluster, hosts_args, tmp_path):
     assert v.returncode == 0, v.stderr
     for addr in ssh_cluster.addresses:
         assert re.search(rf"^\d+\s+{re.escape(addr)}\s+\d+\s+worker 0/\d.*SUCCEEDED", v.stdout, re.M), v.stdout
-    job = R.JobRegistry().job(job_id)
+    job = jobdb.JobDB().job(job_id)
     assert job.launcher == "ssh" and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
     # the keys of the job never show up on a command line or in its logs
     secret = job.secret["curve"]["secret"]
@@ -89,7 +89,7 @@ def test_lenet_across_two_hosts(ssh_cluster, hosts_args, tmp_path):
     # a remote log, read over ssh
     lg = singa("log", str(job_id), "--proc", "1", cwd=tmp_path)
     assert lg.returncode == 0, lg.stderr
-    proc1 = next(p for p in R.JobRegistry().procs(job_id) if p.procs_id == 1)
+    proc1 = next(p for p in jobdb.JobDB().procs(job_id) if p.procs_id == 1)
     assert proc1.host == ssh_cluster.addresses[1]
     nothing_left(ssh_cluster, job)
 
@@ -99,7 +99,7 @@ def test_sigkill_of_a_remote_worker_fails_the_job_within_5s(ssh_cluster, hosts_a
     r = singa("submit", "--detach", str(conf), *hosts_args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     job_id = submitted_id(r)
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     wait_for(lambda: (reg.job(job_id).step or 0) >= 10, 60, "training steps")
     victim = next(p for p in reg.procs(job_id) if p.procs_id == 1)
     assert victim.host == ssh_cluster.addresses[1]
@@ -108,7 +108,7 @@ def test_sigkill_of_a_remote_worker_fails_the_job_within_5s(ssh_cluster, hosts_a
     t0 = time.monotonic()
     job = wait_for(lambda: (lambda j: j if j.terminal else None)(reg.job(job_id)), 10, "FAILED")
     took = time.monotonic() - t0
-    assert job.state == R.FAILED, job
+    assert job.state == jobdb.FAILED, job
     assert took <= 5.0, f"FAILED after {took:.1f} s"
     assert f"process 1 on {victim.host}, pid {victim.pid}" in job.reason, job.reason
     assert "was killed by SIGKILL" in job.reason, job.reason
@@ -122,8 +122,8 @@ def test_kill_leaves_no_process_on_any_host(ssh_cluster, hosts_args, tmp_path):
     conf = lenet_conf(tmp_path, "long", 10**6, "nworkers_per_group: 2")
     r = singa("submit", "--detach", str(conf), *hosts_args, cwd=tmp_path)
     job_id = submitted_id(r)
-    reg = R.JobRegistry()
-    wait_for(lambda: reg.job(job_id).state == R.RUNNING, 60, "RUNNING")
+    reg = jobdb.JobDB()
+    wait_for(lambda: reg.job(job_id).state == jobdb.RUNNING, 60, "RUNNING")
     # the job's CURVE secret is on no command line of any process (all hosts
     # share this process table: namespaces separate only the network)
     import psutil
@@ -135,9 +135,9 @@ def test_kill_leaves_no_process_on_any_host(ssh_cluster, hosts_args, tmp_path):
     assert k.returncode == 0, k.stderr
     assert f"job {job_id} KILLED" in k.stdout
     job = reg.job(job_id)
-    assert job.state == R.KILLED
+    assert job.state == jobdb.KILLED
     nothing_left(ssh_cluster, job)
-    assert all(p.state == R.KILLED for p in reg.procs(job_id))
+    assert all(p.state == jobdb.KILLED for p in reg.procs(job_id))
 
 
 def test_an_unreachable_host_fails_the_job_with_the_reason(ssh_cluster, tmp_path):
@@ -148,8 +148,8 @@ def test_an_unreachable_host_fails_the_job_with_the_reason(ssh_cluster, tmp_path
     r = singa("submit", str(conf), "-H", str(hosts), "--ssh-config", str(ssh_cluster.ssh_config),
               cwd=tmp_path)
     assert r.returncode == 1
-    job = R.JobRegistry().job(submitted_id(r))
-    assert job.state == R.FAILED
+    job = jobdb.JobDB().job(submitted_id(r))
+    assert job.state == jobdb.FAILED
     assert f"process 1 on {bad} (worker 0/1)" in job.reason, job.reason
     assert "no route to host" in job.reason.lower() or "timed out" in job.reason.lower(), job.reason
     nothing_left(ssh_cluster, job)
@@ -175,8 +175,8 @@ def test_a_user_layer_runs_across_hosts(ssh_cluster, hosts_args, tmp_path):
     conf = user_layer_conf(tmp_path, "userhosts", "nworkers_per_group: 2")
     r = singa("submit", str(conf), "--exec", str(tmp_path / "mylayers.py"), *hosts_args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    job = R.JobRegistry().job(submitted_id(r))
-    assert job.state == R.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
+    job = jobdb.JobDB().job(submitted_id(r))
+    assert job.state == jobdb.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
 
 
 def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_path):
@@ -184,20 +184,20 @@ def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_p
     hosts: the bridge layers carry activations and gradients over tcp (with
     the job's CurveZMQ keys), and the params after 10 steps are those of one
     worker with the whole batch."""
-    from runtime import driver
+    from runtime.train import single
     from runtime.config import load_job
     from tests.test_partition import STEPS, saved, write
 
     one = write(tmp_path, "one.conf", "", "mlp")
-    worker = driver.train(load_job(str(one), submit=True).proto, log=lambda line: None)
+    worker = single.train(load_job(str(one), submit=True).proto, log=lambda line: None)
     ref = {p.name: p.data.copy() for p in worker.owned_params()}
     conf = write(tmp_path, "hosts.conf", "nworkers_per_group: 2 nworkers_per_procs: 1", "mlp",
                  feature=True)
     r = singa("submit", str(conf), *hosts_args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"Test @ step {STEPS}  Loss = " in r.stdout
-    job = R.JobRegistry().job(submitted_id(r))
-    assert job.state == R.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
+    job = jobdb.JobDB().job(submitted_id(r))
+    assert job.state == jobdb.SUCCEEDED and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
     got = saved(conf)
     assert set(got) == set(ref)
     for name, values in ref.items():
@@ -215,19 +215,19 @@ def test_a_host_cut_off_fails_the_job_and_the_master_stops_at_once(make_ssh_clus
               "--ssh-config", str(cluster.ssh_config), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     job_id = submitted_id(r)
-    reg = R.JobRegistry()
+    reg = jobdb.JobDB()
     wait_for(lambda: (reg.job(job_id).step or 0) >= 5, 60, "training steps")
     subprocess.run(["ip", "link", "set", cluster.veth_names[1], "down"], check=True)
     try:
         job = wait_for(lambda: (lambda j: j if j.terminal else None)(reg.job(job_id)), 15,
                        "the job to end")
-        assert job.state == R.FAILED, job
+        assert job.state == jobdb.FAILED, job
         assert f"process 1 on {cluster.addresses[1]}" in job.reason, job.reason
         wait_for(lambda: not pgroup.alive(job.master_pid, job.master_start), 12,
                  "the master to exit")
         rows = {p.procs_id: p for p in reg.procs(job_id)}
-        assert rows[1].state == R.LOST, rows[1]
-        assert rows[0].state == R.KILLED and (rows[0].exit_code, rows[0].signal) != (None, None), \
+        assert rows[1].state == jobdb.LOST, rows[1]
+        assert rows[0].state == jobdb.KILLED and (rows[0].exit_code, rows[0].signal) != (None, None), \
             rows[0]
         v = singa("view", str(job_id), cwd=tmp_path)
         assert re.search(rf"^1\s+{re.escape(cluster.addresses[1])}\s+\d+\s+.*\sLOST\s", v.stdout,

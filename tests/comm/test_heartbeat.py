@@ -6,11 +6,11 @@ import time
 
 import zmq
 
-from runtime.comm import heartbeat as H
+from runtime.comm import heartbeat
 
 
 def test_a_full_queue_to_a_dead_master_does_not_hide_its_death(monkeypatch, tmp_path):
-    monkeypatch.setattr(H, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.1)
     ctx = zmq.Context()
     master = ctx.socket(zmq.ROUTER)
     master.bind(f"ipc://{tmp_path}/master")
@@ -21,7 +21,7 @@ def test_a_full_queue_to_a_dead_master_does_not_hide_its_death(monkeypatch, tmp_
         reasons.append(why)
         lost.set()
 
-    link = H.MasterLink(ctx, 0, f"ipc://{tmp_path}/master", on_master_lost=on_lost)
+    link = heartbeat.MasterLink(ctx, 0, f"ipc://{tmp_path}/master", on_master_lost=on_lost)
     link.sock.setsockopt(zmq.SNDHWM, 4)
     link.start()
     master.close(linger=0)  # the master is gone: nothing drains the link's queue
@@ -42,8 +42,8 @@ def test_fail_hands_the_reason_to_the_master_and_waits_for_its_answer(tmp_path):
     answers; without an answer fail() gives up after its timeout."""
     import json
 
-    from conf import common_pb2 as C
-    from runtime.comm import socket as S
+    from conf import common_pb2
+    from runtime.comm import socket as zsock
     from runtime.comm.msg import Addr, Msg
 
     ctx = zmq.Context()
@@ -57,15 +57,15 @@ def test_fail_hands_the_reason_to_the_master_and_waits_for_its_answer(tmp_path):
         while not stop.is_set():
             if not master.poll(50):
                 continue
-            ident, msg = S.recv(master, router=True)
-            if msg.type == C.kFail:
+            ident, msg = zsock.recv(master, router=True)
+            if msg.type == common_pb2.kFail:
                 got.append(json.loads(msg.bytes(0))["reason"])
                 if answer.is_set():
-                    S.send(master, Msg(Addr.stub(-1), msg.src, C.kFail), to=ident)
+                    zsock.send(master, Msg(Addr.stub(-1), msg.src, common_pb2.kFail), to=ident)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    link = H.MasterLink(ctx, 3, f"ipc://{tmp_path}/master")
+    link = heartbeat.MasterLink(ctx, 3, f"ipc://{tmp_path}/master")
     assert link.fail("zipfile.BadZipFile: File is not a zip file")
     link.start()
     out: list[bool] = []

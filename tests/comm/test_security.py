@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from conf import common_pb2 as c
-from runtime.comm import socket as S
+from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
 from runtime.comm.security import Guard, JobKeys, KeysError
 
@@ -36,8 +36,8 @@ def server(keys):
     """A CURVE ROUTER of the job on tcp, guarded; yields (ctx, guard, router, endpoint)."""
     ctx = zmq.Context()
     guard = Guard(ctx, keys)
-    r = S.router(ctx, keys)
-    ep = S.bind(r, "tcp")
+    r = zsock.router(ctx, keys)
+    ep = zsock.bind(r, "tcp")
     socks = []
     yield ctx, guard, r, ep, socks
     for s in socks:
@@ -52,13 +52,13 @@ def _update(g: np.ndarray) -> Msg:
 
 
 def _round_trip(r, d, g: np.ndarray) -> None:
-    S.send(d, _update(g))
+    zsock.send(d, _update(g))
     assert r.poll(5000), "the job's peer got nothing through"
-    ident, m = S.recv(r, router=True)
+    ident, m = zsock.recv(r, router=True)
     assert ident == b"w0" and np.array_equal(m.array(0), g)
-    S.send(r, m.reply(c.kRUpdate, version=1).add_array(g * 2), to=ident)
+    zsock.send(r, m.reply(c.kRUpdate, version=1).add_array(g * 2), to=ident)
     assert d.poll(5000)
-    _, back = S.recv(d)
+    _, back = zsock.recv(d)
     assert back.type == c.kRUpdate and back.version == 1
     assert np.array_equal(back.array(0), g * 2)
 
@@ -84,7 +84,7 @@ def _wait_for(pred, timeout=3.0) -> bool:
 
 def test_job_peer_exchanges_messages_both_ways(server, keys):
     ctx, guard, r, ep, socks = server
-    d = S.dealer(ctx, b"w0", keys)
+    d = zsock.dealer(ctx, b"w0", keys)
     socks.append(d)
     d.connect(ep)
     _round_trip(r, d, np.arange(5, dtype=np.float32))
@@ -99,7 +99,7 @@ def test_another_key_pair_is_refused_and_logged_without_secrets(server, keys, ca
     other = JobKeys.generate()
     d = _stray_client(ctx, ep, keys, other)
     socks.append(d)
-    S.send(d, _update(np.ones(3, np.float32)))
+    zsock.send(d, _update(np.ones(3, np.float32)))
     assert r.poll(REFUSED_MS) == 0
     assert _wait_for(lambda: guard.rejected == 1)
     refusals = [rec for rec in caplog.records if rec.name == LOGGER]
@@ -111,7 +111,7 @@ def test_another_key_pair_is_refused_and_logged_without_secrets(server, keys, ca
         assert secret.decode() not in caplog.text
         assert secret[:8].decode() not in caplog.text
     # the job's own peer still gets through afterwards
-    good = S.dealer(ctx, b"w0", keys)
+    good = zsock.dealer(ctx, b"w0", keys)
     socks.append(good)
     good.connect(ep)
     _round_trip(r, good, np.arange(4, dtype=np.float32))
@@ -119,13 +119,13 @@ def test_another_key_pair_is_refused_and_logged_without_secrets(server, keys, ca
 
 def test_plain_client_gets_nothing_through_and_server_survives(server, keys):
     ctx, guard, r, ep, socks = server
-    plain = S.dealer(ctx, b"w0")
+    plain = zsock.dealer(ctx, b"w0")
     socks.append(plain)
     plain.connect(ep)
-    S.send(plain, _update(np.ones(3, np.float32)))
+    zsock.send(plain, _update(np.ones(3, np.float32)))
     plain.send_multipart([b"GET / HTTP/1.0\r\n\r\n"])
     assert r.poll(REFUSED_MS) == 0
-    good = S.dealer(ctx, b"w0", keys)
+    good = zsock.dealer(ctx, b"w0", keys)
     socks.append(good)
     good.connect(ep)
     _round_trip(r, good, np.arange(3, dtype=np.float32))
@@ -136,10 +136,10 @@ def test_client_of_another_job_is_refused(server, keys):
     e.g. on a port this job now holds that the other job used before: its
     handshake fails before ZAP (it does not know this server's key)."""
     ctx, guard, r, ep, socks = server
-    d = S.dealer(ctx, b"w0", JobKeys.generate())
+    d = zsock.dealer(ctx, b"w0", JobKeys.generate())
     socks.append(d)
     d.connect(ep)
-    S.send(d, _update(np.ones(3, np.float32)))
+    zsock.send(d, _update(np.ones(3, np.float32)))
     assert r.poll(REFUSED_MS) == 0
 
 
@@ -157,8 +157,8 @@ def test_inproc_threads_need_no_keys_on_a_curve_router(server):
     """The stub's ROUTER is a CURVE server and also serves its own threads
     over inproc://, where libzmq does no handshake."""
     ctx, guard, r, ep, socks = server
-    S.bind(r, "inproc", name="stub0")
-    local = S.dealer(ctx, b"w0")
+    zsock.bind(r, "inproc", name="stub0")
+    local = zsock.dealer(ctx, b"w0")
     socks.append(local)
     local.connect(r.getsockopt_string(zmq.LAST_ENDPOINT))
     _round_trip(r, local, np.arange(3, dtype=np.float32))
@@ -168,18 +168,18 @@ def test_a_curve_server_needs_a_guard_and_fails_closed_without_one(keys):
     ctx = zmq.Context()
     try:
         with pytest.raises(RuntimeError, match="Guard"):
-            S.router(ctx, keys)
+            zsock.router(ctx, keys)
         with Guard(ctx, keys):
             with pytest.raises(RuntimeError, match="already has a Guard"):
                 Guard(ctx, keys)
             with pytest.raises(RuntimeError, match="admits"):
-                S.router(ctx, JobKeys.generate())
-            r = S.router(ctx, keys)
-            ep = S.bind(r, "tcp")
+                zsock.router(ctx, JobKeys.generate())
+            r = zsock.router(ctx, keys)
+            ep = zsock.bind(r, "tcp")
         # guard stopped: even the job's own peer is refused, never admitted unchecked
-        d = S.dealer(ctx, b"w0", keys)
+        d = zsock.dealer(ctx, b"w0", keys)
         d.connect(ep)
-        S.send(d, _update(np.ones(3, np.float32)))
+        zsock.send(d, _update(np.ones(3, np.float32)))
         assert r.poll(REFUSED_MS) == 0
         d.close()
         r.close()
@@ -227,8 +227,8 @@ def test_keys_reach_a_child_on_stdin_not_on_its_command_line(keys):
 
 def test_ipc_sockets_live_in_a_private_directory():
     ctx = zmq.Context()
-    r = S.router(ctx)
-    ep = S.bind(r, "ipc")
+    r = zsock.router(ctx)
+    ep = zsock.bind(r, "ipc")
     try:
         mode = stat.S_IMODE(os.stat(os.path.dirname(ep[len("ipc://"):])).st_mode)
         assert mode == 0o700

@@ -5,25 +5,25 @@ import pytest
 import zmq
 
 from conf import common_pb2 as c
-from runtime.comm import socket as S
+from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
 
 
 @pytest.mark.parametrize("transport", ["inproc", "ipc", "tcp"])
 def test_router_dealer_round_trip(transport):
     ctx = zmq.Context()
-    r = S.router(ctx)
-    ep = S.bind(r, transport)
+    r = zsock.router(ctx)
+    ep = zsock.bind(r, transport)
     if transport == "tcp":
         assert ep.startswith("tcp://127.0.0.1:") and not ep.endswith(":0")
-    d = S.dealer(ctx, b"w0")
+    d = zsock.dealer(ctx, b"w0")
     d.connect(ep)
     g = np.arange(5, dtype=np.float32)
-    S.send(d, Msg(Addr.worker(0, 0), Addr.server(0, 0), c.kUpdate, param=1).add_array(g))
-    ident, m = S.recv(r, router=True)
+    zsock.send(d, Msg(Addr.worker(0, 0), Addr.server(0, 0), c.kUpdate, param=1).add_array(g))
+    ident, m = zsock.recv(r, router=True)
     assert ident == b"w0" and m.array(0).tolist() == g.tolist()
-    S.send(r, m.reply(c.kRUpdate, version=1).add_array(g * 2), to=ident)
-    _, back = S.recv(d)
+    zsock.send(r, m.reply(c.kRUpdate, version=1).add_array(g * 2), to=ident)
+    _, back = zsock.recv(d)
     assert back.type == c.kRUpdate and back.array(0).tolist() == (g * 2).tolist()
     d.close()
     r.close()
@@ -32,18 +32,18 @@ def test_router_dealer_round_trip(transport):
 
 def test_garbage_from_a_foreign_peer_is_dropped(caplog):
     ctx = zmq.Context()
-    r = S.router(ctx)
-    ep = S.bind(r, "tcp")
+    r = zsock.router(ctx)
+    ep = zsock.bind(r, "tcp")
     raw = ctx.socket(zmq.DEALER)
     raw.connect(ep)
     raw.send_multipart([b"GET / HTTP/1.0\r\n\r\n"])
     raw.send_multipart([b"SG" + bytes(25), b"x"])
-    assert S.recv(r, router=True) is None
-    assert S.recv(r, router=True) is None
+    assert zsock.recv(r, router=True) is None
+    assert zsock.recv(r, router=True) is None
     assert "dropped a message that is not ours" in caplog.text
     # a real message after the garbage still gets through
-    S.send(raw, Msg(Addr.worker(0, 0), Addr.server(0, 0), c.kGet))
-    ident, m = S.recv(r, router=True)
+    zsock.send(raw, Msg(Addr.worker(0, 0), Addr.server(0, 0), c.kGet))
+    ident, m = zsock.recv(r, router=True)
     assert m.type == c.kGet
     raw.close()
     r.close()

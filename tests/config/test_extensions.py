@@ -261,10 +261,10 @@ def test_a_job_with_a_user_config_block_runs_in_two_processes(tmp_path):
     r = singa("submit", conf.name, "--module", shipped, "--module", "scale.py", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Test @ step 12  Loss = " in r.stdout
-    from runtime.jobs import registry as R
+    from runtime.jobs import jobdb
 
-    job = R.JobRegistry().jobs()[-1]
-    assert job.state == R.SUCCEEDED and job.nprocs == 2
+    job = jobdb.JobDB().jobs()[-1]
+    assert job.state == jobdb.SUCCEEDED and job.nprocs == 2
     assert job.options["modules"] == ["xp_pb2.py", "scale.py"]
 
 

@@ -111,10 +111,10 @@ def test_estimate_is_of_the_order_of_a_real_run(tmp_path):
     (tmp_path / "job.conf").write_text(text)
     script = ("import json, resource, sys\n"
               "from runtime.config import load_job\n"
-              "from runtime import driver\n"
+              "from runtime.train import single\n"
               "job = load_job(sys.argv[1])\n"
               "est = job.validation.memory[0].total\n"
-              "driver.train(job.proto)\n"
+              "single.train(job.proto)\n"
               "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
               "print(json.dumps([est, peak]))\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from runtime.jobs.code import bundle, modules_to_load, pack, unpack
 from tests.jobs.test_supervision import ended, job_conf, nothing_left, submit_detached
 from tests.test_training import USER_LAYER
@@ -27,7 +27,7 @@ def user_layer_conf(tmp_path, name: str, cluster: str):
 
 @pytest.fixture
 def reg():
-    with R.JobRegistry() as r:
+    with jobdb.JobDB() as r:
         yield r
 
 
@@ -39,7 +39,7 @@ def test_a_user_file_runs_in_every_process_after_it_is_gone(tmp_path, reg):
     job_id = submit_detached(conf, "--exec", str(src / "mylayers.py"))
     shutil.rmtree(src)  # the job's processes must not need the user's copy
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     assert job.options["modules"] == ["mylayers.py"]
     nothing_left(reg, job_id)
 
@@ -58,7 +58,7 @@ def test_a_user_package_ships_by_its_dotted_name(tmp_path, reg, monkeypatch):
         sys.path.remove(str(tmp_path / "src"))
     shutil.rmtree(tmp_path / "src")
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
 
 
 def test_bundle_round_trip(tmp_path):

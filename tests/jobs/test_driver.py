@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.jobs.test_code_shipping import user_layer_conf
 from tests.test_training import USER_LAYER
 
@@ -38,7 +38,7 @@ def test_main_registers_a_layer_and_submits_a_conf(tmp_path):
     r = run_main(tmp_path, "path", conf)
     assert r.returncode == 0, r.stderr
     assert "Test @ step 12  Loss = " in r.stdout and "SUCCEEDED" in r.stderr
-    job = R.JobRegistry().jobs()[-1]
+    job = jobdb.JobDB().jobs()[-1]
     assert job.options["modules"] == ["main.py"] and job.nprocs == 2
 
 
@@ -47,5 +47,5 @@ def test_main_submits_a_job_built_in_code(tmp_path):
     r = run_main(tmp_path, "proto", conf)
     assert r.returncode == 0, r.stderr
     assert "Train @ step 5  Loss = " in r.stdout and "Train @ step 10" not in r.stdout
-    job = R.JobRegistry().jobs()[-1]
+    job = jobdb.JobDB().jobs()[-1]
     assert job.name == "from-main" and job.train_steps == 6

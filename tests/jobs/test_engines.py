@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.jobs.test_supervision import (ended, job_conf, nothing_left, singa, submit_detached,
                                          training)
 
@@ -36,7 +36,7 @@ def engines(tmp_path, monkeypatch):
 
 @pytest.fixture
 def reg():
-    with R.JobRegistry() as r:
+    with jobdb.JobDB() as r:
         yield r
 
 
@@ -44,13 +44,13 @@ def test_slurm_job_runs_from_a_batch_script(engines, tmp_path, reg):
     conf = job_conf(tmp_path, "slurmy", "nworkers_per_group: 2", steps=30)
     job_id = submit_detached(conf, "--launcher", "slurm")
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     assert job.external_id == "1001"  # the Slurm job id, mirrored
     script = (tmp_path / "slurmy.ws" / f"singa-job-{job_id}" / "attempt-1" / "job.sbatch").read_text()
     assert "#SBATCH --ntasks=2" in script and "srun --kill-on-bad-exit=1" in script
     assert "--procs" not in script and "--job-file" in script  # ranks come from srun
     procs = reg.procs(job_id)
-    assert [p.state for p in procs] == [R.SUCCEEDED] * 2
+    assert [p.state for p in procs] == [jobdb.SUCCEEDED] * 2
     assert "Test @ step 30  Loss = " in Path(procs[0].log_path).read_text()
     keys = Path(tmp_path / "slurmy.ws" / f"singa-job-{job_id}" / "job.pb.keys")
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
@@ -64,7 +64,7 @@ def test_slurm_job_is_killed_with_scancel(engines, tmp_path, reg):
     training(reg, job_id)
     r = singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert reg.job(job_id).state == R.KILLED
+    assert reg.job(job_id).state == jobdb.KILLED
     nothing_left(reg, job_id)
 
 
@@ -72,7 +72,7 @@ def test_mpirun_job_takes_ranks_from_open_mpi(engines, tmp_path, reg):
     conf = job_conf(tmp_path, "mpi", "nworker_groups: 2 nworkers_per_group: 2", steps=30)
     job_id = submit_detached(conf, "--launcher", "mpi")
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     procs = reg.procs(job_id)
     assert [p.procs_id for p in procs] == [0, 1, 2, 3]
     assert len({p.pid for p in procs}) == 4

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime.jobs import pgroup
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.jobs.test_supervision import (ended, job_conf, nothing_left, reg, singa,  # noqa: F401
                                          submit_detached, training, wait_for)
 from tests.test_training import make_conf
@@ -45,7 +45,7 @@ def test_a_frozen_master_makes_the_job_lost_and_its_processes_rows_say_they_stop
     os.kill(job.master_pid, signal.SIGSTOP)
     try:
         # the processes give up on their master after 5 s; the registry after 10 s
-        lost = wait_for(lambda: (lambda j: j if j.state == R.LOST else None)(
+        lost = wait_for(lambda: (lambda j: j if j.state == jobdb.LOST else None)(
             reg.reconcile(reg.job(job_id))), 25, "the job to read LOST")
         assert pgroup.alive(job.master_pid, job.master_start)  # frozen, not gone
         assert re.fullmatch(rf"the job master, pid {job.master_pid}, has not answered for "
@@ -58,7 +58,7 @@ def test_a_frozen_master_makes_the_job_lost_and_its_processes_rows_say_they_stop
         assert re.search(rf"^  state:\s+LOST: the job master, pid {job.master_pid}, has not "
                          r"answered for 1\d s$", v.stdout, re.M), v.stdout
         rows = {p.procs_id: p for p in reg.procs(job_id)}
-        assert [(p.state, p.exit_code) for p in rows.values()] == [(R.FAILED, 3)] * 2
+        assert [(p.state, p.exit_code) for p in rows.values()] == [(jobdb.FAILED, 3)] * 2
         assert len(re.findall(r"^\d+\s+localhost\s+\d+\s+.*FAILED\s.*exited with code 3 ",
                               v.stdout, re.M)) == 2, v.stdout
         assert "no word from the job master" in v.stdout  # the failing process's last words
@@ -68,18 +68,18 @@ def test_a_frozen_master_makes_the_job_lost_and_its_processes_rows_say_they_stop
         os.kill(job.master_pid, signal.SIGKILL)
         os.kill(job.master_pid, signal.SIGCONT)
     nothing_left(reg, job_id)
-    assert reg.job(job_id).state == R.LOST
+    assert reg.job(job_id).state == jobdb.LOST
 
 
 def test_the_ipc_directory_goes_however_the_job_ends(tmp_path, reg, own_tmpdir):
     ok = submit_detached(job_conf(tmp_path, "ok", "nworkers_per_group: 2", steps=20))
-    assert ended(reg, ok).state == R.SUCCEEDED
+    assert ended(reg, ok).state == jobdb.SUCCEEDED
     nothing_left(reg, ok)
     assert ipc_dirs(own_tmpdir) == []
 
     doomed = submit_detached(job_conf(tmp_path, "doomed", "nworkers_per_group: 2"))
     os.kill(training(reg, doomed)[1].pid, signal.SIGKILL)
-    assert ended(reg, doomed).state == R.FAILED
+    assert ended(reg, doomed).state == jobdb.FAILED
     nothing_left(reg, doomed)
     assert ipc_dirs(own_tmpdir) == []
 
@@ -88,7 +88,7 @@ def test_the_ipc_directory_goes_however_the_job_ends(tmp_path, reg, own_tmpdir):
     r = singa("kill", str(stopped), "--grace", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     nothing_left(reg, stopped)
-    assert reg.job(stopped).state == R.KILLED
+    assert reg.job(stopped).state == jobdb.KILLED
     assert ipc_dirs(own_tmpdir) == []
 
 
@@ -103,7 +103,7 @@ def test_a_finished_job_shows_its_final_step(tmp_path, reg):
     conf.write_text(text)
     job_id = submit_detached(conf)
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     assert job.step == 203
     r = singa("list", "--all", cwd=tmp_path)
     assert re.search(rf"^{job_id}\s+\S+\s+SUCCEEDED\s+2\s+\S+\s+203/203\s", r.stdout, re.M), r.stdout

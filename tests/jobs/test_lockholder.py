@@ -16,16 +16,16 @@ import psutil
 import pytest
 
 from runtime.jobs import lockholder
-from runtime.jobs import registry as R
-from runtime.jobs.registry import JobRegistry
+from runtime.jobs import jobdb
+from runtime.jobs.jobdb import JobDB
 
 # a stand-in job master: records itself as the master of job 1, then freezes
 # (SIGSTOP) inside a write transaction, holding the registry's write lock
 _FROZEN = textwrap.dedent("""
     import os, signal, sys, time, psutil
-    from runtime.jobs.registry import JobRegistry
+    from runtime.jobs.jobdb import JobDB
     home, silent_for = sys.argv[1], float(sys.argv[2])
-    with JobRegistry(home) as reg:
+    with JobDB(home) as reg:
         reg.set_master(1, os.getpid(), psutil.Process().create_time())
         reg.master_beat(1)
         db = reg._db
@@ -48,29 +48,29 @@ def _frozen_master(home: Path, silent_for: float) -> subprocess.Popen:
     return p
 
 
-def _new_running_job(reg: JobRegistry, ws: Path) -> R.Job:
+def _new_running_job(reg: JobDB, ws: Path) -> jobdb.Job:
     job = reg.create_job(name="frozen", conf_path="/x/job.conf", conf_text="", workspace=str(ws),
                          launcher="local", hosts=["localhost"], nprocs=1, train_steps=10)
-    reg.transition(job.id, R.RUNNING)
+    reg.transition(job.id, jobdb.RUNNING)
     return job
 
 
 def test_a_frozen_master_holding_the_lock_is_killed_and_its_job_is_lost(tmp_path):
     home = tmp_path / "home"
-    with JobRegistry(home) as reg:
+    with JobDB(home) as reg:
         _new_running_job(reg, tmp_path / "ws1")
     master = _frozen_master(home, silent_for=12.0)
     try:
         assert master.pid in lockholder.writers([home / "jobs.db", home / "jobs.db-shm"])
-        with JobRegistry(home) as reg:
+        with JobDB(home) as reg:
             t0 = time.monotonic()
             other = _new_running_job(reg, tmp_path / "ws2")  # a write: waits, then frees the lock
             assert time.monotonic() - t0 < 10
             assert master.wait(5) == -signal.SIGKILL
             lost = reg.reconcile(reg.job(1))
-            assert lost.state == R.LOST and lost.step != 7  # its open transaction rolled back
+            assert lost.state == jobdb.LOST and lost.step != 7  # its open transaction rolled back
             assert lost.reason.startswith(f"the job master, pid {master.pid}, has not answered for ")
-            assert reg.job(other.id).state == R.RUNNING
+            assert reg.job(other.id).state == jobdb.RUNNING
     finally:
         if master.poll() is None:
             master.kill()
@@ -80,11 +80,11 @@ def test_a_frozen_master_holding_the_lock_is_killed_and_its_job_is_lost(tmp_path
 def test_a_master_that_still_beats_is_never_killed(tmp_path):
     """Silent for less than MASTER_SILENT_S: the holder is slow, not lost."""
     home = tmp_path / "home"
-    with JobRegistry(home) as reg:
+    with JobDB(home) as reg:
         _new_running_job(reg, tmp_path / "ws1")
     master = _frozen_master(home, silent_for=2.0)
     try:
-        with JobRegistry(home) as reg:
+        with JobDB(home) as reg:
             assert reg._silent_master(master.pid) is None
             assert lockholder.release_from_frozen_masters(
                 [home / "jobs.db", home / "jobs.db-shm"], reg._silent_master) == []

@@ -19,8 +19,8 @@ import pytest
 
 from runtime.errors import UserError
 from runtime.jobs import logfile, orphans
-from runtime.jobs import registry as R
-from runtime.jobs.registry import JobRegistry, describe_exit
+from runtime.jobs import jobdb
+from runtime.jobs.jobdb import JobDB, describe_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def mode(p: Path) -> int:
 _WS = itertools.count()
 
 
-def new_job(reg: JobRegistry, **kw) -> R.Job:
+def new_job(reg: JobDB, **kw) -> jobdb.Job:
     # each its own workspace: an active job holds its workspace
     args = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
                 workspace=f"/x/ws{next(_WS)}", launcher="local", hosts=["localhost", "localhost"], nprocs=2,
@@ -43,7 +43,7 @@ def new_job(reg: JobRegistry, **kw) -> R.Job:
 
 @pytest.fixture
 def reg(tmp_path):
-    with JobRegistry(tmp_path / "home") as r:
+    with JobDB(tmp_path / "home") as r:
         yield r
 
 
@@ -52,9 +52,9 @@ def reg(tmp_path):
 def test_files_are_private_even_under_a_permissive_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        with JobRegistry(tmp_path / "home") as reg, JobRegistry(tmp_path / "home") as other:
+        with JobDB(tmp_path / "home") as reg, JobDB(tmp_path / "home") as other:
             job = new_job(reg)
-            other.transition(job.id, R.RUNNING)
+            other.transition(job.id, jobdb.RUNNING)
             home = tmp_path / "home"
             assert mode(home) == 0o700
             assert mode(home / "jobs.db") == 0o600
@@ -71,23 +71,23 @@ def test_files_are_private_even_under_a_permissive_umask(tmp_path):
 
 def test_home_comes_from_singa_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SINGA_HOME", str(tmp_path / "h"))
-    assert R.home() == tmp_path / "h"
+    assert jobdb.home() == tmp_path / "h"
     assert mode(tmp_path / "h") == 0o700
-    with JobRegistry() as reg:
+    with JobDB() as reg:
         assert reg.path == tmp_path / "h" / "jobs.db"
     monkeypatch.delenv("SINGA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert R.home() == tmp_path / "user" / ".singa"
+    assert jobdb.home() == tmp_path / "user" / ".singa"
 
 
 def test_wal_busy_timeout_and_schema_version(reg):
     db = sqlite3.connect(reg.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION == 2
     cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)")]
-    assert tuple(cols) == R.JOB_COLUMNS
+    assert tuple(cols) == jobdb.JOB_COLUMNS
     cols = [r[1] for r in db.execute("PRAGMA table_info(procs)")]
-    assert tuple(cols) == R.PROC_COLUMNS
+    assert tuple(cols) == jobdb.PROC_COLUMNS
     assert "jobs_state" in [r[1] for r in db.execute("PRAGMA index_list(jobs)")]
     db.close()
     assert reg._db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
@@ -95,22 +95,22 @@ def test_wal_busy_timeout_and_schema_version(reg):
 
 
 def test_a_newer_schema_is_refused_naming_the_file_and_versions(tmp_path):
-    JobRegistry(tmp_path / "h").close()
+    JobDB(tmp_path / "h").close()
     db = sqlite3.connect(tmp_path / "h" / "jobs.db")
     db.execute("PRAGMA user_version = 7")
     db.commit()
     db.close()
     with pytest.raises(UserError) as e:
-        JobRegistry(tmp_path / "h")
+        JobDB(tmp_path / "h")
     msg = str(e.value)
     assert str(tmp_path / "h" / "jobs.db") in msg
-    assert "version 7" in msg and f"version {R.SCHEMA_VERSION}" in msg
+    assert "version 7" in msg and f"version {jobdb.SCHEMA_VERSION}" in msg
 
 
 def test_reopening_keeps_the_jobs(tmp_path):
-    with JobRegistry(tmp_path / "h") as reg:
+    with JobDB(tmp_path / "h") as reg:
         a = new_job(reg).id
-    with JobRegistry(tmp_path / "h") as reg:
+    with JobDB(tmp_path / "h") as reg:
         assert reg.job(a).name == "mnist"
         assert new_job(reg).id == a + 1
 
@@ -121,7 +121,7 @@ def test_create_job_records_every_field(reg):
     before = time.time()
     job = new_job(reg, options={"resume": True}, secret={"curve": "s3cret"}, max_restarts=2,
                   user="alice")
-    assert job.id == 1 and job.state == R.PENDING and job.reason == ""
+    assert job.id == 1 and job.state == jobdb.PENDING and job.reason == ""
     assert before <= job.submitted <= time.time()
     assert job.started is None and job.ended is None and job.elapsed is None
     import hashlib
@@ -143,7 +143,7 @@ def test_unknown_job_is_a_user_error(reg):
                                         r"'singa list --all' shows every job"):
         reg.job(42)
     with pytest.raises(UserError, match="no job 42"):
-        reg.transition(42, R.RUNNING)
+        reg.transition(42, jobdb.RUNNING)
     with pytest.raises(UserError, match="no job 42"):
         reg.set_master(42, 1, 1.0)
     with pytest.raises(UserError, match="no job 42"):
@@ -152,21 +152,21 @@ def test_unknown_job_is_a_user_error(reg):
 
 def test_transitions_set_times_and_a_terminal_state_is_final(reg):
     job = new_job(reg)
-    assert reg.transition(job.id, R.RUNNING)
+    assert reg.transition(job.id, jobdb.RUNNING)
     started = reg.job(job.id).started
     assert started is not None and reg.job(job.id).ended is None
     time.sleep(0.01)
-    assert reg.transition(job.id, R.RUNNING, "restarted")
+    assert reg.transition(job.id, jobdb.RUNNING, "restarted")
     assert reg.job(job.id).started == started  # only the first RUNNING sets it
     assert reg.note(job.id, "attempt 1 failed; restarting")
     j = reg.job(job.id)
-    assert (j.state, j.reason) == (R.RUNNING, "attempt 1 failed; restarting")
-    assert reg.transition(job.id, R.FAILED, "procs 1 exited with code 3")
+    assert (j.state, j.reason) == (jobdb.RUNNING, "attempt 1 failed; restarting")
+    assert reg.transition(job.id, jobdb.FAILED, "procs 1 exited with code 3")
     j = reg.job(job.id)
-    assert j.state == R.FAILED and j.reason == "procs 1 exited with code 3" and j.terminal
+    assert j.state == jobdb.FAILED and j.reason == "procs 1 exited with code 3" and j.terminal
     assert j.ended >= j.started and j.elapsed == pytest.approx(j.ended - j.started)
     assert reg.note(job.id, "late note") is False
-    for s in (R.RUNNING, R.SUCCEEDED, R.LOST, R.PENDING):
+    for s in (jobdb.RUNNING, jobdb.SUCCEEDED, jobdb.LOST, jobdb.PENDING):
         assert reg.transition(job.id, s, "late") is False
     assert reg.job(job.id) == j
     with pytest.raises(ValueError, match="unknown state 'DONE'.*PENDING, RUNNING"):
@@ -175,11 +175,11 @@ def test_transitions_set_times_and_a_terminal_state_is_final(reg):
 
 def test_jobs_filters_by_state_in_id_order(reg):
     ids = [new_job(reg, name=f"j{i}").id for i in range(5)]
-    reg.transition(ids[1], R.RUNNING)
-    reg.transition(ids[3], R.KILLED)
+    reg.transition(ids[1], jobdb.RUNNING)
+    reg.transition(ids[3], jobdb.KILLED)
     assert [j.id for j in reg.jobs()] == ids
-    assert [j.id for j in reg.jobs([R.PENDING, R.RUNNING])] == [ids[0], ids[1], ids[2], ids[4]]
-    assert [j.id for j in reg.jobs(R.TERMINAL)] == [ids[3]]
+    assert [j.id for j in reg.jobs([jobdb.PENDING, jobdb.RUNNING])] == [ids[0], ids[1], ids[2], ids[4]]
+    assert [j.id for j in reg.jobs(jobdb.TERMINAL)] == [ids[3]]
     assert reg.jobs([]) == []
     with pytest.raises(ValueError):
         reg.jobs(["nope"])
@@ -205,14 +205,14 @@ def test_procs_crud(reg):
     job = new_job(reg)
     for p in range(2):
         reg.add_proc(job.id, 1, p, host="localhost", role=f"worker-0-{p}", log_path=f"/l/1/{p}.log")
-    reg.update_proc(job.id, 1, 0, pid=100, pgid=100, start_time=5.0, state=R.RUNNING,
+    reg.update_proc(job.id, 1, 0, pid=100, pgid=100, start_time=5.0, state=jobdb.RUNNING,
                     endpoint="ipc:///tmp/x", heartbeat=6.0, step=10)
-    reg.update_proc(job.id, 1, 1, state=R.FAILED, exit_code=3)
+    reg.update_proc(job.id, 1, 1, state=jobdb.FAILED, exit_code=3)
     p0, p1 = reg.procs(job.id)
     assert (p0.procs_id, p0.pid, p0.pgid, p0.state, p0.step, p0.endpoint) == (
-        0, 100, 100, R.RUNNING, 10, "ipc:///tmp/x")
+        0, 100, 100, jobdb.RUNNING, 10, "ipc:///tmp/x")
     assert (p1.state, p1.exit_code, p1.signal, p1.role, p1.log_path) == (
-        R.FAILED, 3, None, "worker-0-1", "/l/1/1.log")
+        jobdb.FAILED, 3, None, "worker-0-1", "/l/1/1.log")
     assert p1.terminal and not p0.terminal
     # A second attempt: procs() shows the latest, all_procs() every one.
     reg.add_proc(job.id, 2, 0, host="node2", role="worker-0-0", log_path="/l/2/0.log")
@@ -237,15 +237,15 @@ def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
 
-def _running_job_with_master(reg: JobRegistry, pid: int, start: float) -> R.Job:
+def _running_job_with_master(reg: JobDB, pid: int, start: float) -> jobdb.Job:
     job = new_job(reg)
-    reg.transition(job.id, R.RUNNING)
+    reg.transition(job.id, jobdb.RUNNING)
     reg.set_master(job.id, pid, start)
     a = reg.begin_attempt(job.id)
     for p in range(3):
         reg.add_proc(job.id, a, p, host="localhost", role="worker", log_path=f"/l/{p}.log")
-    reg.update_proc(job.id, a, 0, state=R.RUNNING)
-    reg.update_proc(job.id, a, 2, state=R.SUCCEEDED, exit_code=0)
+    reg.update_proc(job.id, a, 0, state=jobdb.RUNNING)
+    reg.update_proc(job.id, a, 2, state=jobdb.SUCCEEDED, exit_code=0)
     return reg.job(job.id)
 
 
@@ -253,14 +253,14 @@ def test_reconcile_a_dead_master_makes_the_job_and_its_live_procs_lost(reg):
     master = _sleeper()
     start = psutil.Process(master.pid).create_time()
     job = _running_job_with_master(reg, master.pid, start)
-    assert reg.reconcile(job).state == R.RUNNING  # alive: unchanged
+    assert reg.reconcile(job).state == jobdb.RUNNING  # alive: unchanged
     master.kill()
     master.wait()
     lost = reg.reconcile(reg.job(job.id))
-    assert lost.state == R.LOST and lost.ended is not None
+    assert lost.state == jobdb.LOST and lost.ended is not None
     assert lost.reason == (f"the job master (pid {master.pid}) is gone; "
                            "the job's processes may still be running")
-    assert [p.state for p in reg.procs(job.id)] == [R.LOST, R.LOST, R.SUCCEEDED]
+    assert [p.state for p in reg.procs(job.id)] == [jobdb.LOST, jobdb.LOST, jobdb.SUCCEEDED]
     assert reg.reconcile(lost) == lost  # terminal: nothing more to do
 
 
@@ -274,7 +274,7 @@ def test_reconcile_a_zombie_master_is_gone(reg):
         while psutil.Process(master.pid).status() != psutil.STATUS_ZOMBIE:
             assert time.time() < deadline
             time.sleep(0.01)
-        assert reg.reconcile(job).state == R.LOST
+        assert reg.reconcile(job).state == jobdb.LOST
     finally:
         master.wait()
 
@@ -282,15 +282,15 @@ def test_reconcile_a_zombie_master_is_gone(reg):
 def test_reconcile_a_reused_pid_is_not_the_master(reg):
     me = psutil.Process(os.getpid())
     job = _running_job_with_master(reg, me.pid, me.create_time() - 100.0)
-    assert reg.reconcile(job).state == R.LOST
+    assert reg.reconcile(job).state == jobdb.LOST
 
 
 def test_reconcile_a_live_master_changes_nothing(reg):
     me = psutil.Process(os.getpid())
     job = _running_job_with_master(reg, me.pid, me.create_time())
     fresh = reg.reconcile(job)
-    assert fresh == reg.job(job.id) and fresh.state == R.RUNNING and fresh.reason == ""
-    assert [p.state for p in reg.procs(job.id)] == [R.RUNNING, R.PENDING, R.SUCCEEDED]
+    assert fresh == reg.job(job.id) and fresh.state == jobdb.RUNNING and fresh.reason == ""
+    assert [p.state for p in reg.procs(job.id)] == [jobdb.RUNNING, jobdb.PENDING, jobdb.SUCCEEDED]
 
 
 def test_reconcile_a_pending_job_whose_master_never_started(reg):
@@ -300,8 +300,8 @@ def test_reconcile_a_pending_job_whose_master_never_started(reg):
     db.commit()
     db.close()
     lost = reg.reconcile(reg.job(old.id))
-    assert lost.state == R.LOST and lost.reason == "the job master never started"
-    assert reg.reconcile(new).state == R.PENDING  # 30 s have not passed
+    assert lost.state == jobdb.LOST and lost.reason == "the job master never started"
+    assert reg.reconcile(new).state == jobdb.PENDING  # 30 s have not passed
 
 
 def test_reconcile_does_not_overwrite_a_state_written_meanwhile(reg):
@@ -309,8 +309,8 @@ def test_reconcile_does_not_overwrite_a_state_written_meanwhile(reg):
     job = _running_job_with_master(reg, master.pid, psutil.Process(master.pid).create_time())
     master.kill()
     master.wait()
-    reg.transition(job.id, R.SUCCEEDED)  # the master's last word landed first
-    assert reg.reconcile(job).state == R.SUCCEEDED  # `job` is the stale RUNNING row
+    reg.transition(job.id, jobdb.SUCCEEDED)  # the master's last word landed first
+    assert reg.reconcile(job).state == jobdb.SUCCEEDED  # `job` is the stale RUNNING row
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -318,13 +318,13 @@ def test_reconcile_does_not_overwrite_a_state_written_meanwhile(reg):
 _CHILD = """
 import sys
 from pathlib import Path
-from runtime.jobs import registry as R
-with R.JobRegistry(Path(sys.argv[1])) as reg:
+from runtime.jobs import jobdb
+with jobdb.JobDB(Path(sys.argv[1])) as reg:
     j = reg.create_job(name="c", conf_path=None, conf_text="x", workspace=None, launcher="local",
                        hosts=["localhost"], nprocs=1, train_steps=1)
-    assert reg.transition(j.id, R.RUNNING)
+    assert reg.transition(j.id, jobdb.RUNNING)
     reg.add_proc(j.id, reg.begin_attempt(j.id), 0, host="localhost", role="w", log_path="/l")
-    assert reg.transition(j.id, R.SUCCEEDED)
+    assert reg.transition(j.id, jobdb.SUCCEEDED)
     print(j.id)
 """
 
@@ -340,9 +340,9 @@ def test_twenty_concurrent_processes_each_create_and_finish_a_job(tmp_path):
         assert k.returncode == 0, err
     ids = sorted(int(out) for out, _ in outs)
     assert ids == list(range(1, 21))
-    with JobRegistry(home) as reg:
+    with JobDB(home) as reg:
         jobs = reg.jobs()
-        assert len(jobs) == 20 and {j.state for j in jobs} == {R.SUCCEEDED}
+        assert len(jobs) == 20 and {j.state for j in jobs} == {jobdb.SUCCEEDED}
         assert all(len(reg.procs(j.id)) == 1 for j in jobs)
 
 
@@ -453,12 +453,12 @@ def test_an_active_job_holds_its_workspace_as_a_real_path(reg, tmp_path):
                                 f"wait for it, kill it (singa kill {first.id}), or set another "
                                 f"workspace")
     assert [j.id for j in reg.jobs()] == [first.id]  # nothing recorded
-    reg.transition(first.id, R.RUNNING)
+    reg.transition(first.id, jobdb.RUNNING)
     with pytest.raises(UserError, match=r"in use by job \d+ \(mlp, RUNNING\)"):
         reg.check_workspace(str(ws))
     new_job(reg, workspace=str(tmp_path / "elsewhere"))  # another workspace is free
-    reg.transition(first.id, R.SUCCEEDED)
-    assert new_job(reg, workspace=str(ws)).state == R.PENDING  # an ended job holds nothing
+    reg.transition(first.id, jobdb.SUCCEEDED)
+    assert new_job(reg, workspace=str(ws)).state == jobdb.PENDING  # an ended job holds nothing
 
 
 def test_a_job_whose_master_is_gone_does_not_hold_its_workspace(reg, tmp_path):
@@ -467,11 +467,11 @@ def test_a_job_whose_master_is_gone_does_not_hold_its_workspace(reg, tmp_path):
     p.kill()
     p.wait()
     job = new_job(reg, workspace=held.workspace)
-    assert job.state == R.PENDING and reg.job(held.id).state == R.LOST
+    assert job.state == jobdb.PENDING and reg.job(held.id).state == jobdb.LOST
 
 
 def test_a_bug_of_the_caller_keeps_its_traceback_a_broken_file_does_not(reg):
-    from runtime.jobs.registry_errors import RegistryError
+    from runtime.jobs.jobdb_errors import JobDBError
 
     with pytest.raises(sqlite3.OperationalError, match="syntax error"):
         reg._db.execute("SELEKT 1")
@@ -480,7 +480,7 @@ def test_a_bug_of_the_caller_keeps_its_traceback_a_broken_file_does_not(reg):
     reg._db.execute("UPDATE jobs SET hosts = 'not json'")  # no job yet: nothing to decode
     job = new_job(reg)
     reg._db.execute("UPDATE jobs SET options = '{' WHERE id = ?", (job.id,))
-    with pytest.raises(RegistryError, match=rf"job {job.id} has an undecodable 'options' value"):
+    with pytest.raises(JobDBError, match=rf"job {job.id} has an undecodable 'options' value"):
         reg.jobs()
 
 
@@ -490,24 +490,24 @@ def test_a_version_1_registry_is_migrated_and_keeps_its_jobs(tmp_path):
     home = tmp_path / "h"
     home.mkdir()
     db = sqlite3.connect(home / "jobs.db")
-    v1 = R._SCHEMA.replace(",\n    master_heartbeat REAL", "")
+    v1 = jobdb._SCHEMA.replace(",\n    master_heartbeat REAL", "")
     assert "master_heartbeat" not in v1
     db.executescript(v1)
     db.execute("INSERT INTO jobs(name, state, submitted) VALUES ('old', 'SUCCEEDED', 1.0)")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    with JobRegistry(home) as reg:
+    with JobDB(home) as reg:
         job = reg.job(1)
-        assert (job.name, job.state, job.master_heartbeat) == ("old", R.SUCCEEDED, None)
-        assert reg.master_beat(new_job(reg).id) == R.PENDING
+        assert (job.name, job.state, job.master_heartbeat) == ("old", jobdb.SUCCEEDED, None)
+        assert reg.master_beat(new_job(reg).id) == jobdb.PENDING
     db = sqlite3.connect(home / "jobs.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == R.SCHEMA_VERSION
-    assert tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)")) == R.JOB_COLUMNS
+    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION
+    assert tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)")) == jobdb.JOB_COLUMNS
     db.close()
 
 
-def _age_beat(reg: JobRegistry, job_id: int, seconds: float) -> None:
+def _age_beat(reg: JobDB, job_id: int, seconds: float) -> None:
     db = sqlite3.connect(reg.path)
     db.execute("UPDATE jobs SET master_heartbeat = ? WHERE id = ?", (time.time() - seconds, job_id))
     db.commit()
@@ -517,9 +517,9 @@ def _age_beat(reg: JobRegistry, job_id: int, seconds: float) -> None:
 def test_reconcile_a_silent_master_makes_the_job_lost_though_its_pid_lives(reg, tmp_path):
     me = psutil.Process(os.getpid())
     job = _running_job_with_master(reg, me.pid, me.create_time())
-    assert reg.master_beat(job.id) == R.RUNNING
+    assert reg.master_beat(job.id) == jobdb.RUNNING
     _age_beat(reg, job.id, 9)
-    assert reg.reconcile(reg.job(job.id)).state == R.RUNNING  # 10 s have not passed
+    assert reg.reconcile(reg.job(job.id)).state == jobdb.RUNNING  # 10 s have not passed
     # procs 0 still runs here; procs 1 stopped itself for want of its master
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                              start_new_session=True)
@@ -532,32 +532,32 @@ def test_reconcile_a_silent_master_makes_the_job_lost_though_its_pid_lives(reg, 
     try:
         reg.update_proc(job.id, 1, 0, pid=alive.pid, pgid=alive.pid,
                         start_time=psutil.Process(alive.pid).create_time())
-        reg.update_proc(job.id, 1, 1, state=R.RUNNING, pid=gone.pid, pgid=gone.pid,
+        reg.update_proc(job.id, 1, 1, state=jobdb.RUNNING, pid=gone.pid, pgid=gone.pid,
                         start_time=gone_start, log_path=str(orphan))
         _age_beat(reg, job.id, 12.4)
         lost = reg.reconcile(reg.job(job.id))
-        assert lost.state == R.LOST and lost.ended is not None
+        assert lost.state == jobdb.LOST and lost.ended is not None
         assert lost.reason == f"the job master, pid {me.pid}, has not answered for 12 s"
         procs = reg.procs(job.id)
-        assert [p.state for p in procs] == [R.RUNNING, R.FAILED, R.SUCCEEDED]
+        assert [p.state for p in procs] == [jobdb.RUNNING, jobdb.FAILED, jobdb.SUCCEEDED]
         assert procs[1].exit_code == orphans.ORPHAN_EXIT
     finally:
         alive.kill()
         alive.wait()
     # a LOST job's process that was still running is looked at again
-    assert reg.reconcile(reg.job(job.id)).state == R.LOST
-    assert [p.state for p in reg.procs(job.id)] == [R.LOST, R.FAILED, R.SUCCEEDED]
+    assert reg.reconcile(reg.job(job.id)).state == jobdb.LOST
+    assert [p.state for p in reg.procs(job.id)] == [jobdb.LOST, jobdb.FAILED, jobdb.SUCCEEDED]
 
 
 def test_reconcile_a_pending_job_whose_live_master_never_beat(reg):
     me = psutil.Process(os.getpid())
     job = new_job(reg)
     reg.set_master(job.id, me.pid, me.create_time())
-    assert reg.reconcile(reg.job(job.id)).state == R.PENDING
+    assert reg.reconcile(reg.job(job.id)).state == jobdb.PENDING
     db = sqlite3.connect(reg.path)
     db.execute("UPDATE jobs SET submitted = ? WHERE id = ?", (time.time() - 31, job.id))
     db.commit()
     db.close()
     lost = reg.reconcile(reg.job(job.id))
-    assert lost.state == R.LOST
+    assert lost.state == jobdb.LOST
     assert lost.reason == f"the job master, pid {me.pid}, has not answered for 31 s"

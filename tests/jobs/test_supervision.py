@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.jobs import pgroup
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.test_training import make_conf
 
 
@@ -54,18 +54,18 @@ def wait_for(cond, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def ended(reg: R.JobRegistry, job_id: int, timeout: float = 60) -> R.Job:
+def ended(reg: jobdb.JobDB, job_id: int, timeout: float = 60) -> jobdb.Job:
     return wait_for(lambda: (lambda j: j if j.terminal else None)(reg.reconcile(reg.job(job_id))),
                     timeout, f"job {job_id} to end")
 
 
-def training(reg: R.JobRegistry, job_id: int, steps: int = 5) -> list[R.Proc]:
-    wait_for(lambda: reg.job(job_id).state == R.RUNNING and (reg.job(job_id).step or 0) >= steps,
+def training(reg: jobdb.JobDB, job_id: int, steps: int = 5) -> list[jobdb.Proc]:
+    wait_for(lambda: reg.job(job_id).state == jobdb.RUNNING and (reg.job(job_id).step or 0) >= steps,
              60, f"job {job_id} to train")
     return reg.procs(job_id)
 
 
-def nothing_left(reg: R.JobRegistry, job_id: int, timeout: float = 15) -> None:
+def nothing_left(reg: jobdb.JobDB, job_id: int, timeout: float = 15) -> None:
     job = reg.job(job_id)
     procs = reg.all_procs(job_id)
     wait_for(lambda: not any(pgroup.members(p.pgid, p.start_time) for p in procs if p.pgid)
@@ -75,7 +75,7 @@ def nothing_left(reg: R.JobRegistry, job_id: int, timeout: float = 15) -> None:
 
 @pytest.fixture
 def reg():
-    with R.JobRegistry() as r:
+    with jobdb.JobDB() as r:
         yield r
 
 
@@ -83,10 +83,10 @@ def test_a_job_runs_to_success_and_its_files_are_private(tmp_path, reg):
     conf = job_conf(tmp_path, "ok", "nworkers_per_group: 2", steps=30)
     job_id = submit_detached(conf)
     job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     assert job.step == 30 and job.loss is not None and job.accuracy is not None
     procs = reg.procs(job_id)
-    assert [p.state for p in procs] == [R.SUCCEEDED, R.SUCCEEDED]
+    assert [p.state for p in procs] == [jobdb.SUCCEEDED, jobdb.SUCCEEDED]
     assert all(p.exit_code == 0 and p.heartbeat and p.pgid == p.pid for p in procs)
     ws = Path(job.workspace)
     assert (ws / "metrics.jsonl").exists() and list(ws.glob("tensorboard/group0/events.out.*"))
@@ -109,12 +109,12 @@ def test_sigkill_of_a_process_fails_the_job_within_5s(tmp_path, reg, role, clust
     t0 = time.monotonic()
     job = ended(reg, job_id, timeout=10)
     assert time.monotonic() - t0 <= 5.0
-    assert job.state == R.FAILED
+    assert job.state == jobdb.FAILED
     assert job.reason.startswith(f"process {victim.procs_id} on localhost, pid {victim.pid} "
                                  f"({victim.role}) was killed by SIGKILL"), job.reason
     nothing_left(reg, job_id)
     states = {p.procs_id: p.state for p in reg.procs(job_id)}
-    assert states.pop(victim.procs_id) == R.FAILED and set(states.values()) == {R.KILLED}
+    assert states.pop(victim.procs_id) == jobdb.FAILED and set(states.values()) == {jobdb.KILLED}
     v = singa("view", str(job_id), cwd=tmp_path)
     assert f"Failing process: procs {victim.procs_id}" in v.stdout, v.stdout
 
@@ -127,7 +127,7 @@ def test_a_silent_process_fails_the_job_within_5s(tmp_path, reg):
     t0 = time.monotonic()
     job = ended(reg, job_id, timeout=10)
     assert time.monotonic() - t0 <= 5.0
-    assert job.state == R.FAILED
+    assert job.state == jobdb.FAILED
     assert re.search(r"process 1 on localhost, pid \d+ \(worker 0/1\) went silent: "
                      r"no heartbeat for 3\.\d s", job.reason), job.reason
     nothing_left(reg, job_id)
@@ -143,7 +143,7 @@ def test_the_master_killed_makes_the_job_lost_and_its_processes_exit(tmp_path, r
     r = singa("list", "--all", cwd=tmp_path)
     assert re.search(rf"^{job_id}\s+\S+\s+LOST\s", r.stdout, re.M), r.stdout
     job = reg.job(job_id)
-    assert job.state == R.LOST and f"pid {job.master_pid}" in job.reason
+    assert job.state == jobdb.LOST and f"pid {job.master_pid}" in job.reason
     # without their master the processes stop by themselves: no orphans
     wait_for(lambda: not any(pgroup.members(p.pgid, p.start_time) for p in procs), 15,
              "the processes to exit")
@@ -163,7 +163,7 @@ def test_a_full_disk_fails_the_job_with_the_reason(tmp_path, reg):
         (disk / "filler").write_bytes(b"\0" * 40_000)
         job_id = submit_detached(conf)
         job = ended(reg, job_id)
-        assert job.state == R.FAILED
+        assert job.state == jobdb.FAILED
         assert "process 0 on localhost" in job.reason and "No space left on device" in job.reason, job.reason
         nothing_left(reg, job_id)
     finally:
@@ -178,10 +178,10 @@ def test_max_restarts_relaunches_from_the_latest_checkpoint(tmp_path, reg):
              "a checkpoint after step 0")
     os.kill(procs[1].pid, signal.SIGKILL)
     job = ended(reg, job_id, timeout=120)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     assert job.attempts == 2 and job.step == 3000
     first, second = reg.procs(job_id, 1), reg.procs(job_id, 2)
-    assert first[1].state == R.FAILED and [p.state for p in second] == [R.SUCCEEDED] * 2
+    assert first[1].state == jobdb.FAILED and [p.state for p in second] == [jobdb.SUCCEEDED] * 2
     # the first attempt's logs are kept; the second resumed from a checkpoint
     assert Path(first[0].log_path).exists() and first[0].log_path != second[0].log_path
     assert re.search(r"^Resumed from step [1-9]\d*00$", Path(second[0].log_path).read_text(), re.M)
@@ -197,9 +197,9 @@ def test_kill_stops_every_process_and_is_final(tmp_path, reg):
     r = singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
     assert r.returncode == 0 and f"job {job_id} KILLED" in r.stdout, r.stderr
     job = reg.job(job_id)
-    assert job.state == R.KILLED and job.reason == "killed with singa kill"
+    assert job.state == jobdb.KILLED and job.reason == "killed with singa kill"
     nothing_left(reg, job_id)
-    assert reg.job(job_id).state == R.KILLED  # the master did not write over it
+    assert reg.job(job_id).state == jobdb.KILLED  # the master did not write over it
     r = singa("kill", str(job_id), cwd=tmp_path)
     assert r.returncode == 0 and "already ended: KILLED" in r.stdout
 
@@ -219,7 +219,7 @@ def test_concurrent_submits_all_succeed(tmp_path, reg):
     assert len(set(ids)) == 20
     for job_id in ids:
         job = ended(reg, job_id, timeout=180)
-        assert job.state == R.SUCCEEDED, (job_id, job.reason)
+        assert job.state == jobdb.SUCCEEDED, (job_id, job.reason)
         nothing_left(reg, job_id)
 
 
@@ -247,7 +247,7 @@ def test_log_follows_a_running_job_until_it_ends(tmp_path, reg):
     r = singa("log", str(job_id), "-f", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Test @ step 0") and "Test @ step 400  Loss = " in r.stdout
-    assert reg.job(job_id).state == R.SUCCEEDED
+    assert reg.job(job_id).state == jobdb.SUCCEEDED
     tail = singa("log", str(job_id), "--tail", "1", cwd=tmp_path)
     assert tail.stdout.startswith("Server (0,0): ")
 
@@ -258,8 +258,8 @@ def test_the_progress_line_shows_step_loss_accuracy_rate_and_eta():
     from runtime.jobs.submit import _Status
 
     now = time.time()
-    job = R.Job(**{**{f: None for f in R.Job.__dataclass_fields__},
-                   "id": 3, "state": R.RUNNING, "train_steps": 1000, "step": 250, "loss": 0.5123,
+    job = jobdb.Job(**{**{f: None for f in jobdb.Job.__dataclass_fields__},
+                   "id": 3, "state": jobdb.RUNNING, "train_steps": 1000, "step": 250, "loss": 0.5123,
                    "accuracy": 0.8125, "samples_per_s": 5120.0, "started": now - 10,
                    "options": {}, "hosts": [], "secret": None})
     err = io.StringIO()
@@ -308,7 +308,7 @@ def test_an_exception_in_a_user_layer_is_the_jobs_reason(tmp_path, reg, cluster)
     assert "Boom" in text
     conf.write_text(text)
     job = ended(reg, submit_detached(conf, "--module", "boom.py"))
-    assert job.state == R.FAILED
+    assert job.state == jobdb.FAILED
     # either worker of the group may be the first to fail
     m = re.fullmatch(r"process (\d) on localhost, pid \d+ \(worker 0/\d(, server 0/0)?\): "
                      r"RuntimeError: boom at step 3", job.reason)
@@ -326,12 +326,12 @@ def test_a_truncated_resume_file_is_the_jobs_reason(tmp_path, reg, cluster):
     ws = tmp_path / "trunc.ws"
     conf = job_conf(tmp_path, "trunc", cluster, steps=10, ckpt_freq=5)
     first = ended(reg, submit_detached(conf))
-    assert first.state == R.SUCCEEDED, first.reason
+    assert first.state == jobdb.SUCCEEDED, first.reason
     resume = ws / "checkpoint" / "step10-worker0.resume"
     resume.write_bytes(resume.read_bytes()[:100])
     conf.write_text(conf.read_text().replace("train_steps: 10", "train_steps: 20"))
     job = ended(reg, submit_detached(conf, "--resume"))
-    assert job.state == R.FAILED
+    assert job.state == jobdb.FAILED
     # every process of the job reads it: any may be the first to fail. The
     # checkpoint's checksum refuses it in one line (it was a zipfile.BadZipFile
     # traceback and "exited with code 1"); a user's error, so no traceback

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import metrics as M
-from runtime.jobs import registry as R
+from runtime.jobs import metrics
+from runtime.jobs import jobdb
 from runtime.jobs import tensorboard as TB
 from tests.jobs.test_supervision import ended, job_conf, submit_detached
 from tests.viz.test_plot import async_records
@@ -48,7 +48,7 @@ def test_scalars_of_each_record():
 
 
 def test_the_sink_on_a_metrics_writer_writes_what_tensorboard_reads(tmp_path):
-    writer = M.MetricsWriter(tmp_path)
+    writer = metrics.MetricsWriter(tmp_path)
     sink = TB.TensorBoardSink(tmp_path)
     writer.add_sink(sink)  # as the job master does
     recs = [writer.add(r) for r in async_records()]
@@ -78,11 +78,11 @@ def test_metrics_and_event_files_are_private_under_a_permissive_umask(tmp_path):
     """0600 files in 0700 folders, like the rest of the workspace (checkpoints,
     visualization), whatever the umask; a metrics.jsonl an older singa made 0644
     is made 0600 too."""
-    (tmp_path / M.FILE).write_text("")
-    os.chmod(tmp_path / M.FILE, 0o644)
+    (tmp_path / metrics.FILE).write_text("")
+    os.chmod(tmp_path / metrics.FILE, 0o644)
     old = os.umask(0o022)
     try:
-        writer = M.MetricsWriter(tmp_path)
+        writer = metrics.MetricsWriter(tmp_path)
         sink = TB.TensorBoardSink(tmp_path)
         writer.add_sink(sink)
         for r in async_records():
@@ -91,7 +91,7 @@ def test_metrics_and_event_files_are_private_under_a_permissive_umask(tmp_path):
         sink.close()
     finally:
         os.umask(old)
-    made = [tmp_path / M.FILE, *(tmp_path / "tensorboard").rglob("*")]
+    made = [tmp_path / metrics.FILE, *(tmp_path / "tensorboard").rglob("*")]
     assert len(made) >= 5 and any(p.name.startswith("events.out") for p in made)
     assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
         str(p.relative_to(tmp_path)): "0o700" if p.is_dir() else "0o600" for p in made}
@@ -99,13 +99,13 @@ def test_metrics_and_event_files_are_private_under_a_permissive_umask(tmp_path):
 
 def test_a_broken_sink_goes_quiet_and_the_metrics_stream_goes_on(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
-    writer = M.MetricsWriter(tmp_path)
+    writer = metrics.MetricsWriter(tmp_path)
     writer.add_sink(TB.TensorBoardSink(tmp_path))
     with caplog.at_level(logging.WARNING, logger="singa.tensorboard"):
         for r in async_records()[:10]:
             writer.add(r)
     writer.close()
-    assert len(M.read(tmp_path)) == 10
+    assert len(metrics.read(tmp_path)) == 10
     warnings = [r for r in caplog.records if "TensorBoard event files" in r.getMessage()]
     assert len(warnings) == 1 and "tensorboardX is not installed" in warnings[0].getMessage()
 
@@ -116,11 +116,11 @@ def test_a_real_async_jobs_metrics_in_tensorboard(tmp_path):
     the sink) hold each group's train curve and the servers' staleness."""
     conf = job_conf(tmp_path, "tb", "nworker_groups: 2", steps=40)
     job_id = submit_detached(conf)
-    with R.JobRegistry() as reg:
+    with jobdb.JobDB() as reg:
         job = ended(reg, job_id)
-    assert job.state == R.SUCCEEDED, job.reason
+    assert job.state == jobdb.SUCCEEDED, job.reason
     ws = Path(job.workspace)
-    recs = M.read(ws)
+    recs = metrics.read(ws)
     if not (ws / "tensorboard").exists():
         assert "TensorBoardSink" not in (ROOT / "runtime/jobs/master.py").read_text(), \
             "the master registers the sink but wrote no event files"

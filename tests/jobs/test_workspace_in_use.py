@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from runtime.jobs import registry as R
+from runtime.jobs import jobdb
 from tests.jobs.test_supervision import ended, job_conf, nothing_left, reg, singa  # noqa: F401
 
 
@@ -40,5 +40,5 @@ def test_concurrent_submits_on_one_workspace_run_one_job(tmp_path, reg):  # noqa
     r = singa("submit", "--detach", str(again), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     after = int(re.search(r"Submitted job (\d+)", r.stdout).group(1))
-    assert ended(reg, after).state == R.SUCCEEDED
+    assert ended(reg, after).state == jobdb.SUCCEEDED
     nothing_left(reg, after)

@@ -15,7 +15,7 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import ConfigError
-from runtime.group import BridgeHub, BridgeLink
+from runtime.ps.group import BridgeHub, BridgeLink
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.layer import kOneToAll, kOneToOne
 from runtime.neuralnet.net import NeuralNet
@@ -197,7 +197,7 @@ def test_each_worker_sends_before_it_receives(data):
 
 
 def test_test_and_validation_nets_stay_whole(data):
-    """A worker's job marks its layers as partition 1 of 2 (runtime.node.partition_job):
+    """A worker's job marks its layers as partition 1 of 2 (runtime.train.node.partition_job):
     its training net is that partition, its test net the whole net with whole batches."""
     conf = net_of(DATA(data), IP("ip", "data", 6, 1), LOSS % "ip")
     for layer in conf.layer:

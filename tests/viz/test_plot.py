@@ -1,5 +1,5 @@
 """Training curves (runtime/viz/plot.py) and the per-layer norms of
-`debug: true` (runtime/debug.py): what is drawn is what was logged, one line
+`debug: true` (runtime/train/debug.py): what is drawn is what was logged, one line
 per worker group, and the pictures are valid PNG/SVG files with titles,
 axis labels and legends."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import debug
+from runtime.train import debug
 from runtime.errors import UserError
 from runtime.viz.plot import curves, default_metrics, metric_names, plot_metrics, plot_norms
 
@@ -130,9 +130,9 @@ def test_curves_skip_torn_and_non_numeric_values():
 @pytest.fixture
 def debug_run(tmp_path, monkeypatch):
     """A real training run with the two calls the worker makes when `debug: true`."""
-    from runtime import driver
+    from runtime.train import single
     from runtime.config import load_job
-    from runtime.worker import Worker
+    from runtime.train.worker import Worker
     from tests.test_training import make_conf
 
     setup, display = Worker.setup, Worker.display
@@ -149,7 +149,7 @@ def debug_run(tmp_path, monkeypatch):
     monkeypatch.setattr(Worker, "setup", debug_setup)
     monkeypatch.setattr(Worker, "display", debug_display)
     conf = make_conf(tmp_path, steps=16, test_freq=16)  # step 15: display and last
-    worker = driver.train(load_job(str(conf), submit=True).proto, log=lambda line: None)
+    worker = single.train(load_job(str(conf), submit=True).proto, log=lambda line: None)
     return tmp_path / "ws", worker
 
 

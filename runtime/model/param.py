@@ -57,7 +57,7 @@ class Param:
 
     def init_values(self, rng: np.random.Generator, version: int = 0) -> None:
         """Fill `data` by the proto's init method; set the version."""
-        from runtime import param_init  # the init-method registry
+        from runtime.model import param_init  # the init-method registry
 
         self.allocate()
         if self.owner is None:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from runtime.errors import UserError
-from runtime.jobs import lockholder, registry_errors
-from runtime.jobs.registry_errors import show_path  # noqa: F401 - part of this module's API
+from runtime.jobs import lockholder, jobdb_errors as registry_errors
+from runtime.jobs.jobdb_errors import show_path  # noqa: F401 - part of this module's API
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -224,7 +224,7 @@ _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
 def _job_from_row(row: tuple, path: Path) -> Job:
-    """The Job of a `jobs` row; a JSON column that does not decode is a RegistryError
+    """The Job of a `jobs` row; a JSON column that does not decode is a JobDBError
     naming the registry file `path`, the job and the column."""
     r = list(row)
     for i, empty in ((_I_HOSTS, "[]"), (_I_OPTIONS, "{}"), (_I_SECRET, "{}")):
@@ -243,11 +243,11 @@ def home() -> Path:
     return path
 
 
-_default_home = home  # JobRegistry's parameter `home` hides the function
+_default_home = home  # JobDB's parameter `home` hides the function
 
 
 def _private_dir(path: Path) -> None:
-    """Create `path` 0700 if missing; one that cannot be is a RegistryError naming it."""
+    """Create `path` 0700 if missing; one that cannot be is a JobDBError naming it."""
     if not path.is_dir():
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def describe_exit(exit_code: int | None, signal: int | None, *, running: bool = 
     return "still running" if running else "-"
 
 
-class JobRegistry:
+class JobDB:
     """The registry at `home/jobs.db` (default `home()`); one SQLite connection.
 
     Use as a context manager or call `close()`. Not shared across threads:
@@ -419,7 +419,7 @@ class JobRegistry:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> JobRegistry:
+    def __enter__(self) -> JobDB:
         return self
 
     def __exit__(self, *exc: object) -> None:

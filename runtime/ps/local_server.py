@@ -22,8 +22,8 @@ import threading
 
 import numpy as np
 
-from runtime.param import Param
-from runtime.updater import Updater
+from runtime.model.param import Param
+from runtime.model.updater import Updater
 
 _STOP = object()
 

@@ -44,11 +44,11 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from conf import common_pb2 as C
-from runtime.comm import socket as S
+from conf import common_pb2
+from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
 from runtime.neuralnet.partition import part_name
-from runtime.param import Param
+from runtime.model.param import Param
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ class BridgeLink:
         if p == self.procs:
             self.hub.box(self.grp, bridge, direction).put((seq, data, aux))
             return
-        msg = Msg(self.addr, Addr.worker_layer(self.grp, to_partition), C.kData, bridge,
+        msg = Msg(self.addr, Addr.worker_layer(self.grp, to_partition), common_pb2.kData, bridge,
                   direction, seq)
         msg.add_array(np.asarray(data, dtype=np.float32))
         if aux is not None:
             a = np.ascontiguousarray(aux)
             msg.add_bytes(a.tobytes())
             msg.add_bytes(f"{a.dtype.str}:{','.join(map(str, a.shape))}".encode())
-        S.send(self._socket(p), msg)
+        zsock.send(self._socket(p), msg)
 
     def _socket(self, procs: int) -> zmq.Socket:
         sock = self._socks.get(procs)
@@ -192,7 +192,7 @@ class WholeChannel:
         own.version = whole.version
         if self.needs_init(whole):
             for pid, _ in self.others[whole.name]:
-                self._send(C.kPut, pid, whole.version)
+                self._send(common_pb2.kPut, pid, whole.version)
         self._inner.put(own)
 
     def collect(self, p: Param) -> None:
@@ -212,7 +212,7 @@ class WholeChannel:
             if id(part) in self.mirrors:
                 if part.version >= version:
                     continue
-                self._send(C.kGet, pid, version)
+                self._send(common_pb2.kGet, pid, version)
                 done = (lambda q=part: q.version >= version)
             elif lockstep:
                 done = (lambda q=part: q.version >= version)
@@ -224,7 +224,7 @@ class WholeChannel:
         whole.version = version
 
     def _send(self, mtype: int, pid: int, version: int) -> None:
-        S.send(self._inner.sock, Msg(self._inner.addr, self.stub.addr, mtype, pid, 0, version))
+        zsock.send(self._inner.sock, Msg(self._inner.addr, self.stub.addr, mtype, pid, 0, version))
 
 
 def wire_wholes(stub, grp: int, net, channel: WholeChannel, local: dict[int, object],

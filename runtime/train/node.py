@@ -1,6 +1,6 @@
 """One process of a job (SINGA's `singa` process), started by the job master.
 
-    python -m runtime.node --job-id N --procs P --master ENDPOINT --log PATH
+    python -m runtime.train.node --job-id N --procs P --master ENDPOINT --log PATH
                            [--resume] [--test] [--module M ...]
 
 The job (binary JobProto, absolute paths) and, across hosts, the job's CURVE
@@ -43,22 +43,23 @@ from pathlib import Path
 
 import zmq
 
-from conf import common_pb2 as C, job_pb2
+from conf import common_pb2, job_pb2
 from runtime import checkpoint
 from runtime.cluster import Cluster
-from runtime.comm import socket as S
+from runtime.comm import socket as zsock
 from runtime.comm.heartbeat import MasterLink
 from runtime.comm.msg import Msg
 from runtime.errors import Diverged, UserError, reason_line
-from runtime.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
+from runtime.ps.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.net import NeuralNet
-from runtime.param_slice import SlicePlan
-from runtime.server import Server
-from runtime.stub import Stub, identity
-from runtime.updater import create_updater
+from runtime.ps.param_slice import SlicePlan
+from runtime.ps.server import Server
+from runtime.ps.stub import Stub, identity
+from runtime.model.updater import create_updater
 from runtime.viz.graph import write_visualization
-from runtime.worker import create_worker, log_to_stdout
+from runtime.train.algorithms import create_worker
+from runtime.train.worker import log_to_stdout
 
 log = logging.getLogger("singa.node")
 
@@ -134,7 +135,7 @@ class Node:
             server = Server(g, s, create_updater(self.job.updater), self.plan)
             self._server_checkpoints(server)
             self.servers.append(server)
-            sock = S.dealer(self.ctx, identity(server.addr))
+            sock = zsock.dealer(self.ctx, identity(server.addr))
             sock.connect(self.stub.inproc)
             threads.append(threading.Thread(target=self._serve, args=(server, sock),
                                             name=f"server{g}.{s}", daemon=True))
@@ -251,7 +252,7 @@ class Node:
         """Once every local worker has built its net, before any param has a
         value: the feature-partitioned params of each group whose first
         worker is here become row views of its whole params, with mirrors
-        for the parts in other processes (runtime.group)."""
+        for the parts in other processes (runtime.ps.group)."""
         for g, channel in self._wholes.items():
             local = {w: net for (grp, w), net in self._nets.items() if grp == g and w > 0}
             wire_wholes(self.stub, g, self._nets[(g, 0)], channel, local, self.pids)
@@ -267,14 +268,14 @@ class Node:
 
     def _from_master(self, msg: Msg) -> None:
         # the master's kStop ends this process: stop the servers, then the stub
-        if msg.type == C.kStop:
+        if msg.type == common_pb2.kStop:
             self.stub.stop()
 
 
 def metric_reporter(link: MasterLink, job: job_pb2.JobProto, g: int, w: int):
     """A worker's `on_report`: its records, with who made them and the
     learning rate at their step, to the job master's metrics stream."""
-    from runtime.lr import create_lr
+    from runtime.model.lr import create_lr
 
     lr = create_lr(job.updater.learning_rate) if job.updater.HasField("learning_rate") else None
 
@@ -344,8 +345,8 @@ def _redirect_output(path: str) -> None:
 def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume: bool, test: bool) -> int:
     """A job of one process with one worker and one server: SINGA's Driver in
     this process (no stub, no sockets but the link to the master)."""
-    from runtime import driver
-    from runtime.worker import Worker
+    from runtime.train import single
+    from runtime.train.worker import Worker
 
     link.connect(process_info(0, ""))
     current: list[Worker] = []
@@ -364,19 +365,19 @@ def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume:
     try:
         if test:
             if resume:
-                driver.setup_resume(job)
-            driver.test(job, log=log_to_stdout)
+                single.setup_resume(job)
+            single.test(job, log=log_to_stdout)
         else:
-            driver.train(job, resume=resume, log=log_to_stdout)
+            single.train(job, resume=resume, log=log_to_stdout)
     finally:
         Worker.__init__ = hook
     link.done()
-    S.recv(ctl)  # the master's kStop: every process is done
+    zsock.recv(ctl)  # the master's kStop: every process is done
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.node")
+    ap = argparse.ArgumentParser(prog="python -m runtime.train.node")
     ap.add_argument("--job-id", type=int, default=0)
     ap.add_argument("--procs", type=int, default=None,
                     help="this process's id; without it, the rank that srun or mpirun set")
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
         found = rank_from_env()
         if found is None:
-            print("singa: runtime.node: no --procs and no rank from srun or mpirun in the "
+            print("singa: runtime.train.node: no --procs and no rank from srun or mpirun in the "
                   "environment (SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK)", file=sys.stderr)
             return 2
         procs = found[0]
@@ -450,14 +451,14 @@ def main(argv: list[str] | None = None) -> int:
 
             host = advertise_address(peer=args.master[len("tcp://"):].rsplit(":", 1)[0].strip("[]"))
         cluster = Cluster.from_proto(job.cluster)
-        single = args.test or (cluster.nprocs == 1 and cluster.nworkers == 1 and cluster.nservers == 1)
-        if single:
+        one = args.test or (cluster.nprocs == 1 and cluster.nworkers == 1 and cluster.nservers == 1)
+        if one:
             return run_single(job, link, ctl, args.resume, args.test)
         resume_state = None
         if args.resume:
-            from runtime import driver
+            from runtime.train import single
 
-            resume_state = driver.setup_resume(job)
+            resume_state = single.setup_resume(job)
         node = Node(job, procs, link, ctl, transport, host, keys)
         node.resumed = args.resume
         node.resume_state = resume_state

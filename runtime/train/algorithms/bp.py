@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from conf import job_pb2
 from runtime.neuralnet.net import NeuralNet
-from runtime.worker import Worker, alg_registry
+from runtime.train.worker import Worker, alg_registry
 
 
 @alg_registry.register(job_pb2.kBP)

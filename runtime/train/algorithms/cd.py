@@ -29,7 +29,7 @@ from conf import job_pb2
 from runtime.errors import UserError
 from runtime.neuralnet.net import NeuralNet
 from runtime.neuralnet.rbm_layer import RBMLayer, RBMVisLayer
-from runtime.worker import Worker, alg_registry
+from runtime.train.worker import Worker, alg_registry
 
 POSITIVE = job_pb2.kPositive | job_pb2.kForward
 NEGATIVE = job_pb2.kNegative | job_pb2.kForward

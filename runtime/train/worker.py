@@ -26,14 +26,15 @@ from typing import Callable, Protocol
 import numpy as np
 
 from conf import job_pb2
-from runtime import checkpoint, debug
-from runtime.divergence import check_metrics, check_param
+from runtime import checkpoint
+from runtime.train import debug
+from runtime.train.divergence import check_metrics, check_param
 from runtime.errors import UserError
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
-from runtime.param import Param
+from runtime.model.param import Param
 from runtime.registry import Registry
-from runtime.trigger import Trigger
+from runtime.train.trigger import Trigger
 
 alg_registry = Registry("algorithm", job_pb2.AlgType,
                         required=("train_one_batch", "test_one_batch"))
@@ -292,16 +293,6 @@ def _jsonable(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     return x
-
-
-def create_worker(job: job_pb2.JobProto, channel: ParamChannel, grp_id: int = 0,
-                  worker_id: int = 0, log: Callable[[str], None] | None = None) -> Worker:
-    """The registered Worker subclass for the job's `train_one_batch`."""
-    import runtime.algorithms  # noqa: F401  (registers the built-in algorithms)
-
-    alg = job.train_one_batch
-    cls = alg_registry.lookup(alg.alg, alg.user_alg if alg.alg == job_pb2.kUserAlg else "")
-    return cls(job, channel, grp_id, worker_id, log)
 
 
 def log_to_stdout(line: str) -> None:

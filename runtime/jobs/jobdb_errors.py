@@ -2,7 +2,7 @@
 
 SQLite and the filesystem report a broken registry in their words
 (`sqlite3.DatabaseError: file is not a database`, `[Errno 30] Read-only file
-system`); `translate` turns each into a `RegistryError` -- a `UserError`, so
+system`); `translate` turns each into a `JobDBError` -- a `UserError`, so
 every `singa` verb ends with that line and exit code 2, no traceback -- that
 names the file, says what is wrong and what to do about it.
 
@@ -23,7 +23,7 @@ from runtime.errors import UserError
 BUSY_TIMEOUT_MS = 30_000
 
 
-class RegistryError(UserError):
+class JobDBError(UserError):
     """The job registry (its directory, its file or a row in it) cannot be used."""
 
 
@@ -52,62 +52,62 @@ def _unwritable(path: Path, what: str) -> str:
             f"at a directory you can write")
 
 
-def explain(path: Path, e: BaseException) -> RegistryError:
+def explain(path: Path, e: BaseException) -> JobDBError:
     """The one-line error for failure `e` of the registry file `path` (`home/jobs.db`)."""
-    if isinstance(e, RegistryError):
+    if isinstance(e, JobDBError):
         return e
     if isinstance(e, OSError):
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return RegistryError(_unwritable(path, f"cannot write the job registry "
+            return JobDBError(_unwritable(path, f"cannot write the job registry "
                                                    f"({e.strerror or e})"))
         return explain_dir(Path(e.filename) if e.filename else path.parent, e, path.parent)
     msg = str(e)
     low = msg.lower()
     if "not a database" in low:
-        return RegistryError(f"{_show(path)}: not a singa job registry (SQLite: {msg}); "
+        return JobDBError(f"{_show(path)}: not a singa job registry (SQLite: {msg}); "
                              + _move_aside(path))
     if "malformed" in low or "corrupt" in low:
-        return RegistryError(f"{_show(path)}: the job registry is damaged (SQLite: {msg}); "
+        return JobDBError(f"{_show(path)}: the job registry is damaged (SQLite: {msg}); "
                              + _move_aside(path))
     if "could not decode" in low:
-        return RegistryError(f"{_show(path)}: a row of the job registry cannot be read "
+        return JobDBError(f"{_show(path)}: a row of the job registry cannot be read "
                              f"({msg}); " + _move_aside(path))
     if "readonly" in low or "read-only" in low or not os.access(path.parent, os.W_OK):
-        return RegistryError(_unwritable(path, f"cannot write the job registry ({msg})"))
+        return JobDBError(_unwritable(path, f"cannot write the job registry ({msg})"))
     if "locked" in low or "busy" in low:
-        return RegistryError(f"{_show(path)}: the job registry stayed locked for 30 s ({msg}); "
+        return JobDBError(f"{_show(path)}: the job registry stayed locked for 30 s ({msg}); "
                              "another singa command or job master holds it: retry, or look for "
                              "a stuck singa process")
     if "unable to open" in low:
-        return RegistryError(f"{_show(path)}: cannot open the job registry ({msg}); check that "
+        return JobDBError(f"{_show(path)}: cannot open the job registry ({msg}); check that "
                              f"it and {_show(path.parent)} are yours and readable")
     if "disk i/o" in low or "full" in low:
-        return RegistryError(f"{_show(path)}: cannot write the job registry ({msg}); free space "
+        return JobDBError(f"{_show(path)}: cannot write the job registry ({msg}); free space "
                              f"on its disk, or point SINGA_HOME at another directory")
-    return RegistryError(f"{_show(path)}: the job registry failed ({type(e).__name__}: {msg}); "
+    return JobDBError(f"{_show(path)}: the job registry failed ({type(e).__name__}: {msg}); "
                          + _move_aside(path))
 
 
-def explain_dir(path: Path, e: OSError, home: Path | None = None) -> RegistryError:
+def explain_dir(path: Path, e: OSError, home: Path | None = None) -> JobDBError:
     """The one-line error for a directory of the registry that cannot be made or used."""
     why = e.strerror or str(e)
     if e.errno in (errno.EEXIST, errno.ENOTDIR):
         why = "a file is in the way" + (f" ({why})" if why else "")
     where = home if home is not None else path
-    return RegistryError(f"{_show(path)}: cannot create or use the singa home directory: {why}; "
+    return JobDBError(f"{_show(path)}: cannot create or use the singa home directory: {why}; "
                          f"point SINGA_HOME at a directory you can create and write"
                          + ("" if where == path else f" (it is {_show(where)} now)"))
 
 
-def bad_row(path: Path, job_id: object, column: str, e: BaseException) -> RegistryError:
+def bad_row(path: Path, job_id: object, column: str, e: BaseException) -> JobDBError:
     """A row whose JSON column does not decode."""
-    return RegistryError(f"{_show(path)}: job {job_id} has an undecodable '{column}' value "
+    return JobDBError(f"{_show(path)}: job {job_id} has an undecodable '{column}' value "
                          f"({e}); " + _move_aside(path))
 
 
 @contextmanager
 def translate(path: Path) -> Iterator[None]:
-    """Run the body; a SQLite error or an OSError becomes a RegistryError about `path`.
+    """Run the body; a SQLite error or an OSError becomes a JobDBError about `path`.
 
     What is a bug of the caller passes through with its traceback: an
     IntegrityError (a duplicate key, which the registry's methods report in

@@ -40,21 +40,21 @@ from typing import Sequence
 import numpy as np
 import zmq
 
-from conf import common_pb2 as C
+from conf import common_pb2
 from runtime.cluster import Cluster
-from runtime.comm import socket as S
+from runtime.comm import socket as zsock
 from runtime.comm.msg import (Addr, Msg, MsgError, pack_header, parse_header, readable,
                               recv_frames, send_frames, split)
-from runtime.param import Param
-from runtime.param_slice import SliceInfo, SlicePlan
-from runtime.server import PUT_META, UPDATE_META
+from runtime.model.param import Param
+from runtime.ps.param_slice import SliceInfo, SlicePlan
+from runtime.ps.server import PUT_META, UPDATE_META
 
 log = logging.getLogger(__name__)
 
 # Bound of the route cache: addresses come from the wire, and a foreign peer
 # must not grow it without limit.
 _ROUTES_MAX = 4096
-_REPLIES = (C.kRGet, C.kRUpdate)
+_REPLIES = (common_pb2.kRGet, common_pb2.kRUpdate)
 
 
 def identity(addr: Addr) -> bytes:
@@ -99,9 +99,9 @@ class Stub:
         self.cluster = cluster
         self.procs = procs
         self.addr = Addr.stub(procs)
-        self.router = S.router(ctx, keys)
-        self.inproc = S.bind(self.router, "inproc", name=f"stub{procs}")
-        self.endpoint = S.bind(self.router, transport, host=host, name=f"stub{procs}")
+        self.router = zsock.router(ctx, keys)
+        self.inproc = zsock.bind(self.router, "inproc", name=f"stub{procs}")
+        self.endpoint = zsock.bind(self.router, transport, host=host, name=f"stub{procs}")
         self.peers: dict[int, str] = {}            # procs -> endpoint (the address book)
         self._dealers: dict[int, zmq.Socket] = {}  # lazily connected to other stubs
         self.entries: dict[tuple[int, int], ParamEntry] = {}
@@ -117,7 +117,7 @@ class Stub:
         self._stopped_servers = 0
         # other sockets the loop serves: (socket, handler(msg))
         self.watch: list[tuple[zmq.Socket, object]] = []
-        # kData for a local worker's bridge layers (runtime.group.BridgeHub.deliver)
+        # kData for a local worker's bridge layers (runtime.ps.group.BridgeHub.deliver)
         self.on_data = None
 
     # ------------------------------------------------------------ setup ---
@@ -125,7 +125,7 @@ class Stub:
                  pids: Sequence[int] | None = None) -> None:
         """Register one local worker's owned params (same order in every worker).
         Thread-safe; call `link()` once every local worker has registered.
-        A partitioned group (runtime.group) gives each param its id in the
+        A partitioned group (runtime.ps.group) gives each param its id in the
         group's param list (`pids`) and its number of replicas in the group
         (`num_total`, one per param); by default the ids are the positions
         and every param has `num_total` replicas."""
@@ -162,9 +162,9 @@ class Stub:
 
     # ------------------------------------------------------------ route ---
     def procs_of(self, addr: Addr) -> int:
-        if addr.kind == C.kStub:
+        if addr.kind == common_pb2.kStub:
             return addr.id
-        if addr.kind == C.kServer:
+        if addr.kind == common_pb2.kServer:
             return self.cluster.procs_of_server(addr.grp, addr.id)
         return self.cluster.procs_of_worker(addr.grp, addr.id)
 
@@ -179,7 +179,7 @@ class Stub:
         `ident` as its identity (unique among that stub's peers), for the
         calling thread only: the stub's own, and each worker channel's for
         its updates."""
-        d = S.dealer(self.ctx, ident, self.keys)
+        d = zsock.dealer(self.ctx, ident, self.keys)
         d.connect(self.peers[procs])
         return d
 
@@ -194,7 +194,7 @@ class Stub:
             p = self.procs_of(dst)
             if p != self.procs:
                 route = (self._remote(p), None)
-            elif kind == C.kServer:
+            elif kind == common_pb2.kServer:
                 route = (self.router, identity(dst))
             else:
                 route = (None, None)
@@ -208,7 +208,7 @@ class Stub:
         if sock is None:
             self.handle(msg)
         else:
-            S.send(sock, msg, to=ident)
+            zsock.send(sock, msg, to=ident)
 
     # ------------------------------------------------------------- loop ---
     def run(self) -> None:
@@ -232,7 +232,7 @@ class Stub:
                         if not readable(router):
                             break
                     continue
-                got = S.recv(sock)
+                got = zsock.recv(sock)
                 if got is None:
                     continue
                 msg = got[1]
@@ -261,7 +261,7 @@ class Stub:
         if sock is None:
             for fields, body in parts:
                 try:
-                    if fields[0] in _REPLIES and fields[6] == C.kStub and len(body) == 1:
+                    if fields[0] in _REPLIES and fields[6] == common_pb2.kStub and len(body) == 1:
                         # a server's fresh values: the hot path, no Msg built
                         self._values_in(fields[4], fields[7], fields[8], fields[9], body[0])
                     else:
@@ -282,7 +282,7 @@ class Stub:
         """Stop the local servers, then this loop once they have acknowledged."""
         self.stopping = True
         for g, s in self.local_servers:
-            self.send(Msg(self.addr, Addr.server(g, s), C.kStop))
+            self.send(Msg(self.addr, Addr.server(g, s), common_pb2.kStop))
         if not self.local_servers:
             self.running = False
 
@@ -295,28 +295,28 @@ class Stub:
     def handle(self, msg: Msg) -> None:
         """A message for this stub or a local worker."""
         t = msg.type
-        if msg.src.kind == C.kWorkerParam and self.procs_of(msg.src) == self.procs and t in (
-                C.kPut, C.kGet):
+        if msg.src.kind == common_pb2.kWorkerParam and self.procs_of(msg.src) == self.procs and t in (
+                common_pb2.kPut, common_pb2.kGet):
             entry = self.entries[(msg.src.grp, msg.param)]
-            (self._put if t == C.kPut else self._get)(entry, msg)
-        elif t in (C.kRGet, C.kRUpdate) and msg.dst.kind == C.kStub:
+            (self._put if t == common_pb2.kPut else self._get)(entry, msg)
+        elif t in (common_pb2.kRGet, common_pb2.kRUpdate) and msg.dst.kind == common_pb2.kStub:
             self._response(msg)
-        elif t == C.kStop and msg.src.kind == C.kServer:
+        elif t == common_pb2.kStop and msg.src.kind == common_pb2.kServer:
             self._stopped_servers += 1
             if self.stopping and self._stopped_servers >= len(self.local_servers):
                 self.running = False
-        elif t == C.kStop and msg.src.kind == C.kWorkerParam:
+        elif t == common_pb2.kStop and msg.src.kind == common_pb2.kWorkerParam:
             self._stopped_workers.add(msg.src)
             if len(self._stopped_workers) == len(self.local_workers) and self.on_workers_done:
                 self.on_workers_done()
-        elif t == C.kData and msg.dst.kind == C.kWorkerLayer and self.on_data is not None:
+        elif t == common_pb2.kData and msg.dst.kind == common_pb2.kWorkerLayer and self.on_data is not None:
             self.on_data(msg)
         else:
             log.warning("stub %d: unexpected %r", self.procs, msg)
 
     def _src(self, entry: ParamEntry) -> Addr:
         # servers buffer updates per worker group (src.grp) and reply here
-        return Addr(entry.grp, self.procs, C.kStub)
+        return Addr(entry.grp, self.procs, common_pb2.kStub)
 
     def targets(self, entry: ParamEntry) -> list[tuple[SliceInfo, Addr]]:
         """The slices of the entry's param and the server of each, in the
@@ -331,7 +331,7 @@ class Stub:
         p = entry.owner
         flat = p.data.reshape(-1)
         for info, server in self.targets(entry):
-            m = Msg(self._src(entry), server, C.kPut, entry.pid, info.id, msg.version)
+            m = Msg(self._src(entry), server, common_pb2.kPut, entry.pid, info.id, msg.version)
             m.add_array(flat[info.offset:info.offset + info.size].copy())
             m.add_bytes(PUT_META.pack(entry.num_total, p.lr_scale, p.wd_scale))
             self.send(m)
@@ -341,7 +341,7 @@ class Stub:
             return  # a local replica asked already
         entry.next_get = msg.version
         for info, server in self.targets(entry):
-            self.send(Msg(self._src(entry), server, C.kGet, entry.pid, info.id, msg.version))
+            self.send(Msg(self._src(entry), server, common_pb2.kGet, entry.pid, info.id, msg.version))
 
     def _response(self, msg: Msg) -> None:
         self._values_in(msg.dst.grp, msg.param, msg.slice, msg.version, msg.frames[0])
@@ -387,7 +387,7 @@ class StubChannel:
     def __init__(self, stub: Stub, grp: int, wid: int):
         self.stub = stub
         self.addr = Addr.worker(grp, wid)
-        self.sock = S.dealer(stub.ctx, identity(self.addr))
+        self.sock = zsock.dealer(stub.ctx, identity(self.addr))
         self.sock.connect(stub.inproc)
         self.pids: dict[int, int] = {}   # id(param) -> param id
         # Updates for the servers of another process go straight to its stub
@@ -408,7 +408,7 @@ class StubChannel:
         return self.stub.entries[(self.addr.grp, self.pids[id(p)])]
 
     def _send(self, mtype: int, p: Param, version: int) -> None:
-        S.send(self.sock, Msg(self.addr, self.stub.addr, mtype, self.pids[id(p)], 0, version))
+        zsock.send(self.sock, Msg(self.addr, self.stub.addr, mtype, self.pids[id(p)], 0, version))
 
     def needs_init(self, p: Param) -> bool:
         """Only the first worker of an initialising group fills values (and
@@ -423,8 +423,8 @@ class StubChannel:
         # another replica's Get may set the version at any time from here on
         p.version, p.last_version = -1, -1
         if self.needs_init(p):
-            self._send(C.kPut, p, version)
-        self._send(C.kGet, p, version)
+            self._send(common_pb2.kPut, p, version)
+        self._send(common_pb2.kGet, p, version)
 
     def update(self, step: int, p: Param) -> None:
         """Report p's grad (computed on p.version). The last local replica of
@@ -459,7 +459,7 @@ class StubChannel:
             flat = self._grad(entry).reshape(-1)
             meta = UPDATE_META.pack(entry.num_local, base)
             for sock, server, sid, lo, hi in targets:
-                frames = [pack_header(C.kUpdate, src, server, entry.pid, sid, step, 2),
+                frames = [pack_header(common_pb2.kUpdate, src, server, entry.pid, sid, step, 2),
                           flat[lo:hi], meta]
                 group = groups.get((id(sock), server))
                 if group is None:
@@ -507,7 +507,7 @@ class StubChannel:
 
     def stop(self) -> None:
         """The last call of the worker's thread: tell the stub this worker is done."""
-        S.send(self.sock, Msg(self.addr, self.stub.addr, C.kStop))
+        zsock.send(self.sock, Msg(self.addr, self.stub.addr, common_pb2.kStop))
         for d in self._direct.values():  # the worker has collected every update
             d.close()
         self._direct.clear()

@@ -17,7 +17,7 @@ within a param; a param's id is its index in the list the plan is built from.
 `SlicePlan` is pure arithmetic over (param name, size) pairs and a `Cluster`,
 so every process that builds the same net computes the same plan and the
 workers, stubs and servers agree without talking. This module is not the
-transport: see `runtime/server.py` and the stub for the messages.
+transport: see `runtime/ps/server.py` and the stub for the messages.
 """
 from __future__ import annotations
 

@@ -61,11 +61,11 @@ import numpy as np
 from conf import job_pb2
 from runtime import blas
 from runtime.errors import UserError
-from runtime.lr import LRGen, create_lr
+from runtime.model.lr import LRGen, create_lr
 from runtime.registry import Registry
 
 if TYPE_CHECKING:
-    from runtime.param import Param
+    from runtime.model.param import Param
 
 log = logging.getLogger(__name__)
 

@@ -104,10 +104,10 @@ import zmq
 from conf import common_pb2 as pb
 from runtime import checkpoint
 from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
-from runtime.divergence import check_update
+from runtime.train.divergence import check_update
 from runtime.errors import UserError
-from runtime.param_slice import SlicePlan
-from runtime.updater import Updater
+from runtime.ps.param_slice import SlicePlan
+from runtime.model.updater import Updater
 
 log = logging.getLogger(__name__)
 

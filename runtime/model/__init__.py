@@ -1,0 +1,1 @@
+"""Model math: params, their init methods, learning-rate schedules and updaters."""
