@@ -34,8 +34,8 @@ class Driver:
     promises its output byte for byte, so the two share the code rather than
     keep copies. This is the one import of singa_cli from runtime: a front
     end using a front end's module, function-local, only when a job is
-    followed; singa_cli.follow imports only runtime.jobs (never this module),
-    so there is no cycle, and nothing a job's processes import knows about
+    followed; singa_cli.follow imports only runtime.errors, runtime.jobs and
+    singa_cli.fmt (never this module), so there is no cycle, and nothing a job's processes import knows about
     terminals. The submit API itself (runtime.jobs.submit) returns data.
     """
 

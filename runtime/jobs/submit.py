@@ -7,9 +7,9 @@ then creates the job in the registry (PENDING), writes the validated
 JobProto next to its logs (0600), and starts the job master detached, in a
 session of its own, so the job survives the submitting terminal.
 
-`submit` returns the job's id and prints nothing: following the job on a
-terminal (its log, the progress line, the end report) is the CLI's,
-singa_cli.follow.
+`submit` returns the job's id; its only output is the conf's warnings,
+through `opts.warn`. Following the job on a terminal (its log, the progress
+line, the end report) is the CLI's: singa_cli.follow.
 """
 from __future__ import annotations
 
