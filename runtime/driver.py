@@ -28,6 +28,15 @@ class Driver:
     run, so keep the submit under `if __name__ == "__main__":`. Returns the
     exit code `singa submit` would (0 only if the job SUCCEEDED), or with
     `detach=True` the job id at once.
+
+    Following the job is the `singa` command's own follower
+    (singa_cli.follow): the Driver is a front end like the command and
+    promises its output byte for byte, so the two share the code rather than
+    keep copies. This is the one import of singa_cli from runtime: a front
+    end using a front end's module, function-local, only when a job is
+    followed; singa_cli.follow imports only runtime.errors, runtime.jobs and
+    singa_cli.fmt (never this module), so there is no cycle, and nothing a job's processes import knows about
+    terminals. The submit API itself (runtime.jobs.submit) returns data.
     """
 
     def __init__(self, **options):
@@ -44,7 +53,8 @@ class Driver:
 
         from runtime.config.paths import resolve_paths
         from runtime.jobs import jobdb
-        from runtime.jobs.submit import follow, submit
+        from runtime.jobs.submit import submit
+        from singa_cli.follow import follow
 
         opts = dataclasses.replace(self.options)
         main = getattr(sys.modules.get("__main__"), "__file__", None)

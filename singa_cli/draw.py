@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from runtime.errors import UserError
+from singa_cli.options import module_option
 
 
 @click.group("draw")
@@ -56,7 +57,7 @@ def _load_proto(conf: str, modules: tuple[str, ...]):
               help="Partitions of the net [default: nworkers_per_group for train, else 1].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write SINGA's visualization JSON (nodes and links) here.")
-@click.option("--module", "modules", multiple=True, metavar="MODULE",
+@module_option(
               help="Import a module that registers user layers first; repeatable.")
 def net(conf: str, output: str, phase: str, partitions: int | None, json_path: str | None,
         modules: tuple[str, ...]) -> None:

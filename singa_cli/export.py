@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from runtime.errors import ConfigError, UserError
+from singa_cli.options import module_option, proto_option
 
 
 @click.command()
@@ -34,9 +35,9 @@ from runtime.errors import ConfigError, UserError
 @click.option("--var", "var", default=None, metavar="NAME",
               help="The variable (a Job or JobProto) or function returning one that holds "
                    "the job (default: job, else build()).")
-@click.option("--module", "modules", multiple=True, metavar="MODULE",
+@module_option(
               help="Import a module (dotted name or .py file) of user classes first; repeatable.")
-@click.option("--proto", "protos", multiple=True, metavar="FILE.proto",
+@proto_option(
               help="Compile and load a .proto of user config messages first; repeatable.")
 @click.option("--no-validate", "no_validate", is_flag=True,
               help="Write the text without checking it.")

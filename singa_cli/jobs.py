@@ -2,7 +2,7 @@
 
 Both reconcile first: a job whose master has died is shown LOST, never a stale
 RUNNING. Both are on a user's hot path (`watch singa list`), so this module
-imports only click, the standard library and `runtime.jobs.jobdb`/`logfile`:
+imports only click, the standard library, `singa_cli.fmt` and `runtime.jobs.jobdb`/`logfile`:
 no numpy, protobuf or zmq (see tests/cli/test_jobs_cli.py and bench/registry_list.py).
 Secrets (`jobs.secret`) and the conf text are never printed, not even with --json.
 """
@@ -11,80 +11,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
+from singa_cli import fmt
 
 TAIL_LINES = 20
-_HOSTS_WIDTH = 28
-
-
-# -- formatting ----------------------------------------------------------------------------
-
-def _ts(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _dur(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _ago(t: float | None, now: float) -> str:
-    if t is None:
-        return "-"
-    d = max(0.0, now - t)
-    if d < 60:
-        return f"{d:.1f}s ago"
-    if d < 3600:
-        return f"{int(d) // 60}m{int(d) % 60:02d}s ago"
-    return f"{int(d) // 3600}h{int(d) // 60 % 60:02d}m ago"
-
-
-def _short_host(h: str) -> str:
-    """`node1.cluster.example.org` -> `node1`; IP addresses stay whole."""
-    if h.replace(".", "").isdigit() or ":" in h:
-        return h
-    return h.split(".", 1)[0]
-
-
-def _hosts(hosts: Sequence[str], width: int = _HOSTS_WIDTH) -> str:
-    """Distinct short host names in order, comma-joined; `+N` for those that do not fit."""
-    names = list(dict.fromkeys(_short_host(h) for h in hosts if h))
-    if not names:
-        return "-"
-    out, shown = names[0], 1
-    for n in names[1:]:
-        rest = len(names) - shown - 1  # names left out if this one is added
-        if len(out) + 1 + len(n) + (len(f" +{rest}") if rest else 0) > width:
-            break
-        out += "," + n
-        shown += 1
-    rest = len(names) - shown
-    return out + (f" +{rest}" if rest else "")
-
-
-def _step(step: int | None, total: int | None) -> str:
-    s = "-" if step is None else str(step)
-    return s if not total else f"{s}/{total}"
-
-
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in [header, *rows])
-
-
-def _is_local(host: str | None) -> bool:
-    """True if `host` names this machine (as the launcher wrote it in the hostfile)."""
-    from runtime.jobs.hostfile import is_local  # noqa: PLC0415 - only when a log is to be read
-
-    return not host or is_local(host)
 
 
 # -- singa list ----------------------------------------------------------------------------
@@ -106,7 +41,7 @@ def _parse_states(ctx: click.Context, param: click.Parameter, values: tuple[str,
 
 def _list_row(j: jobdb.Job) -> list[str]:
     return [str(j.id), j.name or "-", j.state, str(j.nprocs if j.nprocs is not None else "-"),
-            _hosts(j.hosts), _step(j.step, j.train_steps), _ts(j.started), _dur(j.elapsed)]
+            fmt.hosts(j.hosts), fmt.step(j.step, j.train_steps), fmt.ts(j.started), fmt.dur(j.elapsed)]
 
 
 @click.command("list")
@@ -145,7 +80,7 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
             click.echo("no active jobs; 'singa list --all' shows the ended ones too")
         return
     header = ["JOB ID", "NAME", "STATE", "PROCS", "HOSTS", "STEP", "STARTED", "ELAPSED"]
-    click.echo(_table(header, [_list_row(j) for j in jobs]))
+    click.echo(fmt.table(header, [_list_row(j) for j in jobs]))
 
 
 # -- singa view / status -------------------------------------------------------------------
@@ -184,7 +119,7 @@ def _failing_tail(job: jobdb.Job, p: jobdb.Proc) -> list[str]:
     if not p.log_path:
         return out + ["(no log file recorded for it)"]
     try:
-        if _is_local(p.host):
+        if fmt.is_local(p.host):
             lines = _local_tail(p.log_path)
         else:
             from runtime.jobs import logs  # noqa: PLC0415 - ssh only when a log is remote
@@ -208,7 +143,7 @@ def _local_tail(path: str) -> list[str]:
 
 
 def _progress(job: jobdb.Job) -> str:
-    parts = [f"step {_step(job.step, job.train_steps)}"]
+    parts = [f"step {fmt.step(job.step, job.train_steps)}"]
     if job.loss is not None:
         parts.append(f"loss {job.loss:.4f}")
     if job.accuracy is not None:
@@ -236,10 +171,10 @@ def _render_view(job: jobdb.Job, procs: list[jobdb.Proc], now: float) -> str:
                  + (f" (sha256 {job.conf_hash[:12]})" if job.conf_hash else "")),
         ("user", job.user or "-"),
         ("attempts", f"{job.attempts} (max restarts {job.max_restarts})"),
-        ("submitted", _ts(job.submitted)),
-        ("started", _ts(job.started)),
-        ("ended", _ts(job.ended)),
-        ("elapsed", _dur(job.elapsed)),
+        ("submitted", fmt.ts(job.submitted)),
+        ("started", fmt.ts(job.started)),
+        ("ended", fmt.ts(job.ended)),
+        ("elapsed", fmt.dur(job.elapsed)),
         ("workspace", job.workspace or "-"),
         ("log dir", jobdb.show_path(job.log_dir) if job.log_dir else "-"),
         ("launcher", job.launcher or "-"),
@@ -258,13 +193,13 @@ def _render_view(job: jobdb.Job, procs: list[jobdb.Proc], now: float) -> str:
         out.append("No processes recorded yet.")
     else:
         rows = [[str(p.procs_id), p.host or "-", str(p.pid) if p.pid is not None else "-",
-                 p.role or "-", p.state, _ago(p.heartbeat, now),
+                 p.role or "-", p.state, fmt.ago(p.heartbeat, now),
                  str(p.step) if p.step is not None else "-",
                  jobdb.describe_exit(p.exit_code, p.signal, running=p.state == jobdb.RUNNING),
                  jobdb.show_path(p.log_path) if p.log_path else "-"]
                 for p in attempts[latest]]
         out.append(f"Processes (attempt {latest}):")
-        out.append(_table(["PROCS", "HOST", "PID", "ROLE", "STATE", "HEARTBEAT", "STEP", "EXIT",
+        out.append(fmt.table(["PROCS", "HOST", "PID", "ROLE", "STATE", "HEARTBEAT", "STEP", "EXIT",
                            "LOG"], rows))
         earlier = sorted(a for a in attempts if a != latest)
         if earlier:

@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from singa_cli.options import module_option, proto_option
+
 
 def _conf_arg(conf: str | None, conf_opt: str | None) -> str:
     path = conf or conf_opt
@@ -25,7 +27,9 @@ def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), protos: tuple[str
          **kw) -> int:
     from runtime import plugins
     from runtime.jobs import jobdb
-    from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
+    from runtime.jobs.submit import SubmitOptions
+    from runtime.jobs.submit import submit as submit_job
+    from singa_cli.follow import follow
 
     # protos first: the [ext] blocks of the conf and the user's modules need them
     kw["modules"] = plugins.with_protos(protos, tuple(execs) + tuple(kw.get("modules", ())))
@@ -56,10 +60,10 @@ _COMMON = [
     click.option("--ssh-config", type=click.Path(), default=None, help="ssh client config (ssh -F)."),
     click.option("--interface", default=None, envvar="SINGA_INTERFACE",
                  help="Network interface whose address this host advertises (SINGA_INTERFACE)."),
-    click.option("--module", "modules", multiple=True, metavar="MODULE",
+    module_option(
                  help="Import a module (dotted name or .py file) that registers user layers, "
                       "updaters or algorithms, in every process; repeatable."),
-    click.option("--proto", "protos", multiple=True, metavar="FILE.proto",
+    proto_option(
                  help="A .proto of the user's own config messages (extending LayerProto, "
                       "UpdaterProto, ...): compiled, loaded here and shipped to every process; "
                       "repeatable."),
@@ -83,8 +87,10 @@ def _with_common(f):
 @click.command()
 @click.argument("conf", required=False, type=click.Path())
 @click.option("-conf", "conf_opt", type=click.Path(), help="The job.conf, as SINGA's singa-run.sh takes it.")
-@click.option("--resume", "-resume", is_flag=True, help="Continue from the latest checkpoint in the workspace.")
-@click.option("--test", "-test", is_flag=True, help="Test mode: load checkpoint_path and run test_steps batches.")
+@click.option("--resume", "-resume", is_flag=True,
+              help="Continue from the latest checkpoint in the workspace.")
+@click.option("--test", "-test", is_flag=True,
+              help="Test mode: load checkpoint_path and run test_steps batches.")
 @click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
               help="Relaunch a failed job from its latest checkpoint up to N times.")
 @_with_common

@@ -30,7 +30,7 @@ from pathlib import Path
 import click
 
 from runtime.jobs import jobdb
-from singa_cli.jobs import _ago, _is_local, _short_host, _step, _table
+from singa_cli import fmt
 
 WINDOW_S = 10.0
 CPU_SAMPLE_S = 0.5
@@ -124,7 +124,7 @@ class Usage:
 
     @staticmethod
     def _measurable(p: jobdb.Proc) -> bool:
-        return p.pid is not None and p.state == jobdb.RUNNING and _is_local(p.host)
+        return p.pid is not None and p.state == jobdb.RUNNING and fmt.is_local(p.host)
 
     def read(self, p: jobdb.Proc) -> tuple[float, int] | None:
         """(CPU %, RSS bytes), or None for a remote or gone process."""
@@ -210,18 +210,10 @@ def snapshot(reg: jobdb.JobDB, job_id: int, tracker: RateTracker, usage: Usage,
     return Snapshot(job, rows, med, time.time())
 
 
-def _rate(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _mem(b: int) -> str:
-    return f"{b / 2**20:.0f} MiB" if b < 10 * 2**30 else f"{b / 2**30:.1f} GiB"
-
-
 def render(s: Snapshot) -> str:
     """The table of a snapshot, with a header line about the job."""
     j = s.job
-    head = f"Job {j.id}: {j.name}  {j.state}  step {_step(j.step, j.train_steps)}"
+    head = f"Job {j.id}: {j.name}  {j.state}  step {fmt.step(j.step, j.train_steps)}"
     if j.loss is not None:
         head += f"  loss {j.loss:.4f}"
     if j.accuracy is not None:
@@ -232,13 +224,13 @@ def render(s: Snapshot) -> str:
     rows = []
     for r in s.rows:
         p = r.proc
-        cpu, mem = ("-", "-") if r.usage is None else (f"{r.usage[0]:.0f}%", _mem(r.usage[1]))
-        rows.append([str(p.procs_id), _short_host(p.host) if p.host else "-",
+        cpu, mem = ("-", "-") if r.usage is None else (f"{r.usage[0]:.0f}%", fmt.mem(r.usage[1]))
+        rows.append([str(p.procs_id), fmt.short_host(p.host) if p.host else "-",
                      str(p.pid) if p.pid is not None else "-", p.role or "-", p.state,
-                     str(p.step) if p.step is not None else "-", _rate(r.steps_per_s),
-                     _rate(r.samples_per_s, 1), cpu, mem, _ago(p.heartbeat, s.now),
+                     str(p.step) if p.step is not None else "-", fmt.rate(r.steps_per_s),
+                     fmt.rate(r.samples_per_s, 1), cpu, mem, fmt.ago(p.heartbeat, s.now),
                      "STRAGGLER" if r.straggler else ""])
-    lines.append(_table(["PROCS", "HOST", "PID", "ROLE", "STATE", "STEP", "STEPS/S", "SAMPLES/S",
+    lines.append(fmt.table(["PROCS", "HOST", "PID", "ROLE", "STATE", "STEP", "STEPS/S", "SAMPLES/S",
                          "CPU", "MEM", "HEARTBEAT", ""], rows))
     slow = [r for r in s.rows if r.straggler]
     if slow:

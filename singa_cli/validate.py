@@ -31,6 +31,7 @@ import sys
 import click
 
 from runtime.errors import ConfigError, UserError
+from singa_cli.options import module_option, proto_option
 
 
 @click.command()
@@ -38,10 +39,10 @@ from runtime.errors import ConfigError, UserError
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--strict", is_flag=True,
               help="Treat missing data files (and other data warnings) as errors.")
-@click.option("--module", "modules", multiple=True, metavar="MODULE",
+@module_option(
               help="Import a module (dotted name or .py file) that registers user layers, "
                    "updaters or algorithms first; repeatable.")
-@click.option("--proto", "protos", multiple=True, metavar="FILE.proto",
+@proto_option(
               help="A .proto of the user's own config messages (extending LayerProto, "
                    "JobProto, UpdaterProto...), compiled and loaded first, so its [ext] { } "
                    "blocks parse; repeatable.")
@@ -108,7 +109,7 @@ def _draw(job, path: str) -> None:
     phase = "train" if net.phase == job_pb2.kTrain else ("test" if net.phase == job_pb2.kTest
                                                           else "validation")
     g = graph.graph_of(net, job.proto.name or "job", phase,
-                       {l.name for l in job.proto.neuralnet.layer})
+                       {layer.name for layer in job.proto.neuralnet.layer})
     graph.draw(g, path)
     click.echo(f"wrote {path}: {phase} net of {job.proto.name or 'job'}, {len(g.nodes)} nodes, "
                f"{len(g.edges)} edges, {g.npartitions} partition"

@@ -1,5 +1,5 @@
-"""Submitting a job and following it: what `singa submit` (and the Driver of
-a user's own main) does.
+"""Submitting a job: what `singa submit` (and the Driver of a user's own
+main) does.
 
 `submit(conf, opts)` validates the job and its placement before anything
 exists (a problem is a `UserError`: exit 2, no registry row, no process),
@@ -7,22 +7,20 @@ then creates the job in the registry (PENDING), writes the validated
 JobProto next to its logs (0600), and starts the job master detached, in a
 session of its own, so the job survives the submitting terminal.
 
-`follow(reg, job_id)` streams the log of process 0 (on any host) with a
-live progress line on a terminal, until the job ends; it returns the exit
-code of `singa submit`: 0 only if the job SUCCEEDED.
+`submit` returns the job's id; its only output is the conf's warnings,
+through `opts.warn`. Following the job on a terminal (its log, the progress
+line, the end report) is the CLI's: singa_cli.follow.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
@@ -51,10 +49,10 @@ class SubmitOptions:
 def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> int:
     """Validate, register and launch the job; returns its id."""
     from runtime import checkpoint, plugins
-    from runtime.train import single
     from runtime.cluster import Cluster
     from runtime.config import load_job
     from runtime.jobs import hostfile
+    from runtime.train import single
 
     # a .proto is compiled to its _pb2.py, which is what loads and ships
     modules = tuple(os.path.abspath(m) if m.endswith(".py") else m
@@ -170,160 +168,3 @@ def _start_time(pid: int) -> float | None:
     from runtime.jobs import pgroup
 
     return pgroup.start_time(pid)
-
-
-# ------------------------------------------------------------------ follow ---
-
-def follow(reg: jobdb.JobDB, job_id: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-           grace: float = 5.0) -> int:
-    """Stream process 0's log until the job ends; Ctrl-C or TERM stops the job."""
-    from runtime.jobs import logs
-
-    tty = err.isatty()
-    status = _Status(err) if tty else None
-    interrupted = False
-    old = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        attempt = 0
-        reader = None
-        while True:
-            job = reg.reconcile(reg.job(job_id))
-            procs = reg.procs(job_id)
-            if procs and procs[0].attempt != attempt:
-                attempt = procs[0].attempt
-                if reader is not None:
-                    for line in reader.drain():
-                        _emit(line, out, status)
-                    reader.close()
-                    print(f"singa: job {job_id}: attempt {attempt} of "
-                          f"{job.max_restarts + 1}: {job.reason}", file=err, flush=True)
-                reader = logs.reader(job, procs[0], from_start=True)
-            if reader is not None:
-                for line in reader.read():
-                    _emit(line, out, status)
-            if status is not None:
-                status.show(job)
-            if job.terminal:
-                if reader is not None:
-                    for line in reader.drain():
-                        _emit(line, out, status)
-                    reader.close()
-                if job.state == jobdb.SUCCEEDED:
-                    for line in _server_lines(job, procs[1:]):
-                        _emit(line, out, status)
-                break
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        interrupted = True
-        if status is not None:
-            status.clear()
-        from runtime.jobs.kill import kill_job
-
-        print(f"singa: job {job_id}: interrupted; stopping it (submit --detach leaves a job "
-              "running)", file=err, flush=True)
-        kill_job(reg, job_id, grace, "interrupted from the submitting terminal")
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        if status is not None:
-            status.clear()
-    job = reg.job(job_id)
-    return _report_end(reg, job, err, interrupted)
-
-
-def _server_lines(job: jobdb.Job, procs: list[jobdb.Proc]) -> list[str]:
-    """The `Server (g,s): ...` summaries (update counts, staleness) that the
-    servers of the other processes wrote last in their logs: process 0's
-    log, which submit streams, has only its own servers'."""
-    from runtime.jobs import logs
-
-    out = []
-    for p in procs:
-        if "server" not in (p.role or ""):
-            continue
-        try:
-            lines = logs.tail(job, p, 20)
-        except UserError:
-            continue  # the summary is a courtesy; `singa log` says why it cannot be read
-        out += [line.rstrip("\n") for line in lines if line.startswith("Server (")]
-    return out
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _emit(line: str, out: TextIO, status: "_Status | None") -> None:
-    if status is not None:
-        status.clear()
-    out.write(line if line.endswith("\n") else line + "\n")
-    out.flush()
-
-
-def _report_end(reg: jobdb.JobDB, job: jobdb.Job, err: TextIO, interrupted: bool) -> int:
-    took = _clock(job.elapsed)
-    if job.state == jobdb.SUCCEEDED:
-        print(f"singa: job {job.id} SUCCEEDED in {took}", file=err, flush=True)
-        return 0
-    print(f"singa: job {job.id} {job.state}" + (f": {job.reason}" if job.reason else ""),
-          file=err, flush=True)
-    if job.state in (jobdb.FAILED, jobdb.LOST):
-        from runtime.jobs import logs
-
-        failed = next((p for p in reg.procs(job.id) if p.state == jobdb.FAILED), None)
-        if failed is not None and failed.procs_id != 0:
-            try:
-                lines = logs.tail(job, failed, 20)
-            except UserError as e:
-                lines = [f"(cannot read it: {e})"]
-            print(f"--- last lines of process {failed.procs_id}'s log ({failed.host}: "
-                  f"{failed.log_path}) ---", file=err)
-            for line in lines or ["(empty)"]:
-                print(line.rstrip("\n"), file=err)
-        print(f"singa: details: singa view {job.id}; logs: singa log {job.id}", file=err, flush=True)
-    return 130 if interrupted else 1
-
-
-def _clock(seconds: float | None) -> str:
-    s = int(seconds or 0)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-class _Status:
-    """The live progress line at the bottom of a terminal."""
-
-    def __init__(self, err: TextIO):
-        self.err = err
-        self.shown = False
-
-    def show(self, job: jobdb.Job) -> None:
-        parts = [f"job {job.id} {job.state}"]
-        if job.train_steps:
-            parts.append(f"step {job.step or 0}/{job.train_steps}")
-        if job.loss is not None:
-            parts.append(f"loss {job.loss:.4f}")
-        if job.accuracy is not None:
-            parts.append(f"accuracy {job.accuracy:.4f}")
-        if job.samples_per_s:
-            parts.append(f"{job.samples_per_s:,.0f} samples/s")
-            if job.train_steps and job.step is not None and job.state == jobdb.RUNNING:
-                left = _eta(job)
-                if left is not None:
-                    parts.append(f"ETA {_clock(left)}")
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self.err.write("\r\x1b[K" + "  ".join(parts)[:width])
-        self.err.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self.err.write("\r\x1b[K")
-            self.err.flush()
-            self.shown = False
-
-
-def _eta(job: jobdb.Job) -> float | None:
-    """Seconds left, from the steps done so far and the time they took."""
-    if not job.started or not job.step:
-        return None
-    rate = job.step / max(1e-9, time.time() - job.started)
-    return (job.train_steps - job.step) / rate if rate > 0 else None

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 from tests.test_training import make_conf
 
 
@@ -255,7 +254,7 @@ def test_log_follows_a_running_job_until_it_ends(tmp_path, reg):
 def test_the_progress_line_shows_step_loss_accuracy_rate_and_eta():
     import io
 
-    from runtime.jobs.submit import _Status
+    from singa_cli.follow import Status
 
     now = time.time()
     job = jobdb.Job(**{**{f: None for f in jobdb.Job.__dataclass_fields__},
@@ -263,7 +262,7 @@ def test_the_progress_line_shows_step_loss_accuracy_rate_and_eta():
                    "accuracy": 0.8125, "samples_per_s": 5120.0, "started": now - 10,
                    "options": {}, "hosts": [], "secret": None})
     err = io.StringIO()
-    _Status(err).show(job)
+    Status(err).show(job)
     line = err.getvalue()
     assert line.startswith("\r\x1b[K")
     assert ("job 3 RUNNING  step 250/1000  loss 0.5123  accuracy 0.8125  5,120 samples/s  "
