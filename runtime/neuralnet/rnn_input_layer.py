@@ -20,7 +20,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
-from runtime.neuralnet.input_layer import InputLayer
+from runtime.neuralnet.input_reader import InputLayer
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.neuron_layer import F32, wants_grad
 
