@@ -38,7 +38,6 @@ implement yet give warnings (errors with `submit`, which would fail).
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -48,13 +47,17 @@ from runtime.cluster import Cluster
 from runtime.config.locate import Locator
 from runtime.config.paths import PathReport
 from runtime.errors import ConfigError, Problem, UserError
+from runtime.model.lr import create_lr, lr_registry
+from runtime.model.param_init import init_registry
+from runtime.model.updater import create_updater, updater_registry
+from runtime.neuralnet import layer_registry
+from runtime.neuralnet.conf_check import did_you_mean
+from runtime.train import algorithms as _algorithms  # noqa: F401 - registers the built-in algorithms
+from runtime.train.worker import alg_registry
 
 PHASES = (job_pb2.kTrain, job_pb2.kVal, job_pb2.kTest)
 PHASE_NAMES = {job_pb2.kTrain: "train", job_pb2.kVal: "validation", job_pb2.kTest: "test"}
 STEPS_FIELD = {job_pb2.kVal: "validate_steps", job_pb2.kTest: "test_steps"}
-
-# Backends SINGA v0.3 builds only as compile options; this platform has none of them.
-OPTIONAL_BACKENDS = ("lmdb", "hdfsfile", "imagefolder")
 
 # Params per layer type, for the types not implemented here yet (an
 # implemented layer declares `num_params` and the net builder checks it).
@@ -120,22 +123,8 @@ def check(job: job_pb2.JobProto, locator: Locator | None = None, path: str = "<j
 
 # ------------------------------------------------------------------ helpers ---
 
-def _registry(module: str, name: str):
-    """A registry of another module, or None if that module is not there (yet)."""
-    try:
-        mod = __import__(module, fromlist=[name])
-        return getattr(mod, name)
-    except Exception:  # noqa: BLE001 - a missing or broken module means "unknown"
-        return None
-
-
 def _enum_names(enum, skip: int) -> list[str]:
     return [enum.Name(v) for v in enum.values() if v != skip]
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    return ("; did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
 
 
 # the comment by which a conf says its learning rate is scaled for G groups
@@ -330,13 +319,11 @@ class _Checker:
     def algorithm(self) -> None:
         alg = self.job.train_one_batch
         builtin = _enum_names(job_pb2.AlgType, job_pb2.kUserAlg)
-        reg = _registry("runtime.train.worker", "alg_registry")
-        if reg is not None:
-            _registry("runtime.train.algorithms", "__name__")  # registers the built-ins
+        reg = alg_registry
         fpath = self.first_written("train_one_batch", "alg", "user_alg")
         if alg.alg == job_pb2.kUserAlg:
             if alg.user_alg:
-                if reg is not None and alg.user_alg not in reg:
+                if alg.user_alg not in reg:
                     self.add(self.where(fpath),
                              f"train_one_batch {{ user_alg: {alg.user_alg!r} }}: no algorithm is "
                              f"registered under that name; built-in choices: alg: "
@@ -347,7 +334,7 @@ class _Checker:
                          "user_alg naming a registered algorithm); built-in choices: "
                          + ", ".join(builtin) + " (e.g. train_one_batch { alg: kBP })")
             return
-        if reg is not None and alg.alg not in reg:
+        if alg.alg not in reg:
             self.add(self.where(fpath),
                      f"algorithm {job_pb2.AlgType.Name(alg.alg)} is not implemented yet"
                      + ("" if self.submit else "; the job cannot be submitted until it is"),
@@ -368,11 +355,11 @@ class _Checker:
         upd = job.updater
         n_before = len(self.problems)
         builtin = _enum_names(job_pb2.UpdaterType, job_pb2.kUserUpdater)
-        reg = _registry("runtime.model.updater", "updater_registry")
+        reg = updater_registry
         fpath = self.first_written("updater", "type", "user_type")
         tname = job_pb2.UpdaterType.Name(upd.type)
         if upd.user_type:
-            if reg is not None and upd.user_type not in reg:
+            if upd.user_type not in reg:
                 self.add(self.where(self.first_written("updater", "user_type")),
                          f"updater {{ user_type: {upd.user_type!r} }}: no updater is registered "
                          "under that name; built-in types: " + ", ".join(builtin))
@@ -381,7 +368,7 @@ class _Checker:
                      "updater { type } is not set (SINGA's default kUserUpdater needs user_type "
                      "naming a registered updater); built-in types: " + ", ".join(builtin)
                      + " (e.g. updater { type: kSGD ... })")
-        elif reg is not None and upd.type not in reg:
+        elif upd.type not in reg:
             self.add(self.where(fpath), f"updater type {tname} is not implemented yet",
                      "error" if self.submit else "warning")
         if upd.type == job_pb2.kRMSProp and not upd.user_type and not upd.HasField("rmsprop_conf"):
@@ -418,7 +405,7 @@ class _Checker:
                                  f"updater.{conf}.{n} must be in [0, 1), got {v:g}")
         self.learning_rate(upd)
         if not any(p.severity == "error" for p in self.problems[n_before:]):
-            self._fallback("updater", "runtime.model.updater", "create_updater", upd)
+            self._fallback("updater", create_updater, upd)
 
     def learning_rate(self, upd: job_pb2.UpdaterProto) -> None:
         builtin = _enum_names(job_pb2.ChangeMethod, job_pb2.kUserChange)
@@ -429,12 +416,12 @@ class _Checker:
             return
         lr = upd.learning_rate
         base = "updater.learning_rate"
-        reg = _registry("runtime.model.lr", "lr_registry")
+        reg = lr_registry
         fpath = self.first_written(base, "type", "user_type")
         tname = job_pb2.ChangeMethod.Name(lr.type)
         n_before = len(self.problems)
         if lr.user_type:
-            if reg is not None and lr.user_type not in reg:
+            if lr.user_type not in reg:
                 self.add(self.where(self.first_written(base, "user_type")),
                          f"learning_rate {{ user_type: {lr.user_type!r} }}: no learning-rate "
                          "generator is registered under that name; built-in types: "
@@ -446,7 +433,7 @@ class _Checker:
                      "user_type naming a registered generator); built-in types: "
                      + ", ".join(builtin) + " (e.g. learning_rate { type: kFixed base_lr: 0.01 })")
             return
-        if reg is not None and lr.type not in reg:
+        if lr.type not in reg:
             self.add(self.where(fpath), f"learning-rate type {tname} is not implemented yet",
                      "error" if self.submit else "warning")
         need = {job_pb2.kStep: ("step_conf", "change_freq: 100 gamma: 0.1"),
@@ -489,17 +476,14 @@ class _Checker:
                      f"learning_rate.base_lr is {lr.base_lr:g}; the params will not learn "
                      "(or will move uphill)", "warning")
         if not any(p.severity == "error" for p in self.problems[n_before:]):
-            self._fallback(base, "runtime.model.lr", "create_lr", lr)
+            self._fallback(base, create_lr, lr)
 
-    def _fallback(self, fpath: str, module: str, fn: str, proto) -> None:
+    def _fallback(self, fpath: str, make: Callable[[Any], object], proto) -> None:
         """Let the runtime's own constructor check what the rules above do not
         know about (e.g. fields added later); report its message once."""
         if any(p.severity == "error" and p.where == self.where(fpath) for p in self.problems):
             return
         if any(f.startswith(fpath) for f in self.reported):
-            return
-        make = _registry(module, fn)
-        if make is None:
             return
         try:
             make(proto)
@@ -658,194 +642,28 @@ class _Checker:
             self.layer_problem(i, "type", "type is not set (SINGA's default kUserLayer needs user_type "
                                "naming a registered layer); set type, e.g. type: kInnerProduct")
             return
+        # the rules of the type's own conf block are the layer class's
+        try:
+            cls = layer_registry.lookup(t, "")
+        except UserError:
+            return  # a type not implemented here: the net builder reports it
         lp = f"neuralnet.layer[{i}]"
-        tname = job_pb2.LayerType.Name(t)
-
-        def conf_missing(conf: str, example: str) -> bool:
-            if layer.HasField(conf):
-                return False
-            self.layer_problem(i, "type", f"a {tname} layer needs {conf} {{ {example} }}")
-            return True
-
-        def positive(conf: str, f: str, what: str = "", allow_zero: bool = False) -> None:
-            c = getattr(layer, conf)
-            if f"{lp}.{conf}.{f}" in self.reported:
-                return
-            v = getattr(c, f)
-            if v < 0 or (v == 0 and not allow_zero):
-                self.layer_problem(i, f"{conf}.{f}" if c.HasField(f) else conf,
-                                   f"{conf}.{f} must be {'>= 0' if allow_zero else '> 0'}"
-                                   f"{what}, got {v}")
-
-        if t == job_pb2.kInnerProduct:
-            if not conf_missing("innerproduct_conf", "num_output: N"):
-                positive("innerproduct_conf", "num_output")
-        elif t in (job_pb2.kConvolution, job_pb2.kCConvolution, job_pb2.kCudnnConv):
-            if not conf_missing("convolution_conf", "num_filters: N kernel: K"):
-                c = layer.convolution_conf
-                if not c.HasField("num_filters"):
-                    self.layer_problem(i, "convolution_conf",
-                                       "convolution_conf.num_filters is required")
-                else:
-                    positive("convolution_conf", "num_filters")
-                for f in ("kernel", "stride", "kernel_x", "kernel_y", "stride_x", "stride_y"):
-                    if c.HasField(f):
-                        positive("convolution_conf", f)
-                for f in ("pad", "pad_x", "pad_y"):
-                    if c.HasField(f):
-                        positive("convolution_conf", f, allow_zero=True)
-        elif t in (job_pb2.kPooling, job_pb2.kCPooling, job_pb2.kCudnnPool):
-            c = layer.pooling_conf
-            for f in ("kernel", "stride", "kernel_x", "kernel_y", "stride_x", "stride_y"):
-                if c.HasField(f):
-                    positive("pooling_conf", f)
-            for f in ("pad_x", "pad_y"):
-                if c.HasField(f):
-                    positive("pooling_conf", f, allow_zero=True)
-        elif t in (job_pb2.kLRN, job_pb2.kCudnnLRN):
-            ls = layer.lrn_conf.local_size
-            if f"{lp}.lrn_conf.local_size" not in self.reported and (ls < 1 or ls % 2 == 0):
-                self.layer_problem(i, "lrn_conf.local_size" if layer.lrn_conf.HasField("local_size")
-                                   else "lrn_conf",
-                                   f"lrn_conf.local_size must be a positive odd number (the "
-                                   f"window is centred on each channel), got {ls}")
-        elif t in (job_pb2.kRBMVis, job_pb2.kRBMHid):
-            if not conf_missing("rbm_conf", "hdim: N"):
-                positive("rbm_conf", "hdim")
-        elif t == job_pb2.kGRU:
-            if not conf_missing("gru_conf", "dim_hidden: N"):
-                positive("gru_conf", "dim_hidden")
-        elif t == job_pb2.kOneHot:
-            if not conf_missing("onehot_conf", "vocab_size: N"):
-                positive("onehot_conf", "vocab_size")
-        elif t == job_pb2.kEmbedding:
-            if not conf_missing("embedding_conf", "vocab_size: N feature_dim: D"):
-                positive("embedding_conf", "vocab_size")
-                positive("embedding_conf", "feature_dim")
-        elif t == job_pb2.kDropout:
-            r = layer.dropout_conf.dropout_ratio
-            if not 0 <= r < 1:
-                self.layer_problem(i, "dropout_conf.dropout_ratio",
-                                   f"dropout_conf.dropout_ratio must be in [0, 1), got {r:g}")
-        elif t in (job_pb2.kRecordInput, job_pb2.kCSVInput):
-            self.store_input(i, layer, tname)
-        elif t in (job_pb2.kCSVOutput, job_pb2.kRecordOutput):
-            if not conf_missing("store_conf", 'path: "out.csv"'):
-                if not layer.store_conf.path:
-                    self.layer_problem(i, "store_conf", "store_conf.path is required (the file "
-                                       "to write)")
-                self.backend(i, layer)
-        elif t in (job_pb2.kShardData, job_pb2.kLMDBData):
-            conf = "sharddata_conf" if t == job_pb2.kShardData else "lmdbdata_conf"
-            if not conf_missing(conf, 'path: "..." batchsize: N'):
-                positive(conf, "batchsize")
-                positive(conf, "random_skip", allow_zero=True)
-        elif t == job_pb2.kMnist:
-            if layer.mnist_conf.norm_a == 0 and f"{lp}.mnist_conf.norm_a" not in self.reported:
-                self.layer_problem(i, "mnist_conf.norm_a", "mnist_conf.norm_a must not be 0 "
-                                   "(pixels are divided by it)")
-        elif t == job_pb2.kCharRNN:
-            if not conf_missing("char_rnn_conf", 'path: "input.txt" vocab_path: "vocab.txt"'):
-                c = layer.char_rnn_conf
-                for f in ("path", "vocab_path"):
-                    if not getattr(c, f):
-                        self.layer_problem(i, "char_rnn_conf", f"char_rnn_conf.{f} is required")
-                positive("char_rnn_conf", "batchsize")
-                positive("char_rnn_conf", "unroll_len")
-        elif t == job_pb2.kCharRNNOutput:
-            if not conf_missing("char_rnn_conf", 'vocab_path: "vocab.txt"'):
-                if not layer.char_rnn_conf.vocab_path:
-                    self.layer_problem(i, "char_rnn_conf", "char_rnn_conf.vocab_path is required")
-        elif t in (job_pb2.kArgSort, job_pb2.kAccuracy):
-            positive("argsort_conf", "topk")
-        elif t in (job_pb2.kSoftmaxLoss, job_pb2.kCudnnSoftmaxLoss):
-            positive("softmaxloss_conf", "topk")
-        elif t in (job_pb2.kSoftmax, job_pb2.kCudnnSoftmax):
-            positive("softmax_conf", "num_softmax_per_instance")
-        elif t == job_pb2.kDummy:
-            c = layer.dummy_conf
-            if c.input and not c.shape:
-                self.layer_problem(i, "dummy_conf", "dummy_conf { input: true } needs shape "
-                                   "(the shape of the data it generates, batch first)")
-            if any(d < 1 for d in c.shape):
-                self.layer_problem(i, "dummy_conf.shape", f"dummy_conf.shape dims must be > 0, "
-                                   f"got {list(c.shape)}")
-        elif t == job_pb2.kRNNDummy:
-            c = layer.rnn_dummy_conf
-            if not layer.srclayers and not c.shape:
-                self.layer_problem(i, "type", "a kRNNDummy layer with no srclayers needs "
-                                   "rnn_dummy_conf { shape: ... }")
-        elif t in (job_pb2.kImagePreprocess, job_pb2.kRGBImage):
-            positive("rgbimage_conf", "cropsize", allow_zero=True)
-        elif t == job_pb2.kSlice:
-            positive("slice_conf", "num_slices")
-        elif t == job_pb2.kConcate:
-            positive("concate_conf", "num_concates")
-        elif t == job_pb2.kSplit:
-            positive("split_conf", "num_splits")
-
-    def store_input(self, i: int, layer: job_pb2.LayerProto, tname: str) -> None:
-        if not layer.HasField("store_conf"):
-            self.layer_problem(i, "type", f"a {tname} layer needs store_conf {{ backend: "
-                               '"kvfile" path: "..." batchsize: N shape: ... }')
-            return
-        c = layer.store_conf
-        if not c.path:
-            self.layer_problem(i, "store_conf", "store_conf.path is required (the data file)")
-        if not c.batchsize:
-            self.layer_problem(i, "store_conf", "store_conf.batchsize is required (instances "
-                               "per mini-batch)")
-        elif any(b < 1 for b in c.batchsize):
-            self.layer_problem(i, "store_conf.batchsize", f"store_conf.batchsize must be > 0, "
-                               f"got {list(c.batchsize)}")
-        if not c.shape:
-            self.layer_problem(i, "store_conf", "store_conf.shape is required (the shape of one "
-                               "instance, e.g. shape: 784 or shape: 3 shape: 32 shape: 32)")
-        elif any(d < 1 for d in c.shape):
-            self.layer_problem(i, "store_conf.shape", f"store_conf.shape dims must be > 0, got "
-                               f"{list(c.shape)}")
-        if c.HasField("std_value") and c.std_value == 0:
-            self.layer_problem(i, "store_conf.std_value", "store_conf.std_value must not be 0 "
-                               "(the data is divided by it)")
-        if c.random_skip < 0:
-            self.layer_problem(i, "store_conf.random_skip",
-                               f"store_conf.random_skip must be >= 0, got {c.random_skip}")
-        if c.HasField("mean_file") and c.HasField("mean_value"):
-            self.layer_problem(i, "store_conf.mean_value", "store_conf has both mean_file and "
-                               "mean_value; mean_file is used", "warning")
-        self.backend(i, layer)
-
-    def backend(self, i: int, layer: job_pb2.LayerProto) -> None:
-        b = layer.store_conf.backend
-        if not b:
-            return
-        reg = _registry("runtime.io.store", "store_registry")
-        if reg is not None:
-            _registry("runtime.io", "__name__")  # registers the backends
-        known = reg.known() if reg is not None else ["kvfile", "textfile"]
-        if b in known:
-            return
-        if b in OPTIONAL_BACKENDS:
-            self.layer_problem(i, "store_conf.backend",
-                               f"store_conf.backend {b!r} is a compile option of SINGA that this "
-                               "platform does not have; supported: " + ", ".join(known),
-                               "error" if self.submit else "warning")
-        else:
-            self.layer_problem(i, "store_conf.backend",
-                               f"unknown store_conf.backend {b!r}; supported: "
-                               + ", ".join(known) + _did_you_mean(b, known))
+        for p in cls.check_conf(layer, submit=self.submit):
+            if p.about and f"{lp}.{p.about}" in self.reported:
+                continue  # a required field left out, reported as such
+            self.layer_problem(i, p.field, p.message, p.severity)
 
     # -------------------------------------------------------------- params ---
     def params(self, phases: list[int]) -> None:
-        layer_reg = _registry("runtime.neuralnet", "layer_registry")
-        init_reg = _registry("runtime.model.param_init", "init_registry")
+        layer_reg = layer_registry
+        init_reg = init_registry
         init_builtin = _enum_names(job_pb2.InitMethod, job_pb2.kUserInit)
         have_ckpt = bool(self.job.checkpoint_path)
         ckpt_names = self._checkpoint_names()
 
         # param counts for layer types that have no implementation to check them
         for i, l in enumerate(self.layers):
-            if l.user_type or (layer_reg is not None and l.type in layer_reg
+            if l.user_type or (l.type in layer_reg
                                and l.type not in PARAM_COUNTS):
                 continue
             n = len(l.param)
@@ -868,7 +686,7 @@ class _Checker:
                     continue
                 init = p.init
                 if init.user_type:
-                    if init_reg is not None and init.user_type not in init_reg:
+                    if init.user_type not in init_reg:
                         self.layer_problem(i, f"{rel}.init.user_type",
                                            f"param '{p.name}': no init method is registered "
                                            f"under user_type {init.user_type!r}; built-in "
@@ -886,7 +704,7 @@ class _Checker:
                                        f"kUserInit needs a registered user_type){why}; set "
                                        "init { type: ... }, one of " + ", ".join(init_builtin))
                     continue
-                if init_reg is not None and init.type not in init_reg:
+                if init.type not in init_reg:
                     self.layer_problem(i, f"{rel}.init.type", f"init method "
                                        f"{job_pb2.InitMethod.Name(init.type)} is not implemented "
                                        "yet", "error" if self.submit else "warning")
@@ -935,7 +753,7 @@ class _Checker:
                             i, f"param[{k}].share_from",
                             f"param '{p.name}' shares from unknown param '{p.share_from}' "
                             f"in the {PHASE_NAMES[ph]} net"
-                            + (_did_you_mean(p.share_from, names - {p.name})
+                            + (did_you_mean(p.share_from, sorted(names - {p.name}))
                                or "; params: " + ", ".join(sorted(n for n in names if n))))
 
     def _checkpoint_names(self) -> set[str] | None:

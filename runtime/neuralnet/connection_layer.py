@@ -36,6 +36,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, positive
 from runtime.neuralnet.layer import Layer, kOneToMany, layer_registry
 
 
@@ -68,6 +69,12 @@ class _Fanout(Layer):
 @layer_registry.register(job_pb2.kSplit)
 class SplitLayer(_Fanout):
     """Every consumer reads the source's data; the backward sums the grads."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "split_conf", "num_splits")
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)
@@ -104,6 +111,12 @@ class SplitLayer(_Fanout):
 @layer_registry.register(job_pb2.kSlice)
 class SliceLayer(_Fanout):
     """Consumer k (in `add_dst` order) reads piece k along `slice_dim`."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "slice_conf", "num_slices")
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)
@@ -173,6 +186,12 @@ class ConcateLayer(Layer):
     """Joins >= 2 sources along `concate_dim`; the backward cuts the grad
     (times `grad_scale`, 1 unless the net builder sets it)."""
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "concate_conf", "num_concates")
+
+
     #: set by the builder on the concate layers it inserts between partitions
     grad_scale = 1.0
 
@@ -217,6 +236,20 @@ class DummyLayer(Layer):
     """For tests: `input` makes U[0,1) data of `dummy_conf.shape` (no source);
     `output` hands its source U[0,1) gradients; otherwise data and gradient
     pass through unchanged. Random values come from `self.rng`."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        c = proto.dummy_conf
+        out: list[ConfProblem] = []
+        if c.input and not c.shape:
+            out.append(ConfProblem("dummy_conf", "dummy_conf { input: true } needs shape "
+                                   "(the shape of the data it generates, batch first)"))
+        if any(d < 1 for d in c.shape):
+            out.append(ConfProblem("dummy_conf.shape", f"dummy_conf.shape dims must be > 0, "
+                                   f"got {list(c.shape)}"))
+        return out
+
 
     def __init__(self, proto: job_pb2.LayerProto):
         super().__init__(proto)

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from conf import common_pb2, job_pb2
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, positive, store_backend
 from runtime.neuralnet.connection_layer import aux_of
 from runtime.neuralnet.input_reader import (
     InputLayer,
@@ -40,6 +41,41 @@ class StoreInputLayer(ReaderLayer):
     """kRecordInput and kCSVInput: `store_conf` {backend, path, batchsize,
     shape, mean_file/mean_value, std_file/std_value, random_skip,
     prefetching}; data shape = [batchsize] + shape."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        if not proto.HasField("store_conf"):
+            tname = job_pb2.LayerType.Name(proto.type)
+            return [ConfProblem("type", f"a {tname} layer needs store_conf {{ backend: "
+                                '"kvfile" path: "..." batchsize: N shape: ... }')]
+        c = proto.store_conf
+        out: list[ConfProblem] = []
+        if not c.path:
+            out.append(ConfProblem("store_conf", "store_conf.path is required (the data file)"))
+        if not c.batchsize:
+            out.append(ConfProblem("store_conf", "store_conf.batchsize is required (instances "
+                                   "per mini-batch)"))
+        elif any(b < 1 for b in c.batchsize):
+            out.append(ConfProblem("store_conf.batchsize", f"store_conf.batchsize must be > 0, "
+                                   f"got {list(c.batchsize)}"))
+        if not c.shape:
+            out.append(ConfProblem("store_conf", "store_conf.shape is required (the shape of one "
+                                   "instance, e.g. shape: 784 or shape: 3 shape: 32 shape: 32)"))
+        elif any(d < 1 for d in c.shape):
+            out.append(ConfProblem("store_conf.shape", f"store_conf.shape dims must be > 0, got "
+                                   f"{list(c.shape)}"))
+        if c.HasField("std_value") and c.std_value == 0:
+            out.append(ConfProblem("store_conf.std_value", "store_conf.std_value must not be 0 "
+                                   "(the data is divided by it)"))
+        if c.random_skip < 0:
+            out.append(ConfProblem("store_conf.random_skip",
+                                   f"store_conf.random_skip must be >= 0, got {c.random_skip}"))
+        if c.HasField("mean_file") and c.HasField("mean_value"):
+            out.append(ConfProblem("store_conf.mean_value", "store_conf has both mean_file and "
+                                   "mean_value; mean_file is used", "warning"))
+        return out + store_backend(proto, submit)
+
 
     default_backend = "kvfile"
 
@@ -195,6 +231,12 @@ class ImagePreprocessLayer(InputLayer):
     """`rgbimage_conf` {scale, cropsize, mirror} on the [B, C, H, W] data of
     its single source: crop (random offset in training, top-left otherwise),
     random horizontal mirror (training only), times scale. Labels pass through."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "rgbimage_conf", "cropsize", allow_zero=True)
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 
 from conf import common_pb2, job_pb2
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
 from runtime.neuralnet.input_reader import (
     InputLayer,
     ReaderLayer,
@@ -22,6 +23,12 @@ from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.record_parsing import crop_mirror_scale, cropped_shape, decode_records
 
 
+def _reader_conf(proto: job_pb2.LayerProto, conf: str) -> list[ConfProblem]:
+    """The conf of a v0.1 reader (sharddata_conf, lmdbdata_conf)."""
+    return (conf_missing(proto, conf, 'path: "..." batchsize: N')
+            or positive(proto, conf, "batchsize") + positive(proto, conf, "random_skip", allow_zero=True))
+
+
 @layer_registry.register(job_pb2.kShardData)
 class ShardDataLayer(ReaderLayer):
     """v0.1: reads `Record` protos from a kvfile (or a directory holding
@@ -29,6 +36,12 @@ class ShardDataLayer(ReaderLayer):
     is the list of the batch's RecordProtos (read it with `data_for`),
     `aux_data` their labels; `sample` is the file's first record, read at
     setup so that the parser layers know the instance shape."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return _reader_conf(proto, "sharddata_conf")
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         no_srclayers(self, srclayers)
@@ -68,6 +81,12 @@ class ShardDataLayer(ReaderLayer):
 
 @layer_registry.register(job_pb2.kLMDBData)
 class LMDBDataLayer(InputLayer):
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return _reader_conf(proto, "lmdbdata_conf")
+
     def setup(self, srclayers: Sequence[Layer]) -> None:
         raise LayerError("kLMDBData: LMDB is not supported; convert the data to a kvfile "
                          "(RecordProto values) and read it with kRecordInput")
@@ -102,6 +121,15 @@ class ParserLayer(InputLayer):
 @layer_registry.register(job_pb2.kMnist)
 class MnistLayer(ParserLayer):
     """pixel -> x / norm_a - norm_b, as [batch, 1, s, s] (s x s images)."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        if proto.mnist_conf.norm_a == 0:
+            return [ConfProblem("mnist_conf.norm_a", "mnist_conf.norm_a must not be 0 "
+                                "(pixels are divided by it)", about="mnist_conf.norm_a")]
+        return []
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
@@ -141,6 +169,12 @@ class RGBImageLayer(ParserLayer):
     """[batch, C, H, W] images minus the mean (`rgbimage_conf.meanfile`: a
     serialised RecordProto, a kvfile whose first record is one, or a Caffe
     `.binaryproto`), cropped and mirrored as kImagePreprocess, times scale."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "rgbimage_conf", "cropsize", allow_zero=True)
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
