@@ -51,7 +51,7 @@ from runtime.model.lr import create_lr, lr_registry
 from runtime.model.param_init import init_registry
 from runtime.model.updater import create_updater, updater_registry
 from runtime.neuralnet import layer_registry
-from runtime.neuralnet.conf_check import did_you_mean
+from runtime.registry import did_you_mean
 from runtime.train import algorithms as _algorithms  # noqa: F401 - registers the built-in algorithms
 from runtime.train.worker import alg_registry
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conf import job_pb2
-from runtime.registry import nearest
+from runtime.registry import did_you_mean
 
 # Backends SINGA v0.3 builds only as compile options; this platform has none of them.
 OPTIONAL_BACKENDS = ("lmdb", "hdfsfile", "imagefolder")
@@ -34,12 +34,6 @@ class ConfProblem:
     message: str
     severity: str = "error"
     about: str = ""
-
-
-def did_you_mean(word: str, choices: list[str]) -> str:
-    """"; did you mean 'a' or 'b'?" for the choices near `word`, or ""."""
-    close = nearest(word, list(choices))
-    return ("; did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
 
 
 def conf_missing(proto: job_pb2.LayerProto, conf: str, example: str) -> list[ConfProblem]:
