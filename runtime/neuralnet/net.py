@@ -264,6 +264,14 @@ class NeuralNet:
                                                f"a {tname} layer takes {want} param(s), got {n}"))
                     failed.add(layer.name)
                     continue
+            # the rules of the layer's own conf block, written once in its class
+            # (`Layer.check_conf`, which `singa validate` reports too)
+            conf_errors = [p for p in type(layer).check_conf(layer.proto) if p.severity == "error"]
+            for p in conf_errors:
+                report(layer.name, Problem(locate(i, p.field), p.message))
+            if conf_errors:
+                failed.add(layer.name)
+                continue
             try:
                 if hasattr(layer, "add_dst"):
                     for d in self._dst[layer.name]:
