@@ -168,7 +168,7 @@ def _at_end(lines: list[str], line: int, col: int) -> bool:
         m = text_format.Tokenizer._TOKEN.match(tail)  # noqa: SLF001 - the parser's own token rule
         rest.append(tail[m.end() if m else 1:])
     rest += lines[line:]
-    return all(not l.strip() or l.strip().startswith("#") for l in rest)
+    return all(not lyr.strip() or lyr.strip().startswith("#") for lyr in rest)
 
 
 def _hint(msg: str) -> str:

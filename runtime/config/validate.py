@@ -204,7 +204,7 @@ class _Checker(TrainingRules, ParamRules):
         from runtime.config import memory  # noqa: PLC0415
 
         def where(name: str) -> str:
-            i = next((i for i, l in enumerate(self.layers) if l.name == name), -1)
+            i = next((i for i, lyr in enumerate(self.layers) if lyr.name == name), -1)
             return self.layer_where(i) if i >= 0 else self.where("neuralnet", self.path)
 
         try:
@@ -291,13 +291,13 @@ class _Checker(TrainingRules, ParamRules):
         for ph in (job_pb2.kVal, job_pb2.kTest):
             if getattr(self.job, STEPS_FIELD[ph]) > 0:
                 used.append(ph)
-            elif any(ph in l.include for l in self.layers):
+            elif any(ph in lyr.include for lyr in self.layers):
                 unused.append(ph)
         return used, unused
 
     def include_exclude(self) -> None:
-        inc = [i for i, l in enumerate(self.layers) if l.include]
-        exc = [i for i, l in enumerate(self.layers) if l.exclude]
+        inc = [i for i, lyr in enumerate(self.layers) if lyr.include]
+        exc = [i for i, lyr in enumerate(self.layers) if lyr.exclude]
         if inc and exc:
             i, j = exc[0], inc[0]
             self.add(self.layer_where(i, "exclude[0]"),
@@ -305,9 +305,9 @@ class _Checker(TrainingRules, ParamRules):
                      f"'{self.layers[j].name}' ({self.layer_where(j, 'include[0]')}) uses "
                      "include; SINGA does not allow both in one job.conf: use include "
                      "(exclude is deprecated)")
-        for i, l in enumerate(self.layers):
+        for i, lyr in enumerate(self.layers):
             for fname in ("include", "exclude"):
-                for k, ph in enumerate(getattr(l, fname)):
+                for k, ph in enumerate(getattr(lyr, fname)):
                     if ph not in PHASES:
                         self.layer_problem(i, f"{fname}[{k}]",
                                            f"{fname}: {job_pb2.Phase.Name(ph)} is not a phase a "
@@ -317,13 +317,13 @@ class _Checker(TrainingRules, ParamRules):
         dups: dict[tuple[int, int], list[str]] = {}
         for ph in phases:
             first: dict[str, int] = {}
-            for i, l in phase_layers(self.job.neuralnet, ph):
-                if not l.name:
+            for i, lyr in phase_layers(self.job.neuralnet, ph):
+                if not lyr.name:
                     continue
-                if l.name in first:
-                    dups.setdefault((first[l.name], i), []).append(PHASE_NAMES[ph])
+                if lyr.name in first:
+                    dups.setdefault((first[lyr.name], i), []).append(PHASE_NAMES[ph])
                 else:
-                    first[l.name] = i
+                    first[lyr.name] = i
         for (a, b), names in dups.items():
             self.layer_problem(b, "name",
                                f"duplicate layer name in the {' and '.join(names)} net"
@@ -339,10 +339,10 @@ class _Checker(TrainingRules, ParamRules):
         seen: set[frozenset] = set()
         for ph in phases:
             by_name: dict[str, tuple[int, job_pb2.LayerProto]] = {}
-            for i, l in phase_layers(self.job.neuralnet, ph):
-                by_name.setdefault(l.name, (i, l))
-            for name, (i, l) in by_name.items():
-                for k, s in enumerate(l.srclayers):
+            for i, lyr in phase_layers(self.job.neuralnet, ph):
+                by_name.setdefault(lyr.name, (i, lyr))
+            for name, (i, lyr) in by_name.items():
+                for k, s in enumerate(lyr.srclayers):
                     if s == name:
                         self.layer_problem(i, f"srclayers[{k}]",
                                            f"layer '{name}' lists itself as a srclayer (a cycle)")
@@ -355,7 +355,7 @@ class _Checker(TrainingRules, ParamRules):
                         continue
                     seen.add(pair)
                     j, other = by_name[s]
-                    if l.user_type or other.user_type or (l.type in rbm and other.type in rbm):
+                    if lyr.user_type or other.user_type or (lyr.type in rbm and other.type in rbm):
                         continue
                     self.cycle_layers.update((name, s))
                     a, b = sorted((i, j))
@@ -480,7 +480,7 @@ class _Checker(TrainingRules, ParamRules):
         from runtime.neuralnet.partition import pdim  # noqa: PLC0415
 
         prefix = f"with the net partitioned over nworkers_per_group={n} workers: "
-        feature = [l.name for l in net.layers if pdim(l.proto) == 1]
+        feature = [lyr.name for lyr in net.layers if pdim(lyr.proto) == 1]
         if feature and self.job.train_one_batch.alg == job_pb2.kCD:
             self.add(self.where("train_one_batch.alg", self.path),
                      prefix + "layers " + ", ".join(f"'{x}'" for x in feature[:5])
@@ -509,12 +509,12 @@ class _Checker(TrainingRules, ParamRules):
     def loss_check(self, net) -> None:
         if self.job.train_one_batch.alg not in (job_pb2.kBP, job_pb2.kBPTT):
             return
-        if any(getattr(l, "is_loss", False) or l.proto.type in LOSS_TYPES for l in net.layers):
+        if any(getattr(lyr, "is_loss", False) or lyr.proto.type in LOSS_TYPES for lyr in net.layers):
             return
         # layers that were not built (not implemented) may be the loss
-        built = {l.name for l in net.layers}
-        for _, l in phase_layers(self.job.neuralnet, job_pb2.kTrain):
-            if l.name not in built:
+        built = {lyr.name for lyr in net.layers}
+        for _, lyr in phase_layers(self.job.neuralnet, job_pb2.kTrain):
+            if lyr.name not in built:
                 return
         self.add(self.where("neuralnet", self.path),
                  "the train net has no loss layer (e.g. kSoftmaxLoss), so BP has no gradient "

@@ -32,12 +32,12 @@ PARAMLESS = (job_pb2.kReLU, job_pb2.kSigmoid, job_pb2.kSTanh, job_pb2.kActivatio
 def phase_layers(net: job_pb2.NetProto, phase: int):
     """(index, layer) of the layers in `phase` by include/exclude, as the
     builder's `filter_phase` (without copying or filling defaults)."""
-    for i, l in enumerate(net.layer):
-        if l.include and phase not in l.include:
+    for i, lyr in enumerate(net.layer):
+        if lyr.include and phase not in lyr.include:
             continue
-        if l.exclude and phase in l.exclude:
+        if lyr.exclude and phase in lyr.exclude:
             continue
-        yield i, l
+        yield i, lyr
 
 
 class ParamRules:
@@ -50,22 +50,22 @@ class ParamRules:
         ckpt_names = self._checkpoint_names()
 
         # param counts for layer types that have no implementation to check them
-        for i, l in enumerate(self.layers):
-            if l.user_type or (l.type in layer_reg
-                               and l.type not in PARAM_COUNTS):
+        for i, lyr in enumerate(self.layers):
+            if lyr.user_type or (lyr.type in layer_reg
+                               and lyr.type not in PARAM_COUNTS):
                 continue
-            n = len(l.param)
-            want = PARAM_COUNTS.get(l.type)
-            if want is None and l.type in PARAMLESS:
+            n = len(lyr.param)
+            want = PARAM_COUNTS.get(lyr.type)
+            if want is None and lyr.type in PARAMLESS:
                 want = (0,)
             if want is not None and n not in want:
                 self.layer_problem(i, "param" if n else "",
-                                   f"a {job_pb2.LayerType.Name(l.type)} layer takes "
+                                   f"a {job_pb2.LayerType.Name(lyr.type)} layer takes "
                                    f"{' or '.join(map(str, want))} param(s), got {n}")
 
         # every param of any phase: names, init
-        for i, l in enumerate(self.layers):
-            for k, p in enumerate(l.param):
+        for i, lyr in enumerate(self.layers):
+            for k, p in enumerate(lyr.param):
                 rel = f"param[{k}]"
                 if "@" in p.name or "#" in p.name:
                     self.layer_problem(i, f"{rel}.name", f"param name '{p.name}' may not contain "
@@ -108,8 +108,8 @@ class ParamRules:
         for ph in phases:
             protos = list(phase_layers(self.job.neuralnet, ph))
             first: dict[str, tuple[int, int]] = {}
-            for i, l in protos:
-                for k, p in enumerate(l.param):
+            for i, lyr in protos:
+                for k, p in enumerate(lyr.param):
                     if ph != job_pb2.kTrain:
                         first.setdefault(p.name, (i, k))
                         continue
@@ -129,8 +129,8 @@ class ParamRules:
                     else:
                         first[p.name] = (i, k)
             names = set(first)
-            for i, l in protos:
-                for k, p in enumerate(l.param):
+            for i, lyr in protos:
+                for k, p in enumerate(lyr.param):
                     if not p.share_from:
                         continue
                     if p.share_from == p.name:

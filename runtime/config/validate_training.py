@@ -182,7 +182,7 @@ class TrainingRules:
                         self.add(self.where(f"{base}.{conf}"),
                                  f"fixedstep_conf needs one step_lr per step, got {len(steps)} "
                                  f"step and {len(rates)} step_lr values")
-                    elif any(a >= b for a, b in zip(steps, steps[1:])) or steps[0] < 0:
+                    elif any(a >= b for a, b in zip(steps, steps[1:], strict=False)) or steps[0] < 0:
                         self.add(self.where(f"{base}.{conf}.step"),
                                  f"fixedstep_conf.step must be >= 0 and strictly increasing, "
                                  f"got {steps}")
@@ -227,7 +227,7 @@ class TrainingRules:
         """Unrolled copies share their params and must add their gradients:
         only BPTT does; BP would keep the last copy's gradient alone."""
         net = self.job.neuralnet
-        unrolled = net.unroll_len > 1 or any(l.unroll_len > 1 for l in self.layers)
+        unrolled = net.unroll_len > 1 or any(lyr.unroll_len > 1 for lyr in self.layers)
         if unrolled and not self.test_only and self.job.train_one_batch.alg != job_pb2.kBPTT \
                 and not self.job.train_one_batch.user_alg:
             alg = job_pb2.AlgType.Name(self.job.train_one_batch.alg)

@@ -203,12 +203,12 @@ class ConcateLayer(Layer):
         if not 0 <= dim < len(first):
             raise LayerError(f"concate_conf.concate_dim is {dim}, but the source "
                              f"'{srclayers[0].name}' has shape {list(first)}")
-        for s, shp in zip(srclayers, shapes):
-            if len(shp) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shp, first))
+        for shp in shapes:
+            if len(shp) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shp, first, strict=False))
                                              if i != dim):
                 raise LayerError(
                     f"sources must agree on every dim except concate_dim {dim}: "
-                    + ", ".join(f"'{x.name}' {list(y)}" for x, y in zip(srclayers, shapes)))
+                    + ", ".join(f"'{x.name}' {list(y)}" for x, y in zip(srclayers, shapes, strict=False)))
         self.sizes = [shp[dim] for shp in shapes]
         out = list(first)
         out[dim] = sum(self.sizes)
@@ -227,7 +227,7 @@ class ConcateLayer(Layer):
         grad = np.asarray(self.grad, dtype=np.float32).reshape(self.shape)
         if self.grad_scale != 1.0:
             grad = grad * np.float32(self.grad_scale)
-        for s, g in zip(srclayers, np.split(grad, self._cuts, axis=self.dim)):
+        for s, g in zip(srclayers, np.split(grad, self._cuts, axis=self.dim), strict=False):
             s.set_grad(self, g)
 
 

@@ -229,7 +229,7 @@ class NeuralNet:
         # 4. topological order
         sorted_layers, cyclic = self._toposort(order)
         if cyclic:
-            names = [l.name for l in cyclic]
+            names = [lyr.name for lyr in cyclic]
             problems.append(Problem(locate(self._index.get(cyclic[0].name, -1), "srclayers"),
                                     "cycle among layers " + ", ".join(f"'{n}'" for n in names)))
             failed.update(names)
@@ -238,7 +238,7 @@ class NeuralNet:
         if self.npartitions > 1:
             if self.unrolled:  # a copy inherits the net's partition_dim as its conf layer does
                 inherited = {q.name for _, q in protos if origin_name(q.name) in inherited}
-            found = partitioning.check([l for l in sorted_layers if l.name not in failed], self._index,
+            found = partitioning.check([lyr for lyr in sorted_layers if lyr.name not in failed], self._index,
                             locate, self.npartitions, self.unrolled, inherited)
             for name, problem in found:
                 report(name, problem)
@@ -386,7 +386,7 @@ class NeuralNet:
             elif self.partition is None and layer.params and base != layer.name:
                 head = first.setdefault(base, layer)
                 if head is not layer:
-                    for q, h in zip(layer.params, head.params):
+                    for q, h in zip(layer.params, head.params, strict=False):
                         if q.owner is None and not q.proto.share_from:
                             q.owner = h
         if self.wholes:
@@ -425,12 +425,12 @@ class NeuralNet:
             if origin_name(layer.name) != layer.name:  # not a layer the builder added
                 self._copies.setdefault(origin_name(layer.name), []).append(layer)
         for copies in self._copies.values():
-            copies.sort(key=lambda l: l.proto.unroll_index)
+            copies.sort(key=lambda lyr: lyr.proto.unroll_index)
             first = copies[0]
             if first.proto.unroll_index != 0:
                 continue
             for layer in copies[1:]:
-                for p, head in zip(layer.params, first.params):
+                for p, head in zip(layer.params, first.params, strict=False):
                     self._heads[id(p)] = head
                     p.trainable = False  # its gradient is copy 0's: never sent itself
 
@@ -559,9 +559,9 @@ class NeuralNet:
         return self._heads.get(id(param), param)
 
     def layer(self, name: str) -> Layer:
-        for l in self.layers:
-            if l.name == name:
-                return l
+        for lyr in self.layers:
+            if lyr.name == name:
+                return lyr
         raise KeyError(name)
 
     def param(self, name: str) -> Param:
@@ -571,8 +571,8 @@ class NeuralNet:
         raise KeyError(name)
 
     def set_rng(self, rng) -> None:
-        for l in self.layers:
-            l.rng = rng
+        for lyr in self.layers:
+            lyr.rng = rng
 
     def share_params_from(self, other: "NeuralNet") -> None:
         """Use `other`'s param values (matched by name), as SINGA's test and
@@ -585,8 +585,8 @@ class NeuralNet:
                 p.data = q.data
 
     def close(self) -> None:
-        for l in self.layers:
-            l.close()
+        for lyr in self.layers:
+            lyr.close()
 
     def __repr__(self) -> str:
         return (f"NeuralNet({PHASE_NAMES.get(self.phase, self.phase)}, "

@@ -169,7 +169,7 @@ class CSVOutputLayer(_StoreOutput):
         else:
             rows = [sep.join(map(str, r)) for r in data]  # str(np.float32): shortest repr
         if labels is not None:
-            rows = [f"{label}{sep}{row}" for label, row in zip(labels.tolist(), rows)]
+            rows = [f"{label}{sep}{row}" for label, row in zip(labels.tolist(), rows, strict=False)]
         return [r.encode() for r in rows]
 
 
