@@ -81,16 +81,8 @@ class StoreInputLayer(ReaderLayer):
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         no_srclayers(self, srclayers)
+        self.raise_conf_errors()
         conf = self.proto.store_conf
-        if not conf.path:
-            raise LayerError("store_conf.path is empty; give the data file to read")
-        if not conf.shape or min(conf.shape) < 1:
-            raise LayerError(f"store_conf.shape must list the positive dims of one instance "
-                             f"(e.g. shape: 784), got {list(conf.shape)}")
-        if conf.HasField("std_value") and conf.std_value == 0:
-            raise LayerError("store_conf.std_value is 0; data cannot be divided by it")
-        if conf.random_skip < 0:
-            raise LayerError(f"store_conf.random_skip is {conf.random_skip}, expected >= 0")
         if conf.encoded:
             raise LayerError("store_conf.encoded (compressed images) is not supported; "
                              "store the decoded pixels in the RecordProtos")

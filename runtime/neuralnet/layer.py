@@ -78,6 +78,15 @@ class Layer:
         subclass overrides it for the rules of its conf (see `conf_check`)."""
         return []
 
+    def raise_conf_errors(self) -> None:
+        """Raise the first error `check_conf` finds in this layer's proto as a
+        LayerError. A `setup` starts with it, so that a layer set up outside
+        the net builder (a test, a tool) keeps the rules of its conf, written
+        once in `check_conf`."""
+        for p in type(self).check_conf(self.proto):
+            if p.severity == "error":
+                raise LayerError(p.message)
+
     def setup(self, srclayers: Sequence["Layer"]) -> None:
         """Default: one source, same shape, no params."""
         self.check_srclayers(srclayers, 1)

@@ -384,10 +384,8 @@ class DropoutLayer(NeuronLayer):
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
+        self.raise_conf_errors()
         p = float(self.proto.dropout_conf.dropout_ratio)
-        if not 0 <= p < 1:
-            raise LayerError(f"{type_name(self)}: dropout_conf.dropout_ratio must be "
-                             f"in [0, 1), got {p}")
         self.keep = 1.0 - p
         self.masked = False
 

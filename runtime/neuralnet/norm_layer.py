@@ -65,10 +65,8 @@ class LRNLayer(NeuronLayer):
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
         conf = self.proto.lrn_conf
+        self.raise_conf_errors()
         self.size = int(conf.local_size)
-        if self.size <= 0 or self.size % 2 == 0:
-            raise LayerError(f"{type_name(self)}: lrn_conf.local_size must be a positive odd "
-                             f"number, got {self.size}")
         if len(self.shape) < 2:
             raise LayerError(f"{type_name(self)}: the source needs a channel axis (axis 1), "
                              f"got shape {self.shape}")

@@ -137,8 +137,7 @@ class MnistLayer(ParserLayer):
         if len(shape) < 2 or shape[-1] != shape[-2]:
             raise LayerError(f"kMnist needs square images (record shape [.., s, s]); the first "
                              f"record of '{srclayers[0].name}' has shape {shape}")
-        if self.proto.mnist_conf.norm_a == 0:
-            raise LayerError("mnist_conf.norm_a is 0; pixels cannot be divided by it")
+        self.raise_conf_errors()
         self.side = shape[-1]
         self.shape = (self.batchsize, 1, self.side, self.side)
 

@@ -161,7 +161,7 @@ def test_load_state_on_a_running_layer_and_before_any_read(tmp_path):
 
 
 def test_record_input_errors_name_layer_path_and_sizes(tmp_path):
-    with pytest.raises(LayerError, match="store_conf.path is empty"):
+    with pytest.raises(LayerError, match="store_conf.path is required"):
         make("type: kRecordInput store_conf {batchsize: 2 shape: 3}", [])
     with pytest.raises(LayerError, match="store_conf.shape"):
         make(f'type: kRecordInput store_conf {{path: "x" batchsize: 2}}', [])
