@@ -178,14 +178,24 @@ _NOISE = {"RESUME", "NOP", "CACHE", "PUSH_NULL", "EXTENDED_ARG", "PRECALL", "CAL
           "BUILD_STRING", "COPY_FREE_VARS", "MAKE_CELL"}
 
 
-def nearest(word: str, choices: list[str], n: int = 3) -> list[str]:
-    """Up to `n` of `choices` closest to `word`, best first, ignoring case
-    (SINGA's "kData" is near a user's "RNNLMData")."""
+def nearest(word: str, choices: list[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """Up to `n` of `choices` closest to `word` (difflib ratio >= `cutoff`),
+    best first, ignoring case (SINGA's "kData" is near a user's "RNNLMData")."""
     by_lower: dict[str, str] = {}
     for c in choices:
         by_lower.setdefault(c.lower(), c)
     return [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=n,
-                                                           cutoff=0.5)]
+                                                           cutoff=cutoff)]
+
+
+def did_you_mean(word: str, choices: list[str], quote: str = "'") -> str:
+    """"; did you mean 'a' or 'b'?" for the `nearest` choices, or "" when none
+    is near; `quote` goes around each choice ("" for enum names). A conf's
+    misspelt field, enum value or name: the stricter cutoff 0.6 keeps the
+    hint to close spellings."""
+    close = nearest(word, list(choices), cutoff=0.6)
+    return ("; did you mean " + " or ".join(f"{quote}{c}{quote}" for c in close) + "?"
+            if close else "")
 
 
 def _name(obj: Any) -> str:

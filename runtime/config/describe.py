@@ -119,8 +119,8 @@ def _partitions(job) -> dict[str, Any] | None:
     net = getattr(job.validation, "partitioned", None) if job.validation is not None else None
     if net is None:
         return None
-    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
     from runtime.neuralnet.partition import pdim, whole_name  # noqa: PLC0415
+    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
 
     conf = {l.name for l in job.proto.neuralnet.layer}
     parts: list[list[dict]] = [[] for _ in range(net.npartitions)]

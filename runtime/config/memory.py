@@ -144,8 +144,8 @@ def estimate(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any = Non
     [] when the training net was not built. `nets`: phase -> one-partition
     NeuralNet (shapes only); `partitioned`: the training net over
     nworkers_per_group partitions, or None."""
-    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
     from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
+    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
     from runtime.ps.param_slice import SlicePlan  # noqa: PLC0415
 
     train = nets.get(job_pb2.kTrain)

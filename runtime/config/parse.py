@@ -15,7 +15,6 @@ valid names (including the names SINGA's docs use but its code does not).
 """
 from __future__ import annotations
 
-import difflib
 import re
 
 from google.protobuf import descriptor_pool, text_format
@@ -24,6 +23,7 @@ from google.protobuf.descriptor import Descriptor
 from conf import job_pb2
 from runtime.config.locate import Locator
 from runtime.errors import ConfigError, Problem
+from runtime.registry import did_you_mean, nearest
 
 # Names SINGA's docs (or older versions) use that v0.3's job.proto does not.
 _DOC_NAMES = {
@@ -123,7 +123,7 @@ def _unknown_extension_message(name: str, container: Descriptor | None) -> str:
     msg = f"extension [{name}] is not defined: no loaded .proto extends {where} with it"
     short = name.rpartition(".")[2]
     same = [f for f in loaded if f.rpartition(".")[2] == short]
-    close = same or _close(name, loaded)
+    close = same or nearest(name, loaded, cutoff=0.6)
     if close:
         return msg + "; did you mean " + " or ".join(f"[{c}]" for c in close) + "?"
     msg += ("; give the .proto that defines it to singa (validate/submit --proto FILE.proto, "
@@ -168,11 +168,7 @@ def _at_end(lines: list[str], line: int, col: int) -> bool:
         m = text_format.Tokenizer._TOKEN.match(tail)  # noqa: SLF001 - the parser's own token rule
         rest.append(tail[m.end() if m else 1:])
     rest += lines[line:]
-    return all(not l.strip() or l.strip().startswith("#") for l in rest)
-
-
-def _close(word: str, choices: list[str]) -> list[str]:
-    return difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    return all(not lyr.strip() or lyr.strip().startswith("#") for lyr in rest)
 
 
 def _hint(msg: str) -> str:
@@ -196,9 +192,9 @@ def _hint(msg: str) -> str:
         names = [f.name for f in desc.fields]
         if name in _DOC_NAMES and _DOC_NAMES[name] in names:
             return f"; did you mean '{_DOC_NAMES[name]}'? ('{name}' is a name from SINGA's docs)"
-        close = _close(name, names)
-        if close:
-            return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        hint = did_you_mean(name, names)
+        if hint:
+            return hint
         return "; fields of " + desc.name + ": " + ", ".join(sorted(names))
     m = _NO_ENUM.search(msg)
     if m:
@@ -212,12 +208,12 @@ def _hint(msg: str) -> str:
         names = [v.name for v in desc.values]
         if name in _DOC_NAMES and _DOC_NAMES[name] in names:
             return f"; did you mean {_DOC_NAMES[name]}? ({name} is a name from SINGA's docs)"
-        close = _close(name, names)
+        hint = did_you_mean(name, names, quote="")
         # SINGA's own examples name C++ user layers kData, kLoss...: say where those come from
         user = (f'; a layer of your own is written user_type: "{name}" and comes from '
                 f'--module FILE.py (registered with @register_layer("{name}"))'
                 if desc.full_name == "singa.LayerType" else "")
-        if close:
-            return "; did you mean " + " or ".join(close) + "?" + user
+        if hint:
+            return hint + user
         return "; valid values: " + ", ".join(names) + user
     return ""

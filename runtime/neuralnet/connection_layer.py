@@ -36,6 +36,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, positive
 from runtime.neuralnet.layer import Layer, kOneToMany, layer_registry
 
 
@@ -68,6 +69,12 @@ class _Fanout(Layer):
 @layer_registry.register(job_pb2.kSplit)
 class SplitLayer(_Fanout):
     """Every consumer reads the source's data; the backward sums the grads."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "split_conf", "num_splits")
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)
@@ -104,6 +111,12 @@ class SplitLayer(_Fanout):
 @layer_registry.register(job_pb2.kSlice)
 class SliceLayer(_Fanout):
     """Consumer k (in `add_dst` order) reads piece k along `slice_dim`."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "slice_conf", "num_slices")
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)
@@ -173,6 +186,12 @@ class ConcateLayer(Layer):
     """Joins >= 2 sources along `concate_dim`; the backward cuts the grad
     (times `grad_scale`, 1 unless the net builder sets it)."""
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "concate_conf", "num_concates")
+
+
     #: set by the builder on the concate layers it inserts between partitions
     grad_scale = 1.0
 
@@ -184,12 +203,12 @@ class ConcateLayer(Layer):
         if not 0 <= dim < len(first):
             raise LayerError(f"concate_conf.concate_dim is {dim}, but the source "
                              f"'{srclayers[0].name}' has shape {list(first)}")
-        for s, shp in zip(srclayers, shapes):
-            if len(shp) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shp, first))
+        for shp in shapes:
+            if len(shp) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shp, first, strict=False))
                                              if i != dim):
                 raise LayerError(
                     f"sources must agree on every dim except concate_dim {dim}: "
-                    + ", ".join(f"'{x.name}' {list(y)}" for x, y in zip(srclayers, shapes)))
+                    + ", ".join(f"'{x.name}' {list(y)}" for x, y in zip(srclayers, shapes, strict=False)))
         self.sizes = [shp[dim] for shp in shapes]
         out = list(first)
         out[dim] = sum(self.sizes)
@@ -208,7 +227,7 @@ class ConcateLayer(Layer):
         grad = np.asarray(self.grad, dtype=np.float32).reshape(self.shape)
         if self.grad_scale != 1.0:
             grad = grad * np.float32(self.grad_scale)
-        for s, g in zip(srclayers, np.split(grad, self._cuts, axis=self.dim)):
+        for s, g in zip(srclayers, np.split(grad, self._cuts, axis=self.dim), strict=False):
             s.set_grad(self, g)
 
 
@@ -217,6 +236,20 @@ class DummyLayer(Layer):
     """For tests: `input` makes U[0,1) data of `dummy_conf.shape` (no source);
     `output` hands its source U[0,1) gradients; otherwise data and gradient
     pass through unchanged. Random values come from `self.rng`."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        c = proto.dummy_conf
+        out: list[ConfProblem] = []
+        if c.input and not c.shape:
+            out.append(ConfProblem("dummy_conf", "dummy_conf { input: true } needs shape "
+                                   "(the shape of the data it generates, batch first)"))
+        if any(d < 1 for d in c.shape):
+            out.append(ConfProblem("dummy_conf.shape", f"dummy_conf.shape dims must be > 0, "
+                                   f"got {list(c.shape)}"))
+        return out
+
 
     def __init__(self, proto: job_pb2.LayerProto):
         super().__init__(proto)

@@ -14,11 +14,19 @@ import numpy as np
 from conf import job_pb2
 from runtime import blas
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
 from runtime.neuralnet.im2col import RowTaps, col2im, im2col, transpose_into
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    NeuronLayer, as_f32, check_param_count, partitioned, positive_field,
-    set_param_grad, type_name, wants_grad)
+    NeuronLayer,
+    as_f32,
+    check_param_count,
+    partitioned,
+    positive_field,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 __all__ = ["ConvolutionLayer", "CConvolutionLayer", "col2im", "im2col", "transpose_into",
            "window_geometry", "spatial_input", "conv_output_size", "batch_inner_layout",
@@ -112,6 +120,27 @@ class ConvolutionLayer(NeuronLayer):
     3-D source (N, H, W) is one channel. With partition_dim 1, num_filters is
     divided by num_partitions. kAggGrad in the flag accumulates param grads.
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        missing = conf_missing(proto, "convolution_conf", "num_filters: N kernel: K")
+        if missing:
+            return missing
+        c = proto.convolution_conf
+        out: list[ConfProblem] = []
+        if not c.HasField("num_filters"):
+            out.append(ConfProblem("convolution_conf", "convolution_conf.num_filters is required"))
+        else:
+            out += positive(proto, "convolution_conf", "num_filters")
+        for f in ("kernel", "stride", "kernel_x", "kernel_y", "stride_x", "stride_y"):
+            if c.HasField(f):
+                out += positive(proto, "convolution_conf", f)
+        for f in ("pad", "pad_x", "pad_y"):
+            if c.HasField(f):
+                out += positive(proto, "convolution_conf", f, allow_zero=True)
+        return out
+
 
     num_params = None  # 1 or 2, checked in setup
     src_neuron_connection = kOneToAll

@@ -30,6 +30,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.model.param import Param
+from runtime.neuralnet.conf_check import ConfProblem
 from runtime.registry import Registry
 
 layer_registry = Registry("layer type", job_pb2.LayerType,
@@ -67,6 +68,25 @@ class Layer:
         self.rng: np.random.Generator = np.random.default_rng()
 
     # --- 2. set up -------------------------------------------------------
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """The problems of this layer type's own conf block (its `*_conf`
+        fields), found from the proto alone: no data file, no other layer.
+        `runtime.config.validate` reports them with the fields' positions;
+        [] when there is none. `submit`: the job is being submitted, so an
+        option this platform lacks is an error rather than a warning. A
+        subclass overrides it for the rules of its conf (see `conf_check`)."""
+        return []
+
+    def raise_conf_errors(self) -> None:
+        """Raise the first error `check_conf` finds in this layer's proto as a
+        LayerError. A `setup` starts with it, so that a layer set up outside
+        the net builder (a test, a tool) keeps the rules of its conf, written
+        once in `check_conf`."""
+        for p in type(self).check_conf(self.proto):
+            if p.severity == "error":
+                raise LayerError(p.message)
+
     def setup(self, srclayers: Sequence["Layer"]) -> None:
         """Default: one source, same shape, no params."""
         self.check_srclayers(srclayers, 1)

@@ -18,6 +18,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, positive
 from runtime.neuralnet.connection_layer import aux_of
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 
@@ -93,6 +94,12 @@ class SoftmaxLossLayer(MetricLayer):
     label is in the top-k of p, times scale; grad = (p - onehot) * scale / B.
     `data` holds p in the logits' shape.
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "softmaxloss_conf", "topk")
+
 
     metric_names = ("loss", "accuracy")
     src_neuron_connection = kOneToAll

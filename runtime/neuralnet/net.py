@@ -16,26 +16,8 @@ the LayerType enum but has no implementation registered is reported as a
 warning when only shapes are wanted (`allocate=False`, as `singa validate`
 does), so a valid SINGA conf is not rejected for a missing layer here.
 
-Unrolling (SINGA's `NeuralNet::Unrolling`, for BPTT): every layer becomes
-`unroll_len` copies named `<i>#<name>` with `unroll_index` i, and its params
-`<i>#<pname>`; copies i > 0 share their params with copy 0 (`share_from:
-"0#<pname>"`): the values *and* the gradient array, which the copies add to
-under `kAggGrad`, so that copy 0's params carry the sum over time steps and
-only they are sent as updates (the copies are marked `trainable = False`).
-A copy's srclayers follow `unroll_conn_type` (one per srclayer, default
-kUnrollOneToOne) and `shift`: OneToOne links copy j to the source's copy
-j - shift (copies j < shift get no edge from that source); OneToAll links
-every copy to all of the source's copies; FirstToLast links copy 0 to the
-source's last copy. A layer class with `takes_previous_copy = True` (GRU)
-also gets copy j - 1 as its last srclayer.
-
-Which nets are unrolled: SINGA v0.3 unrolls, and so renames, every net. Here
-a net is unrolled when one of its layers has `unroll_len > 1` or is of a
-layer class marked `recurrent = True` (GRU, CharRNN, RNNLabel, RNNDummy,
-CharRNNOutput), so that a recurrent net's params are named as SINGA names
-them (a sampling net with unroll_len 1 loads `0#<pname>` from the training
-checkpoint) while feed-forward nets keep their plain names (and their
-checkpoints). `create(..., unroll=True/False)` overrides the rule.
+Unrolling (SINGA's `NeuralNet::Unrolling`, for BPTT) is in `unroll.py`, with the
+rule of which nets are unrolled.
 
 Partitioning (SINGA's `CreateGraph` over `nworkers_per_group`
 partitions; the rules, names and gradient scaling are in `partition.py`):
@@ -61,19 +43,15 @@ partitioned (SINGA builds them with 1 partition) and read whole batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
-from runtime.neuralnet import partition as partitioning
-from runtime.neuralnet.layer import Layer, create_layer, kOneToOne, layer_registry
 from runtime.model.param import Param
-
-UNROLL_SEP = "#"
+from runtime.neuralnet import partition as partitioning
+from runtime.neuralnet.layer import Layer, create_layer, kOneToOne
+from runtime.neuralnet.unroll import Locate, needs_unrolling, origin_name, unroll_protos
 
 PHASE_NAMES = {job_pb2.kTrain: "train", job_pb2.kVal: "validation", job_pb2.kTest: "test"}
-
-Locate = Callable[[int, str], str]
 
 
 def filter_phase(net: job_pb2.NetProto, phase: int) -> list[tuple[int, job_pb2.LayerProto]]:
@@ -93,131 +71,6 @@ def filter_phase(net: job_pb2.NetProto, phase: int) -> list[tuple[int, job_pb2.L
             p.unroll_len = net.unroll_len
         out.append((i, p))
     return out
-
-
-def _layer_class(proto: job_pb2.LayerProto):
-    """The registered class of a proto's type, or None when there is none."""
-    try:
-        return layer_registry.lookup(proto.type, proto.user_type)
-    except UserError:
-        return None
-
-
-def needs_unrolling(protos: list[tuple[int, job_pb2.LayerProto]]) -> bool:
-    """Whether a net of these layers is unrolled (see the module docstring):
-    a layer has unroll_len > 1 or is of a class marked `recurrent`."""
-    return any(p.unroll_len > 1 or getattr(_layer_class(p), "recurrent", False)
-               for _, p in protos)
-
-
-def unrolled_name(name: str, index: int) -> str:
-    """The name of copy `index` of layer or param `name` (SINGA's `<i>#<name>`)."""
-    return f"{index}{UNROLL_SEP}{name}"
-
-
-def origin_name(name: str) -> str:
-    """The conf name an unrolled layer or param name comes from ("3#gru" -> "gru")."""
-    head, sep, rest = name.partition(UNROLL_SEP)
-    return rest if sep and head.isdigit() else name
-
-
-def unroll_protos(protos: list[tuple[int, job_pb2.LayerProto]], locate: Locate
-           ) -> tuple[list[tuple[int, job_pb2.LayerProto]], list[Problem]]:
-    """SINGA's `NeuralNet::Unrolling`: each layer's `unroll_len` copies, wired
-    by `unroll_conn_type` and `shift` (see the module docstring).
-
-    Returns the copies as (index of the original in NetProto.layer, proto)
-    in conf order (the copies of a layer together, by unroll_index), and the
-    problems found. A srclayer that is not in the phase keeps its plain
-    name, so that the builder reports it as for any net. Layer protos keep
-    `unroll_len` (the number of copies) and lose `unroll_conn_type`/`shift`.
-    """
-    problems: list[Problem] = []
-    groups: dict[str, list[job_pb2.LayerProto]] = {}
-    out: list[tuple[int, job_pb2.LayerProto]] = []
-    originals: list[tuple[int, job_pb2.LayerProto]] = []
-    for i, proto in protos:
-        if proto.name in groups:
-            continue  # a duplicate name: the builder keeps the first
-        originals.append((i, proto))
-        n = max(1, proto.unroll_len)
-        copies = []
-        for k in range(n):
-            q = job_pb2.LayerProto()
-            q.CopyFrom(proto)
-            q.name = unrolled_name(proto.name, k)
-            q.unroll_index = k
-            q.unroll_len = n
-            q.ClearField("unroll_conn_type")
-            q.ClearField("shift")
-            del q.srclayers[:]
-            for param in q.param:
-                if k > 0:
-                    param.share_from = unrolled_name(param.name, 0)
-                elif param.share_from and origin_name(param.share_from) == param.share_from:
-                    # a conf-level share_from names a conf param: its copy 0
-                    # (SINGA wants "0#w" written out; both spellings work here)
-                    param.share_from = unrolled_name(param.share_from, 0)
-                param.name = unrolled_name(param.name, k)
-            copies.append(q)
-            out.append((i, q))
-        groups[proto.name] = copies
-
-    OneToOne, OneToAll = job_pb2.kUnrollOneToOne, job_pb2.kUnrollOneToAll
-    FirstToLast = job_pb2.kUnrollFirstToLast
-    for i, proto in originals:
-        copies = groups[proto.name]
-        types, shifts = list(proto.unroll_conn_type), list(proto.shift)
-        nsrc = len(proto.srclayers)
-        if len(types) > nsrc:
-            problems.append(Problem(locate(i, "unroll_conn_type"),
-                                    f"{len(types)} unroll_conn_type values for {nsrc} srclayers; "
-                                    "give one per srclayer, in the same order"))
-        if len(shifts) > nsrc:
-            problems.append(Problem(locate(i, "shift"),
-                                    f"{len(shifts)} shift values for {nsrc} srclayers; give one "
-                                    "per srclayer, in the same order"))
-        for s_idx, src in enumerate(proto.srclayers):
-            ctype = types[s_idx] if s_idx < len(types) else OneToOne
-            shift = shifts[s_idx] if s_idx < len(shifts) else 0
-            srcs = groups.get(src)
-            if srcs is None:
-                for q in copies:
-                    q.srclayers.append(src)
-                continue
-            if ctype == OneToAll:
-                for q in copies:
-                    q.srclayers.extend(c.name for c in srcs)
-            elif ctype == FirstToLast:
-                copies[0].srclayers.append(srcs[-1].name)
-            elif ctype == OneToOne:
-                if shift < 0:
-                    problems.append(Problem(locate(i, f"shift[{s_idx}]"),
-                                            f"shift must be >= 0, got {shift}"))
-                    continue
-                last = len(copies) - 1 - shift
-                if last >= len(srcs):
-                    problems.append(Problem(
-                        locate(i, f"srclayers[{s_idx}]"),
-                        f"'{proto.name}' has {len(copies)} unrolled copies and connects one to "
-                        f"one (unroll_conn_type kUnrollOneToOne, shift {shift}) to '{src}', "
-                        f"which has {len(srcs)}; set unroll_conn_type: kUnrollOneToAll for this "
-                        "srclayer, or give both layers the same unroll_len"))
-                    continue
-                for j, q in enumerate(copies):
-                    if j >= shift:
-                        q.srclayers.append(srcs[j - shift].name)
-            else:
-                name = job_pb2.UnrollConnType.Name(ctype) if ctype in \
-                    job_pb2.UnrollConnType.values() else str(ctype)
-                problems.append(Problem(
-                    locate(i, f"unroll_conn_type[{s_idx}]"),
-                    f"unroll_conn_type {name} is not implemented (nor is it in SINGA v0.3); use "
-                    "kUnrollOneToOne, kUnrollOneToAll or kUnrollFirstToLast"))
-        if getattr(_layer_class(proto), "takes_previous_copy", False):
-            for j in range(1, len(copies)):
-                copies[j].srclayers.append(copies[j - 1].name)
-    return out, problems
 
 
 def _default_locate(names: dict[int, str]) -> Locate:
@@ -376,7 +229,7 @@ class NeuralNet:
         # 4. topological order
         sorted_layers, cyclic = self._toposort(order)
         if cyclic:
-            names = [l.name for l in cyclic]
+            names = [lyr.name for lyr in cyclic]
             problems.append(Problem(locate(self._index.get(cyclic[0].name, -1), "srclayers"),
                                     "cycle among layers " + ", ".join(f"'{n}'" for n in names)))
             failed.update(names)
@@ -385,7 +238,7 @@ class NeuralNet:
         if self.npartitions > 1:
             if self.unrolled:  # a copy inherits the net's partition_dim as its conf layer does
                 inherited = {q.name for _, q in protos if origin_name(q.name) in inherited}
-            found = partitioning.check([l for l in sorted_layers if l.name not in failed], self._index,
+            found = partitioning.check([lyr for lyr in sorted_layers if lyr.name not in failed], self._index,
                             locate, self.npartitions, self.unrolled, inherited)
             for name, problem in found:
                 report(name, problem)
@@ -411,6 +264,14 @@ class NeuralNet:
                                                f"a {tname} layer takes {want} param(s), got {n}"))
                     failed.add(layer.name)
                     continue
+            # the rules of the layer's own conf block, written once in its class
+            # (`Layer.check_conf`, which `singa validate` reports too)
+            conf_errors = [p for p in type(layer).check_conf(layer.proto) if p.severity == "error"]
+            for p in conf_errors:
+                report(layer.name, Problem(locate(i, p.field), p.message))
+            if conf_errors:
+                failed.add(layer.name)
+                continue
             try:
                 if hasattr(layer, "add_dst"):
                     for d in self._dst[layer.name]:
@@ -525,7 +386,7 @@ class NeuralNet:
             elif self.partition is None and layer.params and base != layer.name:
                 head = first.setdefault(base, layer)
                 if head is not layer:
-                    for q, h in zip(layer.params, head.params):
+                    for q, h in zip(layer.params, head.params, strict=False):
                         if q.owner is None and not q.proto.share_from:
                             q.owner = h
         if self.wholes:
@@ -564,12 +425,12 @@ class NeuralNet:
             if origin_name(layer.name) != layer.name:  # not a layer the builder added
                 self._copies.setdefault(origin_name(layer.name), []).append(layer)
         for copies in self._copies.values():
-            copies.sort(key=lambda l: l.proto.unroll_index)
+            copies.sort(key=lambda lyr: lyr.proto.unroll_index)
             first = copies[0]
             if first.proto.unroll_index != 0:
                 continue
             for layer in copies[1:]:
-                for p, head in zip(layer.params, first.params):
+                for p, head in zip(layer.params, first.params, strict=False):
                     self._heads[id(p)] = head
                     p.trainable = False  # its gradient is copy 0's: never sent itself
 
@@ -698,9 +559,9 @@ class NeuralNet:
         return self._heads.get(id(param), param)
 
     def layer(self, name: str) -> Layer:
-        for l in self.layers:
-            if l.name == name:
-                return l
+        for lyr in self.layers:
+            if lyr.name == name:
+                return lyr
         raise KeyError(name)
 
     def param(self, name: str) -> Param:
@@ -710,8 +571,8 @@ class NeuralNet:
         raise KeyError(name)
 
     def set_rng(self, rng) -> None:
-        for l in self.layers:
-            l.rng = rng
+        for lyr in self.layers:
+            lyr.rng = rng
 
     def share_params_from(self, other: "NeuralNet") -> None:
         """Use `other`'s param values (matched by name), as SINGA's test and
@@ -724,8 +585,8 @@ class NeuralNet:
                 p.data = q.data
 
     def close(self) -> None:
-        for l in self.layers:
-            l.close()
+        for lyr in self.layers:
+            lyr.close()
 
     def __repr__(self) -> str:
         return (f"NeuralNet({PHASE_NAMES.get(self.phase, self.phase)}, "

@@ -21,8 +21,9 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
-from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
 from runtime.model.param import Param
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
+from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
 
 F32 = np.float32
 
@@ -148,6 +149,13 @@ class InnerProductLayer(NeuronLayer):
     num_partitions. With kAggGrad in the flag, param grads are added to the
     existing ones (BPTT over unrolled copies).
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return (conf_missing(proto, "innerproduct_conf", "num_output: N")
+                or positive(proto, "innerproduct_conf", "num_output"))
+
 
     num_params = 2
     src_neuron_connection = kOneToAll
@@ -364,12 +372,20 @@ class DropoutLayer(NeuronLayer):
     """Inverted dropout: in the train phase y = x * mask with mask =
     (U < 1-p) / (1-p), U drawn from `self.rng`; otherwise y = x (a copy)."""
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        r = proto.dropout_conf.dropout_ratio
+        if not 0 <= r < 1:
+            return [ConfProblem("dropout_conf.dropout_ratio",
+                                f"dropout_conf.dropout_ratio must be in [0, 1), got {r:g}")]
+        return []
+
+
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
+        self.raise_conf_errors()
         p = float(self.proto.dropout_conf.dropout_ratio)
-        if not 0 <= p < 1:
-            raise LayerError(f"{type_name(self)}: dropout_conf.dropout_ratio must be "
-                             f"in [0, 1), got {p}")
         self.keep = 1.0 - p
         self.masked = False
 

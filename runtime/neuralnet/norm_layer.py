@@ -19,9 +19,17 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem
 from runtime.neuralnet.layer import Layer, has, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    F32, NeuronLayer, as_f32, check_param_count, set_param_grad, type_name, wants_grad)
+    F32,
+    NeuronLayer,
+    as_f32,
+    check_param_count,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 #: floats per block of an LRN pass (its temporaries then stay in L2)
 LRN_BLOCK_FLOATS = 1 << 16
@@ -41,13 +49,24 @@ class LRNLayer(NeuronLayer):
     channels on axis 1 (NCHW, or [N, C] / [N, C, ...]); output has its shape.
     """
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        ls = proto.lrn_conf.local_size
+        if ls < 1 or ls % 2 == 0:
+            return [ConfProblem("lrn_conf.local_size" if proto.lrn_conf.HasField("local_size")
+                                else "lrn_conf",
+                                f"lrn_conf.local_size must be a positive odd number (the "
+                                f"window is centred on each channel), got {ls}",
+                                about="lrn_conf.local_size")]
+        return []
+
+
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
         conf = self.proto.lrn_conf
+        self.raise_conf_errors()
         self.size = int(conf.local_size)
-        if self.size <= 0 or self.size % 2 == 0:
-            raise LayerError(f"{type_name(self)}: lrn_conf.local_size must be a positive odd "
-                             f"number, got {self.size}")
         if len(self.shape) < 2:
             raise LayerError(f"{type_name(self)}: the source needs a channel axis (axis 1), "
                              f"got shape {self.shape}")

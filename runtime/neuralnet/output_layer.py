@@ -17,6 +17,7 @@ import numpy as np
 
 from conf import common_pb2, job_pb2
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive, store_backend
 from runtime.neuralnet.connection_layer import aux_of
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.loss_layer import MetricLayer, labels_for, topk_hits
@@ -53,6 +54,12 @@ class ArgSortLayer(_NoGradient, Layer):
     """data = [B, topk] indices (as float32) of the largest scores, descending;
     the source's labels pass through."""
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "argsort_conf", "topk")
+
+
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)
         _setup_topk(self, srclayers[0])
@@ -67,6 +74,12 @@ class AccuracyLayer(_NoGradient, MetricLayer):
     """srclayers = {scores, label source}: the fraction of instances whose
     label is among the topk scores (a tie counts as a hit). `data` holds the
     top-k indices, as ArgSort's."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "argsort_conf", "topk")
+
 
     metric_names = ("accuracy",)
 
@@ -86,6 +99,18 @@ class AccuracyLayer(_NoGradient, MetricLayer):
 
 class _StoreOutput(_NoGradient, Layer):
     """Writes each instance of its single source as one record of a store."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        missing = conf_missing(proto, "store_conf", 'path: "out.csv"')
+        if missing:
+            return missing
+        out: list[ConfProblem] = []
+        if not proto.store_conf.path:
+            out.append(ConfProblem("store_conf", "store_conf.path is required (the file to write)"))
+        return out + store_backend(proto, submit)
+
 
     default_backend = "kvfile"
 
@@ -144,7 +169,7 @@ class CSVOutputLayer(_StoreOutput):
         else:
             rows = [sep.join(map(str, r)) for r in data]  # str(np.float32): shortest repr
         if labels is not None:
-            rows = [f"{label}{sep}{row}" for label, row in zip(labels.tolist(), rows)]
+            rows = [f"{label}{sep}{row}" for label, row in zip(labels.tolist(), rows, strict=False)]
         return [r.encode() for r in rows]
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, positive
 from runtime.neuralnet.conv_layer import spatial_input, window_geometry
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.neuron_layer import F32, NeuronLayer, as_f32, type_name, wants_grad
@@ -75,6 +76,20 @@ class PoolingLayer(NeuronLayer):
     Conf `pooling_conf`: pool (MAX|AVG), kernel/pad/stride or their _x/_y
     variants (the _x/_y ones win when set). pad must be smaller than kernel.
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        c = proto.pooling_conf
+        out: list[ConfProblem] = []
+        for f in ("kernel", "stride", "kernel_x", "kernel_y", "stride_x", "stride_y"):
+            if c.HasField(f):
+                out += positive(proto, "pooling_conf", f)
+        for f in ("pad_x", "pad_y"):
+            if c.HasField(f):
+                out += positive(proto, "pooling_conf", f, allow_zero=True)
+        return out
+
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 1)

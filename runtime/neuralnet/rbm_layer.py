@@ -54,10 +54,18 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
 from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    ACTIVATIONS, Scratch, as_f32, check_param_count, matmul_param_grad, positive_field,
-    set_param_grad, type_name)
+    ACTIVATIONS,
+    Scratch,
+    as_f32,
+    check_param_count,
+    matmul_param_grad,
+    positive_field,
+    set_param_grad,
+    type_name,
+)
 
 F32 = np.float32
 _sigmoid = ACTIVATIONS["SIGMOID"][0]
@@ -70,6 +78,12 @@ def is_negative(flag: int) -> bool:
 
 class RBMLayer(Layer):
     """What the vis and hid share: rbm_conf, the two phases, sampling."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return conf_missing(proto, "rbm_conf", "hdim: N") or positive(proto, "rbm_conf", "hdim")
+
 
     num_params = 2
     # each consumer reads the phase it wants itself: never a split layer

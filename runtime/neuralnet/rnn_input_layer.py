@@ -20,7 +20,8 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
-from runtime.neuralnet.input_layer import InputLayer
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
+from runtime.neuralnet.input_reader import InputLayer
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.neuron_layer import F32, wants_grad
 
@@ -106,6 +107,18 @@ class CharRNNInputLayer(InputLayer):
 
     Exact resume: `state()` = {"offset": o}.
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        missing = conf_missing(proto, "char_rnn_conf", 'path: "input.txt" vocab_path: "vocab.txt"')
+        if missing:
+            return missing
+        out = [ConfProblem("char_rnn_conf", f"char_rnn_conf.{f} is required")
+               for f in ("path", "vocab_path") if not getattr(proto.char_rnn_conf, f)]
+        return (out + positive(proto, "char_rnn_conf", "batchsize")
+                + positive(proto, "char_rnn_conf", "unroll_len"))
+
 
     recurrent = True
 
@@ -220,6 +233,15 @@ class RNNDummyLayer(Layer):
     probabilities with the layer's rng (sampling; an addition to SINGA,
     whose RNNDummy cannot read a softmax).
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        if not proto.srclayers and not proto.rnn_dummy_conf.shape:
+            return [ConfProblem("type", "a kRNNDummy layer with no srclayers needs "
+                                "rnn_dummy_conf { shape: ... }")]
+        return []
+
 
     recurrent = True
 

@@ -19,10 +19,20 @@ import numpy as np
 from conf import job_pb2
 from runtime import blas
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
 from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
-from runtime.neuralnet.neuron_layer import (F32, NeuronLayer, Scratch, _sigmoid_f, as_f32,
-                                            check_param_count, positive_field, set_param_grad,
-                                            type_name, wants_grad)
+from runtime.neuralnet.neuron_layer import (
+    F32,
+    NeuronLayer,
+    Scratch,
+    _sigmoid_f,
+    as_f32,
+    check_param_count,
+    positive_field,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 
 # ---------------------------------------------------------------- helpers --
@@ -89,6 +99,13 @@ class GRULayer(NeuronLayer):
     previous GRU is the exact dL/dh; SINGA v0.3 adds z instead of g * z to it
     (a bug this layer does not copy).
     """
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return (conf_missing(proto, "gru_conf", "dim_hidden: N")
+                or positive(proto, "gru_conf", "dim_hidden"))
+
 
     num_params = (6, 9)
     dst_layer_connection = kOneToMany
@@ -246,6 +263,13 @@ class OneHotLayer(Layer):
     multi-step source (`data_at`), e.g. CharRNN. It has no gradient: an
     index is not differentiable (the layers above get none from it)."""
 
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return (conf_missing(proto, "onehot_conf", "vocab_size: N")
+                or positive(proto, "onehot_conf", "vocab_size"))
+
+
     is_input = True  # nothing flows back through an index
     dst_layer_connection = kOneToMany
 
@@ -278,6 +302,14 @@ class EmbeddingLayer(NeuronLayer):
     Embedding reads step i of a multi-step source (`data_at`). The gradient
     of W is a scatter-add of the output's gradient over the indices (added
     to the existing one with kAggGrad); the indices get none."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return (conf_missing(proto, "embedding_conf", "vocab_size: N feature_dim: D")
+                or positive(proto, "embedding_conf", "vocab_size")
+                + positive(proto, "embedding_conf", "feature_dim"))
+
 
     num_params = 1
 

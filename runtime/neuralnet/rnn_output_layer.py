@@ -16,12 +16,24 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
+from runtime.neuralnet.conf_check import ConfProblem, conf_missing
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.rnn_input_layer import read_texts
 
 
 @layer_registry.register(job_pb2.kCharRNNOutput)
 class CharRNNOutputLayer(Layer):
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        missing = conf_missing(proto, "char_rnn_conf", 'vocab_path: "vocab.txt"')
+        if missing:
+            return missing
+        if not proto.char_rnn_conf.vocab_path:
+            return [ConfProblem("char_rnn_conf", "char_rnn_conf.vocab_path is required")]
+        return []
+
     recurrent = True
 
     def setup(self, srclayers: Sequence[Layer]) -> None:

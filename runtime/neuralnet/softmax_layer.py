@@ -14,6 +14,7 @@ import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
+from runtime.neuralnet.conf_check import ConfProblem, positive
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import NeuronLayer, as_f32, type_name, wants_grad
 
@@ -21,6 +22,12 @@ from runtime.neuralnet.neuron_layer import NeuronLayer, as_f32, type_name, wants
 @layer_registry.register(job_pb2.kSoftmax, job_pb2.kCudnnSoftmax)
 class SoftmaxLayer(NeuronLayer):
     """y = exp(x - max) / sum(exp(x - max)) per group; dx = y * (g - sum(g * y))."""
+
+    @classmethod
+    def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
+        """Its own conf block, from the proto alone (see `Layer.check_conf`)."""
+        return positive(proto, "softmax_conf", "num_softmax_per_instance")
+
 
     src_neuron_connection = kOneToAll
 

@@ -241,8 +241,8 @@ def graph_of(net, name: str = "job", phase: str = "train",
     partitions), output shapes and params as the builder set them up.
     `conf_layers`: the job.conf's layer names; the others are drawn as added
     by the builder (default: the connection layers)."""
-    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
     from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
+    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
 
     parts = getattr(net, "npartitions", 1)
     nodes = []

@@ -161,12 +161,12 @@ def test_load_state_on_a_running_layer_and_before_any_read(tmp_path):
 
 
 def test_record_input_errors_name_layer_path_and_sizes(tmp_path):
-    with pytest.raises(LayerError, match="store_conf.path is empty"):
+    with pytest.raises(LayerError, match="store_conf.path is required"):
         make("type: kRecordInput store_conf {batchsize: 2 shape: 3}", [])
     with pytest.raises(LayerError, match="store_conf.shape"):
-        make(f'type: kRecordInput store_conf {{path: "x" batchsize: 2}}', [])
+        make('type: kRecordInput store_conf {path: "x" batchsize: 2}', [])
     with pytest.raises(LayerError, match="store_conf.batchsize is required"):
-        make(f'type: kRecordInput store_conf {{path: "x" shape: 2}}', [])
+        make('type: kRecordInput store_conf {path: "x" shape: 2}', [])
     with pytest.raises(LayerError, match=r"store_conf.backend 'lmdb' is not supported; "
                                          r"known: .*kvfile"):
         record_input("x", backend="lmdb")
@@ -243,7 +243,7 @@ def test_shard_data_mnist_label_chain(tmp_path):
     mnist, _ = make("type: kMnist mnist_conf {norm_a: 255 norm_b: 0.5}", [data], name="mnist")
     label, _ = make("type: kLabel", [data], name="label")
     assert data.shape == (2, 4, 4) and mnist.shape == (2, 1, 4, 4) and label.shape == (2,)
-    for step in range(2):
+    for _step in range(2):
         data.compute_feature(TRAIN, [])
         assert len(data.data_for(mnist)) == 2
         mnist.compute_feature(TRAIN, [data])

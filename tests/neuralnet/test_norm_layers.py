@@ -76,8 +76,8 @@ def test_lrn_two_dimensional_source():
 
 @pytest.mark.parametrize("size", [4, 0, -3])
 def test_lrn_local_size_must_be_odd_and_positive(size):
-    with pytest.raises(LayerError, match=f"lrn_conf.local_size must be a positive odd number, "
-                                         f"got {size}"):
+    with pytest.raises(LayerError, match=rf"lrn_conf.local_size must be a positive odd number "
+                                         rf"\(the window is centred on each channel\), got {size}"):
         make(f"type: kLRN lrn_conf {{ local_size: {size} }}", [np.zeros((1, 4, 2, 2))])
 
 
