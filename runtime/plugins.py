@@ -37,8 +37,9 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from runtime.errors import UserError
 

@@ -25,7 +25,8 @@ def _run(conf: str, detach: bool, execs: tuple[str, ...] = (), protos: tuple[str
          **kw) -> int:
     from runtime import plugins
     from runtime.jobs import jobdb
-    from runtime.jobs.submit import SubmitOptions, follow, submit as submit_job
+    from runtime.jobs.submit import SubmitOptions, follow
+    from runtime.jobs.submit import submit as submit_job
 
     # protos first: the [ext] blocks of the conf and the user's modules need them
     kw["modules"] = plugins.with_protos(protos, tuple(execs) + tuple(kw.get("modules", ())))

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.train import single
 from runtime.config import load_job
-from runtime.train.divergence import check_metrics, check_update, finite
 from runtime.errors import Diverged
 from runtime.jobs import jobdb
+from runtime.train import single
+from runtime.train.divergence import check_metrics, check_update, finite
 from tests.test_distributed import conf_with
 from tests.test_training import make_conf
 

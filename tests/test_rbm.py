@@ -13,12 +13,12 @@ import pytest
 
 from conf import common_pb2, job_pb2
 from runtime import checkpoint
-from runtime.train import single
-from runtime.train.algorithms.cd import CDWorker
 from runtime.config import load_job
 from runtime.errors import UserError
 from runtime.io.store import open_store
 from runtime.neuralnet.rbm_layer import RBMVisLayer
+from runtime.train import single
+from runtime.train.algorithms.cd import CDWorker
 from runtime.train.worker import alg_registry
 
 ROOT = Path(__file__).resolve().parents[1]

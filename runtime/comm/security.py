@@ -105,7 +105,7 @@ class JobKeys:
         object.__setattr__(self, "secret", secret)
 
     @classmethod
-    def generate(cls) -> "JobKeys":
+    def generate(cls) -> JobKeys:
         public, secret = zmq.curve_keypair()
         return cls(public, secret)
 
@@ -118,7 +118,7 @@ class JobKeys:
         return {"public": self.public.decode("ascii"), "secret": self.secret.decode("ascii")}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "JobKeys":
+    def from_dict(cls, d: Any) -> JobKeys:
         if not isinstance(d, dict):
             raise KeysError(f"job keys: got a JSON {type(d).__name__}, "
                             "expected an object with 'public' and 'secret'")
@@ -160,11 +160,11 @@ def curve_client(sock: zmq.Socket, keys: JobKeys) -> None:
 
 
 # -------------------------------------------------------------- guard ---
-_guards: dict[int, "Guard"] = {}   # id(ctx) -> running guard; the guard keeps ctx alive
+_guards: dict[int, Guard] = {}   # id(ctx) -> running guard; the guard keeps ctx alive
 _guards_lock = threading.Lock()
 
 
-def guard_of(ctx: zmq.Context) -> "Guard | None":
+def guard_of(ctx: zmq.Context) -> Guard | None:
     with _guards_lock:
         return _guards.get(id(ctx))
 
@@ -211,7 +211,7 @@ class Guard:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
-    def __enter__(self) -> "Guard":
+    def __enter__(self) -> Guard:
         return self
 
     def __exit__(self, *exc) -> None:

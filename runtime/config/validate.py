@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from conf import common_pb2, job_pb2
 from runtime.cluster import Cluster

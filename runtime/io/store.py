@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from runtime.errors import UserError
 from runtime.registry import Registry
@@ -78,7 +78,7 @@ class Store:
         while (rec := self.read()) is not None:
             yield rec
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,8 +28,8 @@ import itertools
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from runtime.errors import UserError
 
@@ -236,7 +236,7 @@ def _strip(host: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _local_identity() -> tuple[frozenset[str], frozenset[str]]:
     """(names, addresses) of this machine; computed once (getfqdn may ask DNS)."""
-    import psutil  # noqa: PLC0415 - only hosts that check locality need it
+    import psutil  # only hosts that check locality need it
 
     names = {"localhost", "localhost.localdomain", "ip6-localhost"}
     for n in (socket.gethostname(), socket.getfqdn()):
@@ -269,7 +269,7 @@ def is_local(host: str) -> bool:
 
 
 def _interfaces() -> dict[str, list[str]]:
-    import psutil  # noqa: PLC0415
+    import psutil
 
     return {name: [a.address for a in entries if a.family == socket.AF_INET]
             for name, entries in sorted(psutil.net_if_addrs().items())}

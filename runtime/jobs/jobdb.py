@@ -29,14 +29,16 @@ import os
 import signal as _signal
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from runtime.errors import UserError
-from runtime.jobs import lockholder, jobdb_errors as registry_errors
-from runtime.jobs.jobdb_errors import show_path  # noqa: F401 - part of this module's API
+from runtime.jobs import jobdb_errors as registry_errors
+from runtime.jobs import lockholder
+from runtime.jobs.jobdb_errors import show_path
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -443,10 +445,10 @@ class JobDB:
         a UserError naming that job, and nothing is recorded. The check and the
         insert are one transaction, so of two concurrent submits one is refused.
         """
-        import hashlib  # noqa: PLC0415 - not needed on the list/view path
+        import hashlib  # not needed on the list/view path
 
         if user is None:
-            import getpass  # noqa: PLC0415
+            import getpass
             try:
                 user = getpass.getuser()
             except (KeyError, OSError):
@@ -709,7 +711,7 @@ class JobDB:
 def _proc_end(p: Proc) -> dict[str, Any] | None:
     """What became of process `p` (not ended) of a job whose master is gone, as
     the columns to set: None while it still runs on this host (`orphans.fate`)."""
-    from runtime.jobs import orphans  # noqa: PLC0415 - only for a LOST job
+    from runtime.jobs import orphans  # only for a LOST job
 
     fate = orphans.fate(p.host, p.pgid, p.start_time, p.log_path)
     if fate == orphans.RUNNING:
@@ -729,7 +731,7 @@ def _holders(db: Any, workspace: str) -> list[int]:
 
 def _alive(pid: int, start: float | None) -> bool:
     """True if `pid` runs and (when `start` is known) is the process that started at `start`."""
-    import psutil  # noqa: PLC0415 - only needed when some job is active
+    import psutil  # only needed when some job is active
 
     try:
         p = psutil.Process(pid)

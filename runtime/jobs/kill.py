@@ -16,8 +16,7 @@ import signal
 import sys
 import time
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 
 
 def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,

@@ -14,8 +14,7 @@ import queue
 import subprocess
 import threading
 
-from runtime.jobs import logfile
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, logfile
 
 
 def _is_local(host: str) -> bool:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 FLUSH_S = 1.0
 FILE = "metrics.jsonl"

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
@@ -51,10 +52,10 @@ class SubmitOptions:
 def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> int:
     """Validate, register and launch the job; returns its id."""
     from runtime import checkpoint, plugins
-    from runtime.train import single
     from runtime.cluster import Cluster
     from runtime.config import load_job
     from runtime.jobs import hostfile
+    from runtime.train import single
 
     # a .proto is compiled to its _pb2.py, which is what loads and ships
     modules = tuple(os.path.abspath(m) if m.endswith(".py") else m
@@ -252,7 +253,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _emit(line: str, out: TextIO, status: "_Status | None") -> None:
+def _emit(line: str, out: TextIO, status: _Status | None) -> None:
     if status is not None:
         status.clear()
     out.write(line if line.endswith("\n") else line + "\n")

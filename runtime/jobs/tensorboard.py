@@ -33,8 +33,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger("singa.tensorboard")
 
@@ -85,7 +86,7 @@ def _summary_writer():
     if hide:
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
     try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only once a record comes
+        from tensorboardX import SummaryWriter  # only once a record comes
     finally:
         if hide:
             del sys.modules["torch"]
@@ -171,7 +172,7 @@ class TensorBoardSink:
 def export(workspace: str | Path, records: Iterable[dict] | None = None) -> Path:
     """Write the event files of a job's metrics stream (default: its
     metrics.jsonl) into `<workspace>/tensorboard/`; returns that folder."""
-    from runtime.jobs import metrics  # noqa: PLC0415
+    from runtime.jobs import metrics
 
     sink = TensorBoardSink(workspace)
     try:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m runtime.jobs.tensorboard WORKSPACE", file=sys.stderr)
         return 2
-    from runtime.jobs import metrics  # noqa: PLC0415
+    from runtime.jobs import metrics
 
     recs = metrics.read(args[0])
     if not recs:

@@ -64,7 +64,7 @@ class Param:
             self.data[...] = param_init.generate(self.proto.init, self.shape, rng)
         self.version = version
 
-    def share_from(self, owner: "Param") -> None:
+    def share_from(self, owner: Param) -> None:
         """Share `owner`'s values; shapes must agree (checked by the builder)."""
         self.owner = owner
         owner.allocate()

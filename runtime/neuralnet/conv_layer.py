@@ -7,7 +7,7 @@ that module for the layouts and `lowering_for` for the choice.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,8 +17,15 @@ from runtime.errors import LayerError
 from runtime.neuralnet.im2col import RowTaps, col2im, im2col, transpose_into
 from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    NeuronLayer, as_f32, check_param_count, partitioned, positive_field,
-    set_param_grad, type_name, wants_grad)
+    NeuronLayer,
+    as_f32,
+    check_param_count,
+    partitioned,
+    positive_field,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 __all__ = ["ConvolutionLayer", "CConvolutionLayer", "col2im", "im2col", "transpose_into",
            "window_geometry", "spatial_input", "conv_output_size", "batch_inner_layout",

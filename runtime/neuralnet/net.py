@@ -60,14 +60,14 @@ partitioned (SINGA builds them with 1 partition) and read whole batches.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
+from runtime.model.param import Param
 from runtime.neuralnet import partition as partitioning
 from runtime.neuralnet.layer import Layer, create_layer, kOneToOne, layer_registry
-from runtime.model.param import Param
 
 UNROLL_SEP = "#"
 
@@ -270,7 +270,7 @@ class NeuralNet:
     @classmethod
     def create(cls, net: job_pb2.NetProto, phase: int, npartitions: int = 1,
                locate: Locate | None = None, allocate: bool = True,
-               unroll: bool | None = None, partition: int | None = None) -> "NeuralNet":
+               unroll: bool | None = None, partition: int | None = None) -> NeuralNet:
         """Build the net of `phase`. `unroll`: unroll it (None: when
         `needs_unrolling` says so). `npartitions` > 1: partition it, keeping
         all partitions (`partition=None`) or only `partition` (see the module
@@ -538,7 +538,7 @@ class NeuralNet:
                 params.append(p)
             self.params = params
 
-    def part_of(self, param: Param) -> "PartOf | None":
+    def part_of(self, param: Param) -> PartOf | None:
         """Where a param of a feature-partitioned layer belongs: its conf
         param, its partition and rows (None for any other param)."""
         return self._parts.get(id(param))
@@ -713,7 +713,7 @@ class NeuralNet:
         for l in self.layers:
             l.rng = rng
 
-    def share_params_from(self, other: "NeuralNet") -> None:
+    def share_params_from(self, other: NeuralNet) -> None:
         """Use `other`'s param values (matched by name), as SINGA's test and
         validation nets share the training net's params."""
         theirs = {p.name: p for p in other.params}

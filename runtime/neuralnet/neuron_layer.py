@@ -15,14 +15,14 @@ they have no gradient (see `layer.py`).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from conf import job_pb2
 from runtime.errors import LayerError
-from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
 from runtime.model.param import Param
+from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
 
 F32 = np.float32
 

@@ -13,7 +13,7 @@ inverse.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,14 @@ from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.layer import Layer, has, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    F32, NeuronLayer, as_f32, check_param_count, set_param_grad, type_name, wants_grad)
+    F32,
+    NeuronLayer,
+    as_f32,
+    check_param_count,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 #: floats per block of an LRN pass (its temporaries then stay in L2)
 LRN_BLOCK_FLOATS = 1 << 16

@@ -48,7 +48,7 @@ the per-batch error under CD-1; here it is the plain average per batch.)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -56,8 +56,15 @@ from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
 from runtime.neuralnet.neuron_layer import (
-    ACTIVATIONS, Scratch, as_f32, check_param_count, matmul_param_grad, positive_field,
-    set_param_grad, type_name)
+    ACTIVATIONS,
+    Scratch,
+    as_f32,
+    check_param_count,
+    matmul_param_grad,
+    positive_field,
+    set_param_grad,
+    type_name,
+)
 
 F32 = np.float32
 _sigmoid = ACTIVATIONS["SIGMOID"][0]

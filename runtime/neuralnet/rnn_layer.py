@@ -12,7 +12,7 @@ copy 0's gradient arrays and add their part to them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,9 +20,18 @@ from conf import job_pb2
 from runtime import blas
 from runtime.errors import LayerError, UserError
 from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
-from runtime.neuralnet.neuron_layer import (F32, NeuronLayer, Scratch, _sigmoid_f, as_f32,
-                                            check_param_count, positive_field, set_param_grad,
-                                            type_name, wants_grad)
+from runtime.neuralnet.neuron_layer import (
+    F32,
+    NeuronLayer,
+    Scratch,
+    _sigmoid_f,
+    as_f32,
+    check_param_count,
+    positive_field,
+    set_param_grad,
+    type_name,
+    wants_grad,
+)
 
 
 # ---------------------------------------------------------------- helpers --

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from conf import job_pb2
 from runtime import checkpoint
-from runtime.train import debug
-from runtime.train.divergence import check_metrics, check_param
 from runtime.errors import UserError
+from runtime.model.param import Param
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
-from runtime.model.param import Param
 from runtime.registry import Registry
+from runtime.train import debug
+from runtime.train.divergence import check_metrics, check_param
 from runtime.train.trigger import Trigger
 
 alg_registry = Registry("algorithm", job_pb2.AlgType,

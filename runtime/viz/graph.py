@@ -142,7 +142,7 @@ def net_graph(job: job_pb2.JobProto, phase: str = "train",
     net, 1 for the others. Raises `ConfigError`/`UserError` when the net
     cannot be built (the same problems `singa validate` reports).
     """
-    from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415 - registers the layers
+    from runtime.neuralnet.net import NeuralNet  # registers the layers
 
     ph = phase_of(phase)
     if npartitions is None:
@@ -241,8 +241,8 @@ def graph_of(net, name: str = "job", phase: str = "train",
     partitions), output shapes and params as the builder set them up.
     `conf_layers`: the job.conf's layer names; the others are drawn as added
     by the builder (default: the connection layers)."""
-    from runtime.neuralnet.net import origin_name  # noqa: PLC0415
-    from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
+    from runtime.neuralnet.net import origin_name
+    from runtime.neuralnet.partition import whole_name
 
     parts = getattr(net, "npartitions", 1)
     nodes = []
@@ -263,9 +263,9 @@ def write_visualization(job: job_pb2.JobProto, train_net=None) -> list[Path]:
     over `nworkers_per_group` partitions, or `train_net` when given: a whole
     partitioned graph) and `test_net.json` (when the job tests). Never
     raises: a picture must not stop a job (a failure is logged)."""
-    import logging  # noqa: PLC0415
+    import logging
 
-    from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
+    from runtime.neuralnet.net import NeuralNet
 
     out: list[Path] = []
     try:

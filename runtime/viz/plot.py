@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from runtime.errors import UserError
 
@@ -190,7 +190,7 @@ def _lines_of(fig) -> list[Line]:
 
 
 def _new_figure(rows: int, cols: int, title: str):
-    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when drawing
+    from matplotlib.figure import Figure  # matplotlib only when drawing
 
     fig = Figure(figsize=(6.0 * cols, 3.2 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 from tests.jobs.test_supervision import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,8 +183,8 @@ def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_p
     hosts: the bridge layers carry activations and gradients over tcp (with
     the job's CurveZMQ keys), and the params after 10 steps are those of one
     worker with the whole batch."""
-    from runtime.train import single
     from runtime.config import load_job
+    from runtime.train import single
     from tests.test_partition import STEPS, saved, write
 
     one = write(tmp_path, "one.conf", "", "mlp")

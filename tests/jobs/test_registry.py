@@ -18,8 +18,7 @@ import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs import logfile, orphans
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, logfile, orphans
 from runtime.jobs.jobdb import JobDB, describe_exit
 
 ROOT = Path(__file__).resolve().parents[2]

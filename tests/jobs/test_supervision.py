@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 from tests.test_training import make_conf
 
 

@@ -8,7 +8,7 @@ gradients (params and sources) with central differences.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf import text_format

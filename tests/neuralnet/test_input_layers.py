@@ -164,9 +164,9 @@ def test_record_input_errors_name_layer_path_and_sizes(tmp_path):
     with pytest.raises(LayerError, match="store_conf.path is empty"):
         make("type: kRecordInput store_conf {batchsize: 2 shape: 3}", [])
     with pytest.raises(LayerError, match="store_conf.shape"):
-        make(f'type: kRecordInput store_conf {{path: "x" batchsize: 2}}', [])
+        make('type: kRecordInput store_conf {path: "x" batchsize: 2}', [])
     with pytest.raises(LayerError, match="store_conf.batchsize is required"):
-        make(f'type: kRecordInput store_conf {{path: "x" shape: 2}}', [])
+        make('type: kRecordInput store_conf {path: "x" shape: 2}', [])
     with pytest.raises(LayerError, match=r"store_conf.backend 'lmdb' is not supported; "
                                          r"known: .*kvfile"):
         record_input("x", backend="lmdb")

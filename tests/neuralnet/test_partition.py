@@ -15,11 +15,11 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import ConfigError
-from runtime.ps.group import BridgeHub, BridgeLink
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.layer import kOneToAll, kOneToOne
 from runtime.neuralnet.net import NeuralNet
 from runtime.neuralnet.partition import connection, grad_scale
+from runtime.ps.group import BridgeHub, BridgeLink
 from tests.test_training import write_data
 
 TRAIN = job_pb2.kTrain

@@ -9,10 +9,10 @@ import pytest
 from google.protobuf import text_format
 
 from conf import job_pb2
-from runtime.train.algorithms.bptt import BPTTWorker, parse_metrics
 from runtime.errors import ConfigError
 from runtime.neuralnet.layer import Layer, kOneToMany, layer_registry
 from runtime.neuralnet.net import NeuralNet
+from runtime.train.algorithms.bptt import BPTTWorker, parse_metrics
 
 TRAIN = job_pb2.kTrain
 
