@@ -239,9 +239,9 @@ def main() -> None:
             for _ in range(args.trips):
                 trip()
             rates[m].append(args.trips / (time.perf_counter() - t))
-    for m, (_, stop, child) in running.items():
+    for _, stop, _child in running.values():
         stop()
-    for m, (_, stop, child) in running.items():
+    for _, _stop, child in running.values():
         child.join(timeout=2)
         if child.is_alive():
             child.terminate()

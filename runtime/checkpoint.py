@@ -89,7 +89,7 @@ def decode(data: bytes, path: str = "<bytes>") -> dict[str, tuple[int, np.ndarra
     """name -> (version, float32 array shaped as saved)."""
     try:
         msg = common_pb2.BlobProtos.FromString(data)
-    except Exception as e:  # protobuf's DecodeError
+    except Exception as e:  # noqa: BLE001 - any decode failure (protobuf's DecodeError and kin) means a bad file
         raise UserError(f"checkpoint {path}: truncated or not a BlobProtos file: {e}") from None
     if len(msg.name) != len(msg.blob):
         raise UserError(f"checkpoint {path}: {len(msg.name)} names but {len(msg.blob)} blobs")

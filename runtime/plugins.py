@@ -88,7 +88,7 @@ def load(modules: list[str] | tuple[str, ...]) -> None:
             raise
         except ModuleNotFoundError as e:
             raise UserError(f"--module {name}: {e}") from None
-        except Exception as e:  # the user's code failed while importing
+        except Exception as e:  # noqa: BLE001 - the user's code failed while importing; reported as a UserError
             where = traceback.extract_tb(e.__traceback__)[-1]
             raise UserError(f"--module {name}: importing it raised {type(e).__name__}: {e} "
                             f"({where.filename}:{where.lineno})") from None

@@ -198,7 +198,8 @@ def test_test_mode_prediction_chain_writes_csv(tmp_path):
     extra = f'''
   layer {{ name: "softmax" type: kSoftmax srclayers: "ip2" include: kTest }}
   layer {{ name: "argsort" type: kArgSort srclayers: "softmax" argsort_conf {{ topk: 2 }} include: kTest }}
-  layer {{ name: "out" type: kCSVOutput srclayers: "argsort" store_conf {{ path: "{out}" }} include: kTest }}'''
+  layer {{ name: "out" type: kCSVOutput srclayers: "argsort" store_conf {{ path: "{out}" }}
+          include: kTest }}'''
     conf = make_conf(tmp_path, "t.conf", steps=10, workspace="ws_a", extra=extra)
     job = load_job(str(conf), submit=True).proto
     job.checkpoint_path.append(str(ckpt))
@@ -300,7 +301,8 @@ def test_user_layer_from_a_module_file(tmp_path):
     conf = make_conf(tmp_path, steps=6, test_freq=6)
     text = conf.read_text().replace('srclayers: "drop1"', 'srclayers: "scale"')
     text = text.replace('  layer { name: "loss"',
-                        '  layer { name: "scale" user_type: "Scale2" srclayers: "drop1" }\n  layer { name: "loss"')
+                        '  layer { name: "scale" user_type: "Scale2" srclayers: "drop1" }\n'
+                        '  layer { name: "loss"')
     conf.write_text(text)
     r = _singa("validate", str(conf), cwd=tmp_path)
     assert r.returncode == 2 and "Scale2" in r.stderr

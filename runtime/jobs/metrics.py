@@ -13,8 +13,8 @@ Records (all have `time`, seconds since the epoch, and `phase`):
   `staleness_mean`, `staleness_max` (versions between the params a
   gradient was computed on and the ones it was applied to).
 
-The file is 0600, like every file of the workspace. Writes are buffered and flushed at most once a second, so reporting never
-slows training; `close()` flushes the rest. Other writers (TensorBoard) can
+The file is 0600, like every file of the workspace. Writes are buffered and flushed at most once a
+second, so reporting never slows training; `close()` flushes the rest. Other writers (TensorBoard) can
 subscribe with `add_sink`.
 """
 from __future__ import annotations

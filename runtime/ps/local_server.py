@@ -94,7 +94,7 @@ class LocalServer:
                 return
             try:
                 self._receive(*item)
-            except BaseException as e:  # surfaces in the worker's next collect
+            except BaseException as e:  # noqa: BLE001 - re-raised in the worker's next collect
                 with self._cond:
                     self._error = e
                     self._cond.notify_all()

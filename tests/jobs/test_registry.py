@@ -335,7 +335,7 @@ def test_twenty_concurrent_processes_each_create_and_finish_a_job(tmp_path):
                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
             for _ in range(20)]
     outs = [k.communicate(timeout=60) for k in kids]
-    for k, (out, err) in zip(kids, outs):
+    for k, (_out, err) in zip(kids, outs):
         assert k.returncode == 0, err
     ids = sorted(int(out) for out, _ in outs)
     assert ids == list(range(1, 21))

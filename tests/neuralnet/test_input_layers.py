@@ -243,7 +243,7 @@ def test_shard_data_mnist_label_chain(tmp_path):
     mnist, _ = make("type: kMnist mnist_conf {norm_a: 255 norm_b: 0.5}", [data], name="mnist")
     label, _ = make("type: kLabel", [data], name="label")
     assert data.shape == (2, 4, 4) and mnist.shape == (2, 1, 4, 4) and label.shape == (2,)
-    for step in range(2):
+    for _ in range(2):
         data.compute_feature(TRAIN, [])
         assert len(data.data_for(mnist)) == 2
         mnist.compute_feature(TRAIN, [data])

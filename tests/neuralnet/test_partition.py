@@ -125,7 +125,7 @@ def test_inserted_layers_and_names_follow_the_table(data, src_dim, dst_dim, dst_
 def test_names_a_feature_partition_params_and_shapes(data):
     net = NeuralNet.create(net_of(DATA(data), IP("ip", "data", 6, 1, "w", "b"), LOSS % "ip"),
                            TRAIN, 2)
-    ip0, ip1 = net.layer("ip@0"), net.layer("ip@1")
+    ip0 = net.layer("ip@0")
     assert [p.name for p in ip0.params] == ["w@0", "b@0"]
     assert ip0.shape == (8, 3)                       # all of the batch, half the neurons
     assert net.layer("data@1").shape == (4, 16)      # half of the batch
