@@ -29,7 +29,7 @@ import os
 import signal as _signal
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,18 +189,18 @@ class Proc:
     job_id: int
     attempt: int
     procs_id: int
-    host: str | None
+    host: str  # host, role and log_path: `add_proc`, the only writer, always sets them
     pid: int | None
     pgid: int | None
     start_time: float | None
-    role: str | None
+    role: str
     endpoint: str | None
     state: str
     exit_code: int | None
     signal: int | None
     heartbeat: float | None
     step: int | None
-    log_path: str | None
+    log_path: str
 
     @property
     def terminal(self) -> bool:
@@ -225,7 +225,7 @@ _I_HOSTS, _I_OPTIONS, _I_SECRET = (JOB_COLUMNS.index(c) for c in ("hosts", "opti
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
-def _job_from_row(row: tuple, path: Path) -> Job:
+def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
     """The Job of a `jobs` row; a JSON column that does not decode is a JobDBError
     naming the registry file `path`, the job and the column."""
     r = list(row)
@@ -341,7 +341,7 @@ class JobDB:
         return db
 
     @staticmethod
-    def _retry_locked(fn):
+    def _retry_locked(fn: Callable[[], Any]) -> Any:
         # Switching the journal mode of a brand-new file takes an exclusive lock that
         # does not always wait on busy_timeout, so concurrent first opens retry here.
         deadline = time.monotonic() + 30.0
@@ -386,7 +386,7 @@ class JobDB:
             raise
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[registry_errors.GuardedConnection]:
         """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
         self._begin()
         try:
@@ -467,6 +467,7 @@ class JobDB:
                  time.time(), workspace, launcher, json.dumps(list(hosts)), nprocs, train_steps,
                  json.dumps(options or {}), json.dumps(secret or {})))
             job_id = cur.lastrowid
+            assert job_id is not None  # an INSERT always sets it
             log_dir = jobs_dir / str(job_id)
             log_dir.mkdir(mode=0o700, exist_ok=True)
             os.chmod(log_dir, 0o700)
@@ -487,7 +488,9 @@ class JobDB:
 
     @staticmethod
     def _refuse_held(db: Any, workspace: str | None) -> None:
-        ids = _holders(db, workspace) if workspace else []
+        if not workspace:
+            return
+        ids = _holders(db, workspace)
         if ids:
             name, state = db.execute("SELECT name, state FROM jobs WHERE id = ?",
                                      (ids[0],)).fetchone()
@@ -552,7 +555,7 @@ class JobDB:
                 raise self._unknown(job_id)
             return cur.rowcount > 0
 
-    def _set(self, job_id: int, sql: str, args: tuple) -> None:
+    def _set(self, job_id: int, sql: str, args: tuple[Any, ...]) -> None:
         with self._write() as db:
             if db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", (*args, int(job_id))).rowcount == 0:
                 raise self._unknown(job_id)
@@ -569,7 +572,7 @@ class JobDB:
                              (time.time(), int(job_id))).fetchone()
             if row is None:
                 raise self._unknown(job_id)
-            return row[0]
+            return str(row[0])
 
     def set_external_id(self, job_id: int, ext: str) -> None:
         """Record the id another system gave the job (e.g. a Slurm job id)."""
@@ -589,7 +592,7 @@ class JobDB:
                              "RETURNING attempts", (int(job_id),)).fetchone()
             if row is None:
                 raise self._unknown(job_id)
-            return row[0]
+            return int(row[0])
 
     # -- procs -------------------------------------------------------------------------------
 
@@ -696,8 +699,10 @@ class JobDB:
 
     def _settle_procs(self, job_id: int) -> None:
         """Record what became of the processes of a LOST job that had not ended."""
-        ends = [(p, _proc_end(p)) for p in self.all_procs(job_id) if not p.terminal]
-        ends = [(p, end) for p, end in ends if end is not None]
+        ends: list[tuple[Proc, dict[str, Any]]] = []
+        for p in self.all_procs(job_id):
+            if not p.terminal and (end := _proc_end(p)) is not None:
+                ends.append((p, end))
         if not ends:
             return
         with self._write() as db:
