@@ -319,7 +319,9 @@ def advertise_address(peer: str | None = None, interface: str | None = None, *,
 # ------------------------------------------------------------------ slurm ---
 def _split_top(text: str, var: str) -> list[str]:
     """Split at commas outside brackets: `a[1,2],b` -> [`a[1,2]`, `b`]."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "[":
             depth += 1
@@ -385,7 +387,7 @@ def slurm_hosts(environ: Mapping[str, str]) -> list[Host]:
     their task counts as slots."""
     if environ.get("SLURM_STEP_NODELIST"):
         node_var = "SLURM_STEP_NODELIST"
-        task_vars = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+        task_vars: tuple[str, ...] = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
     else:
         node_var = "SLURM_JOB_NODELIST"
         task_vars = ("SLURM_TASKS_PER_NODE",)

@@ -72,7 +72,8 @@ def _alive(job: jobdb.Job, p: jobdb.Proc, problems: list[str]) -> bool:
     from runtime.jobs.hostfile import is_local
 
     if is_local(p.host):
-        return bool(pgroup.members(p.pgid, p.start_time))
+        # a process not yet started has no group (members(None) was always empty)
+        return p.pgid is not None and bool(pgroup.members(p.pgid, p.start_time))
     if job.launcher == "slurm":
         return False
     return _remote(job, p, ["alive", str(p.pgid), repr(p.start_time)], problems)

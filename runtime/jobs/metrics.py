@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 FLUSH_S = 1.0
 FILE = "metrics.jsonl"
@@ -36,12 +37,12 @@ class MetricsWriter:
         self._buf: list[str] = []
         self._flushed = time.monotonic()
         self._last_train: dict[int, tuple[float, int]] = {}
-        self._sinks: list[Callable[[dict], None]] = []
+        self._sinks: list[Callable[[dict[str, Any]], None]] = []
 
-    def add_sink(self, sink: Callable[[dict], None]) -> None:
+    def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
         self._sinks.append(sink)
 
-    def add(self, rec: dict) -> dict:
+    def add(self, rec: dict[str, Any]) -> dict[str, Any]:
         # the reporter's own clock when it stamped the record (it may be sent late)
         rec = {"time": round(time.time(), 3), **rec}
         if rec.get("phase") == "train" and self.samples_per_step:
@@ -77,7 +78,7 @@ class MetricsWriter:
         self.flush()
 
 
-def read(workspace: str | Path) -> list[dict]:
+def read(workspace: str | Path) -> list[dict[str, Any]]:
     """Every record of a job's metrics stream (a torn last line is skipped)."""
     out = []
     try:

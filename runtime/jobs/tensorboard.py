@@ -50,7 +50,7 @@ def logdir(workspace: str | Path) -> Path:
     return Path(workspace) / DIR
 
 
-def scalars(rec: dict) -> list[tuple[str, float, int]]:
+def scalars(rec: dict[str, Any]) -> list[tuple[str, float, int]]:
     """The (tag, value, step) scalars of one metrics record (see the module docstring)."""
     phase = rec.get("phase")
     out = []
@@ -74,7 +74,7 @@ def scalars(rec: dict) -> list[tuple[str, float, int]]:
     return out
 
 
-def _summary_writer():
+def _summary_writer() -> Any:
     """tensorboardX's SummaryWriter, imported without PyTorch.
 
     tensorboardX imports PyTorch whenever it is installed (to accept its
@@ -110,7 +110,7 @@ class TensorBoardSink:
         self._broken = False
         atexit.register(self.close)
 
-    def _writer(self, group: int):
+    def _writer(self, group: int) -> Any:
         w = self._writers.get(group)
         if w is None:
             SummaryWriter = _summary_writer()
@@ -130,7 +130,7 @@ class TensorBoardSink:
             self._writers[group] = w
         return w
 
-    def __call__(self, rec: dict) -> None:
+    def __call__(self, rec: dict[str, Any]) -> None:
         if self._broken:
             return
         try:
@@ -169,7 +169,7 @@ class TensorBoardSink:
         self._writers.clear()
 
 
-def export(workspace: str | Path, records: Iterable[dict] | None = None) -> Path:
+def export(workspace: str | Path, records: Iterable[dict[str, Any]] | None = None) -> Path:
     """Write the event files of a job's metrics stream (default: its
     metrics.jsonl) into `<workspace>/tensorboard/`; returns that folder."""
     from runtime.jobs import metrics
