@@ -276,7 +276,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` as an .npz file at `path` with its checksum, whole or
     not at all; a UserError if it cannot be written."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub checks **kwds against allow_pickle
     try:
         write_checked(path, buf.getvalue())
     except OSError as e:

@@ -22,6 +22,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from runtime.errors import UserError
 from runtime.registry import Registry
@@ -47,6 +48,7 @@ class Store:
     """
 
     backend = ""
+    _f: IO[Any]  # the open file; every backend's __init__ sets it
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
         if mode not in MODES:

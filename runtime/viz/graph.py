@@ -39,6 +39,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conf import job_pb2
 from runtime.errors import UserError
@@ -367,7 +368,7 @@ def to_json(g: Graph, labels: dict[str, str] | None = None) -> dict:
     labels = labels or {}
     nodes = []
     for n in g.nodes:
-        d = {"id": n.id, "label": labels.get(n.id, labels.get(n.layer, n.id)),
+        d: dict[str, Any] = {"id": n.id, "label": labels.get(n.id, labels.get(n.layer, n.id)),
              "type": n.type, "kind": n.kind, "color": KINDS[n.kind]}
         if n.partition is not None:
             d["partition"] = n.partition
