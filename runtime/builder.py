@@ -257,18 +257,20 @@ class Net:
     def __init__(self, *layers: Layer | Iterable[Layer], **fields: Any):
         flat = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
                                                  else [item])]
+        checked: list[Layer] = []
         for l in flat:
             if not isinstance(l, Layer):
                 raise UserError(f"Net takes Layers, got {type(l).__name__} {l!r}")
-        self.layers = _with_sources(flat)
+            checked.append(l)
+        self.layers = _with_sources(checked)
         self.fields = fields
         self.to_proto()
 
     @classmethod
     def sequential(cls, *layers: Layer | Iterable[Layer], **fields: Any) -> Net:
         """A chain: each layer without `srclayers` reads the layer before it."""
-        flat = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
-                                                 else [item])]
+        flat: list[Any] = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
+                                                          else [item])]  # Net() checks they are Layers
         for prev, layer in zip(flat, flat[1:]):
             if isinstance(layer, Layer) and layer.srclayers is None:
                 layer.srclayers = [prev]

@@ -108,6 +108,7 @@ def _load_file(name: str) -> None:
         if f and f.endswith(path.name) and Path(f).resolve() == path:
             return
     spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None  # a path always gets the source loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:

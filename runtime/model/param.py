@@ -60,6 +60,7 @@ class Param:
         from runtime.model import param_init  # the init-method registry
 
         self.allocate()
+        assert self.data is not None  # allocate() made it
         if self.owner is None:
             self.data[...] = param_init.generate(self.proto.init, self.shape, rng)
         self.version = version

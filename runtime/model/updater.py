@@ -207,6 +207,7 @@ class Updater:
 
     def update(self, step: int, param: Param, grad_scale: float = 1.0) -> None:
         """`apply` on a Param's data and grad with its lr_scale and wd_scale."""
+        assert param.data is not None and param.grad is not None, f"param {param.name} is not allocated"
         self.apply(step, param.name, param.data, param.grad,
                    param.lr_scale, param.wd_scale, grad_scale)
 

@@ -78,7 +78,7 @@ class Worker:
         self.init_rng = np.random.default_rng(init_ss)
         self.train_rng = np.random.default_rng(train_ss)
         self.test_rng = np.random.default_rng(test_ss)
-        self.train_net: NeuralNet | None = None
+        self._train_net: NeuralNet | None = None
         self.test_net: NeuralNet | None = None
         self.val_net: NeuralNet | None = None
         self.step = job.step
@@ -87,6 +87,17 @@ class Worker:
         self.on_report: Callable[[dict], None] | None = None
 
     # ------------------------------------------------------------ set up ---
+    @property
+    def train_net(self) -> NeuralNet:
+        """The train net, made by `setup()` (or set by the caller, e.g. test mode)."""
+        if self._train_net is None:
+            raise RuntimeError("Worker.train_net is made by setup(); call it first")
+        return self._train_net
+
+    @train_net.setter
+    def train_net(self, net: NeuralNet) -> None:
+        self._train_net = net
+
     @property
     def is_first(self) -> bool:
         return self.grp_id == 0 and self.id == 0
@@ -149,6 +160,7 @@ class Worker:
                         f"checkpoint param '{p.name}' has shape {list(values.shape)}, "
                         f"the net expects {list(p.shape)}")
                 p.allocate()
+                assert p.data is not None  # allocate() made it
                 p.data[...] = values
                 p.version = self.job.step if self.job.reset_param_version else version
             else:
@@ -250,7 +262,10 @@ class Worker:
             return
         for p in self.owned_params():
             self.channel.collect(p)
-        params = [(p.name, p.version, p.data) for p in self.owned_params()]
+        params = []
+        for p in self.owned_params():
+            assert p.data is not None  # owned params are allocated by init_params
+            params.append((p.name, p.version, p.data))
         checkpoint.save(ws, step, self.id, params, self._resume_state(step))
         self.job.step = step
 
