@@ -62,7 +62,7 @@ def echo(endpoint: str, size: int, ps: bool) -> None:
             grad = np.frombuffer(frames[2].buffer, np.float32)
             upd.apply(step, "w", data, grad)
             step += 1
-            frames = [frames[0], frames[1], data]
+            frames = [frames[0], frames[1], data]  # type: ignore[list-item]  # ps: data is an array
         s.send_multipart(frames, copy=False)
 
 

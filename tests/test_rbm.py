@@ -84,7 +84,7 @@ def inner(k: int, src: str, n: int, w: str, b: str, sigmoid: bool = True,
     return s
 
 
-def conf(tmp: Path, name: str, layers: str, steps: int = 100, k: int = 1, ckpt: list[str] = (),
+def conf(tmp: Path, name: str, layers: str, steps: int = 100, k: int = 1, ckpt: tuple[str, ...] = (),
          alg: str = "kCD", updater: str = "kSGD", lr: float = 0.1, momentum: float = 0.8) -> Path:
     if not (tmp / "train.bin").exists():
         write_patterns(tmp / "train.bin", 300, 1)

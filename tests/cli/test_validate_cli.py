@@ -32,7 +32,7 @@ def _empty_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _expectation(path: Path) -> tuple[str | None, str]:
+def _expectation(path: Path) -> tuple[str, str]:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: ...'"
     spec = first[len("# expect: "):]

@@ -173,7 +173,7 @@ def test_stragglers_are_slower_than_half_the_median():
 def test_rate_tracker_and_the_flagged_table():
     def proc(i: int, hb: float, step: int) -> jobdb.Proc:
         return jobdb.Proc(1, 1, i, "localhost", 100 + i, 100 + i, 0.0, f"worker {i}/0", None,
-                      jobdb.RUNNING, None, None, hb, step, None)
+                      jobdb.RUNNING, None, None, hb, step, "")
 
     t = RateTracker(window_s=10)
     t.observe([proc(0, 100.0, 0), proc(1, 100.0, 0), proc(2, 100.0, 0)])

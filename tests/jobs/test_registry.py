@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -33,7 +34,7 @@ _WS = itertools.count()
 
 def new_job(reg: JobDB, **kw) -> jobdb.Job:
     # each its own workspace: an active job holds its workspace
-    args = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
+    args: dict[str, Any] = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
                 workspace=f"/x/ws{next(_WS)}", launcher="local", hosts=["localhost", "localhost"], nprocs=2,
                 train_steps=1200)
     args.update(kw)

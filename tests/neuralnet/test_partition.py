@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,7 +233,7 @@ def init(net: NeuralNet, seed: int = 5) -> None:
             p.init_values(rng)
 
 
-def group_view(net: NeuralNet, name: str) -> tuple[np.ndarray, np.ndarray]:
+def group_view(net: NeuralNet, name: str) -> tuple[Any, Any]:
     """A conf param's values and the group's gradient: the parts' rows of a
     feature partition, the mean over the replicas of a batch partition (what
     the servers apply)."""
@@ -241,7 +242,7 @@ def group_view(net: NeuralNet, name: str) -> tuple[np.ndarray, np.ndarray]:
                        key=lambda p: net.part_of(p).index)
         return net.wholes[name].data, np.concatenate([p.grad for p in parts])
     reps = [p for p in net.params if p.name == name]
-    return reps[0].data, sum(p.grad for p in reps) / len(reps)
+    return reps[0].data, sum(p.grad for p in reps) / len(reps)  # type: ignore[misc]  # every grad is set by now
 
 
 def mlp(data, d1, d2, d3) -> list[str]:
