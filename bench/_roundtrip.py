@@ -62,7 +62,7 @@ def echo(endpoint: str, size: int, ps: bool) -> None:
             grad = np.frombuffer(frames[2].buffer, np.float32)
             upd.apply(step, "w", data, grad)
             step += 1
-            frames = [frames[0], frames[1], data]
+            frames = [frames[0], frames[1], data]  # type: ignore[list-item]  # ps: data is an array
         s.send_multipart(frames, copy=False)
 
 
@@ -239,9 +239,9 @@ def main() -> None:
             for _ in range(args.trips):
                 trip()
             rates[m].append(args.trips / (time.perf_counter() - t))
-    for m, (_, stop, child) in running.items():
+    for _, stop, _child in running.values():
         stop()
-    for m, (_, stop, child) in running.items():
+    for _, _stop, child in running.values():
         child.join(timeout=2)
         if child.is_alive():
             child.terminate()

@@ -104,8 +104,8 @@ def conf_for(base: str, cluster: str, steps: int, threads: int, extra: dict[str,
                             f'path: "train_data.bin"\n      random_skip: {skip}', 1)
     text = text.replace('path: "train_data.bin"', f'path: "{ROOT}/examples/mnist/train_data.bin"')
     text = text.replace('path: "test_data.bin"', f'path: "{ROOT}/examples/mnist/test_data.bin"')
-    text = re.sub(r"cluster \{.*\}\s*$", "cluster {\n  " + cluster + f'\n  workspace: "{tmp}/ws-{name}"\n}}\n',
-                  text, flags=re.S)
+    cluster_block = "cluster {\n  " + cluster + f'\n  workspace: "{tmp}/ws-{name}"\n}}\n'
+    text = re.sub(r"cluster \{.*\}\s*$", cluster_block, text, flags=re.S)
     p = tmp / f"{name}.conf"
     p.write_text(text)
     return p

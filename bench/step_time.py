@@ -50,7 +50,6 @@ THREADED = ARGS.threaded
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
-import numpy as np  # noqa: E402
 
 
 def peak_rss_mb() -> float:

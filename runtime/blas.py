@@ -21,13 +21,15 @@ import ctypes
 import ctypes.util
 import glob
 import os
+from typing import Any
 
 import numpy as np
 
-_saxpby = None
-_saxpy = None
-_sscal = None
-_sgemm = None
+# ctypes functions, set by _load() when a CBLAS library is found
+_saxpby: Any = None
+_saxpy: Any = None
+_sscal: Any = None
+_sgemm: Any = None
 
 # CBLAS enums
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -116,7 +118,7 @@ def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, beta: float = 0.0,
     n = opb.shape[1]
     if opb.shape[0] != k or c.shape != (m, n):
         raise ValueError(f"sgemm: shapes {opa.shape} @ {opb.shape} -> {c.shape}")
-    lds = (_ld(a), _ld(b), _ld(c)) if _sgemm is not None else (None,)
+    lds: tuple[int | None, ...] = (_ld(a), _ld(b), _ld(c)) if _sgemm is not None else (None,)
     if None in lds or min(m, n, k) == 0:
         if beta == 0.0:
             np.matmul(opa, opb, out=c)

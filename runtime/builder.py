@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from google.protobuf import descriptor_pool, text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -206,7 +207,7 @@ class Layer:
     """
 
     def __init__(self, name: str, type: str | int | None = None, *,
-                 srclayers: "Layer | str | Iterable[Layer | str] | None" = None, **fields: Any):
+                 srclayers: Layer | str | Iterable[Layer | str] | None = None, **fields: Any):
         if not isinstance(name, str) or not name:
             raise UserError(f"Layer needs a name string (what srclayers refer to), got {name!r}")
         self.name = name
@@ -222,7 +223,7 @@ class Layer:
         # check the fields now, so a mistake shows where the layer is written
         self.to_proto()
 
-    def __call__(self, *srcs: "Layer | str") -> "Layer":
+    def __call__(self, *srcs: Layer | str) -> Layer:
         self.srclayers = [s for src in srcs for s in _as_list(src)]
         return self
 
@@ -253,21 +254,23 @@ class Net:
     """The `neuralnet { }` block: layers in order, plus NetProto fields
     (`unroll_len`, `partition_dim`). See the module doc for the graph rules."""
 
-    def __init__(self, *layers: "Layer | Iterable[Layer]", **fields: Any):
+    def __init__(self, *layers: Layer | Iterable[Layer], **fields: Any):
         flat = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
                                                  else [item])]
+        checked: list[Layer] = []
         for l in flat:
             if not isinstance(l, Layer):
                 raise UserError(f"Net takes Layers, got {type(l).__name__} {l!r}")
-        self.layers = _with_sources(flat)
+            checked.append(l)
+        self.layers = _with_sources(checked)
         self.fields = fields
         self.to_proto()
 
     @classmethod
-    def sequential(cls, *layers: "Layer | Iterable[Layer]", **fields: Any) -> "Net":
+    def sequential(cls, *layers: Layer | Iterable[Layer], **fields: Any) -> Net:
         """A chain: each layer without `srclayers` reads the layer before it."""
-        flat = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
-                                                 else [item])]
+        flat: list[Any] = [l for item in layers for l in (_as_list(item) if isinstance(item, (list, tuple))
+                                                          else [item])]  # Net() checks they are Layers
         for prev, layer in zip(flat, flat[1:]):
             if isinstance(layer, Layer) and layer.srclayers is None:
                 layer.srclayers = [prev]
@@ -309,7 +312,7 @@ def _with_sources(layers: list[Layer]) -> list[Layer]:
 class Job:
     """A job: `Job(name, net=..., **JobProto fields)`; `str(job)` is its job.conf."""
 
-    def __init__(self, name: str | None = None, net: "Net | Iterable[Layer] | dict | None" = None,
+    def __init__(self, name: str | None = None, net: Net | Iterable[Layer] | dict | None = None,
                  **fields: Any):
         self.name = name
         if net is not None and not isinstance(net, (Net, dict, job_pb2.NetProto)):

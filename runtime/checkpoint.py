@@ -40,8 +40,8 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def decode(data: bytes, path: str = "<bytes>") -> dict[str, tuple[int, np.ndarra
     """name -> (version, float32 array shaped as saved)."""
     try:
         msg = common_pb2.BlobProtos.FromString(data)
-    except Exception as e:  # protobuf's DecodeError
+    except Exception as e:  # noqa: BLE001 - any decode failure (protobuf's DecodeError and kin) means a bad file
         raise UserError(f"checkpoint {path}: truncated or not a BlobProtos file: {e}") from None
     if len(msg.name) != len(msg.blob):
         raise UserError(f"checkpoint {path}: {len(msg.name)} names but {len(msg.blob)} blobs")
@@ -276,7 +276,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` as an .npz file at `path` with its checksum, whole or
     not at all; a UserError if it cannot be written."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub checks **kwds against allow_pickle
     try:
         write_checked(path, buf.getvalue())
     except OSError as e:

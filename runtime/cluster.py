@@ -55,7 +55,7 @@ class Cluster:
 
     # ----------------------------------------------------------- create ---
     @classmethod
-    def from_proto(cls, proto: job_pb2.ClusterProto, check: bool = False) -> "Cluster":
+    def from_proto(cls, proto: job_pb2.ClusterProto, check: bool = False) -> Cluster:
         """The topology of a ClusterProto (defaults as in SINGA v0.3).
 
         With `check`, raise UserError listing `problems()` if there are any.

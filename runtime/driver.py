@@ -44,7 +44,7 @@ class Driver:
 
         self.options = SubmitOptions(**options)
 
-    def submit(self, job: "str | job_pb2.JobProto", detach: bool = False) -> int:
+    def submit(self, job: str | job_pb2.JobProto, detach: bool = False) -> int:
         import dataclasses
         import sys
         import tempfile

@@ -37,8 +37,9 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from runtime.errors import UserError
 
@@ -87,7 +88,7 @@ def load(modules: list[str] | tuple[str, ...]) -> None:
             raise
         except ModuleNotFoundError as e:
             raise UserError(f"--module {name}: {e}") from None
-        except Exception as e:  # the user's code failed while importing
+        except Exception as e:  # noqa: BLE001 - the user's code failed while importing; reported as a UserError
             where = traceback.extract_tb(e.__traceback__)[-1]
             raise UserError(f"--module {name}: importing it raised {type(e).__name__}: {e} "
                             f"({where.filename}:{where.lineno})") from None
@@ -107,6 +108,7 @@ def _load_file(name: str) -> None:
         if f and f.endswith(path.name) and Path(f).resolve() == path:
             return
     spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None  # a path always gets the source loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:

@@ -42,8 +42,7 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
     from pathlib import Path
 
     from runtime.errors import UserError
-    from runtime.jobs import logfile, logs
-    from runtime.jobs import jobdb
+    from runtime.jobs import jobdb, logfile, logs
 
     reg = jobdb.JobDB()
     job = reg.reconcile(reg.job(job_id))

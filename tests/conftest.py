@@ -15,7 +15,7 @@ def _singa_home(tmp_path_factory):
     yield
     # a test that failed half-way may leave a job running: stop them all, so a
     # test run never leaves processes behind (pytest later deletes the registry)
-    from runtime.jobs import pgroup, jobdb
+    from runtime.jobs import jobdb, pgroup
     from runtime.jobs.hostfile import is_local
     from runtime.jobs.kill import kill_job
 

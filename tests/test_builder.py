@@ -97,7 +97,7 @@ def test_every_shipped_conf_prints_back_to_itself(conf):
 def test_the_user_updater_example_built_in_code_is_its_job_conf():
     sys.path.insert(0, str(ROOT / "examples/user-updater"))
     try:
-        import build  # noqa: PLC0415
+        import build
     finally:
         sys.path.pop(0)
     conf, _ = parse_text((ROOT / "examples/user-updater/job.conf").read_text())
@@ -142,14 +142,16 @@ def test_a_job_takes_a_list_of_layers():
      "layer 'x': param[0].init.std: expected a number, got str 'a'"),
     (lambda: Layer("x", innerproduct_conf=5),
      "layer 'x': innerproduct_conf: expected a dict of InnerProductProto fields, got int 5"),
-    (lambda: Layer("x", srclayers=[3]), "layer 'x': srclayers takes Layers or layer names"),
+    (lambda: Layer("x", srclayers=[3]),  # type: ignore[list-item]  # the wrong type is the test
+     "layer 'x': srclayers takes Layers or layer names"),
     (lambda: Layer("", type="kReLU"), "Layer needs a name string"),
     (lambda: Job(nosuch=1), "job: JobProto has no field 'nosuch'; fields of JobProto: "),
     (lambda: Job(updater={"learning_rate": {"type": "kFixd"}}),
      "job: updater.learning_rate.type: 'kFixd' is not a ChangeMethod; did you mean kFixed"),
-    (lambda: Layer("x", **{"[nope.data_conf]": {}}),
+    (lambda: Layer("x", **{"[nope.data_conf]": {}}),  # type: ignore[arg-type]  # an extension field
      "no loaded .proto extends singa.LayerProto with nope.data_conf"),
-    (lambda: Net(Layer("a", type="kReLU"), "b"), "Net takes Layers, got str 'b'"),
+    (lambda: Net(Layer("a", type="kReLU"), "b"),  # type: ignore[arg-type]  # the wrong type is the test
+     "Net takes Layers, got str 'b'"),
 ])
 def test_mistakes_name_the_field(make, message):
     with pytest.raises(UserError) as e:

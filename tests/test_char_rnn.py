@@ -17,8 +17,8 @@ import pytest
 
 from conf import job_pb2
 from runtime import checkpoint
-from runtime.train import single
 from runtime.config import load_job
+from runtime.train import single
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "char-rnn"
@@ -160,8 +160,8 @@ def test_sampling_feeds_back_its_predictions_and_keeps_its_state(tmp_path, corpu
 
 
 def sampling_net(conf: job_pb2.JobProto):
-    from runtime.ps.local_server import LocalServer
     from runtime.neuralnet.net import NeuralNet
+    from runtime.ps.local_server import LocalServer
     from runtime.train.algorithms import create_worker
 
     w = create_worker(conf, LocalServer(None), log=lambda line: None)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from runtime import checkpoint
-from runtime.train import single as in_process
 from runtime.config import load_job
+from runtime.train import single as in_process
 from tests.test_training import make_conf
+
 
 def conf_with(tmp: Path, name: str, cluster: str, steps: int = 20, updater: str = "kSGD") -> Path:
     p = make_conf(tmp, name, steps=steps, test_freq=steps, updater=updater, workspace=name + ".ws")
@@ -135,8 +136,7 @@ def test_stopping_submit_stops_every_process(tmp_path):
     import signal
     import time
 
-    from runtime.jobs import pgroup
-    from runtime.jobs import jobdb
+    from runtime.jobs import jobdb, pgroup
 
     conf = conf_with(tmp_path, "long.conf", "nworker_groups: 2 nworkers_per_group: 2", steps=10**6)
     proc = subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", str(conf)],

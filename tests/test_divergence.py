@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.train import single
 from runtime.config import load_job
-from runtime.train.divergence import check_metrics, check_update, finite
 from runtime.errors import Diverged
 from runtime.jobs import jobdb
+from runtime.train import single
+from runtime.train.divergence import check_metrics, check_update, finite
 from tests.test_distributed import conf_with
 from tests.test_training import make_conf
 
@@ -84,7 +84,8 @@ def test_finite_and_check_update():
 def test_a_diverging_loss_stops_training_at_its_step(tmp_path):
     conf = diverging(make_conf(tmp_path, steps=40, test_freq=40))
     lines: list[str] = []
-    with pytest.raises(Diverged, match=rf"^diverged: loss is nan at step (\d+) \(layer 'loss'\); {HINT}$") as e:
+    message = rf"^diverged: loss is nan at step (\d+) \(layer 'loss'\); {HINT}$"
+    with pytest.raises(Diverged, match=message) as e:
         single.train(load_job(str(conf), submit=True).proto, log=lines.append)
     step = int(re.search(r"step (\d+)", str(e.value)).group(1))
     assert step < 40
@@ -115,7 +116,8 @@ def test_a_diverging_job_ends_failed_with_the_reason(tmp_path):
     with jobdb.JobDB() as reg:
         proc = reg.procs(job.id)[0]
     assert re.fullmatch(rf"process 0 on localhost, pid {proc.pid} \(worker 0/0, server 0/0\): "
-                        rf"diverged: loss is nan at step \d+ \(layer 'loss'\); {HINT}", job.reason), job.reason
+                        rf"diverged: loss is nan at step \d+ \(layer 'loss'\); {HINT}",
+                        job.reason), job.reason
     assert f"FAILED: {job.reason}" in r.stderr
     assert "accuracy = 1.000000" not in r.stdout
 

@@ -19,10 +19,10 @@ from conf import job_pb2
 from runtime import plugins
 from runtime.errors import UserError
 from runtime.model.lr import LRGen, create_lr, lr_registry
-from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.model.param_init import generate, init_registry
-from runtime.registry import Registry, is_stub, missing_methods
 from runtime.model.updater import Updater, create_updater, updater_registry
+from runtime.neuralnet.layer import Layer, layer_registry
+from runtime.registry import Registry, is_stub, missing_methods
 from runtime.train.worker import Worker, alg_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def test_the_servers_apply_lion(tmp_path):
 from tests.cluster.conftest import ssh_cluster  # noqa: E402,F401 - the fixture, for this module
 
 
-def test_the_user_updater_runs_across_hosts(ssh_cluster, tmp_path):  # noqa: F811
+def test_the_user_updater_runs_across_hosts(ssh_cluster, tmp_path):
     example_copy(tmp_path, steps=200)
     (tmp_path / "lion.py").rename(tmp_path / "mylion.py")  # a name no host knows
     r = singa("submit", "job.conf", "--module", "mylion.py", "-H", str(ssh_cluster.hostfile(1)),

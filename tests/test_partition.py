@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from runtime import checkpoint
-from runtime.train import single
 from runtime.config import load_job
+from runtime.train import single
 from tests.test_distributed import submit
 from tests.test_training import make_conf
 

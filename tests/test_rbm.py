@@ -13,12 +13,12 @@ import pytest
 
 from conf import common_pb2, job_pb2
 from runtime import checkpoint
-from runtime.train import single
-from runtime.train.algorithms.cd import CDWorker
 from runtime.config import load_job
 from runtime.errors import UserError
 from runtime.io.store import open_store
 from runtime.neuralnet.rbm_layer import RBMVisLayer
+from runtime.train import single
+from runtime.train.algorithms.cd import CDWorker
 from runtime.train.worker import alg_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def inner(k: int, src: str, n: int, w: str, b: str, sigmoid: bool = True,
     return s
 
 
-def conf(tmp: Path, name: str, layers: str, steps: int = 100, k: int = 1, ckpt: list[str] = (),
+def conf(tmp: Path, name: str, layers: str, steps: int = 100, k: int = 1, ckpt: tuple[str, ...] = (),
          alg: str = "kCD", updater: str = "kSGD", lr: float = 0.1, momentum: float = 0.8) -> Path:
     if not (tmp / "train.bin").exists():
         write_patterns(tmp / "train.bin", 300, 1)

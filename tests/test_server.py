@@ -18,9 +18,9 @@ from conf import job_pb2
 from runtime.cluster import Cluster
 from runtime.comm.msg import Addr, Msg
 from runtime.errors import UserError
+from runtime.model.updater import create_updater
 from runtime.ps.param_slice import SlicePlan
 from runtime.ps.server import Server, put_meta, update_meta
-from runtime.model.updater import create_updater
 
 LR = 0.5
 

@@ -3,7 +3,6 @@ resume, fine-tuning through checkpoint_path, test mode with a prediction
 chain, and `singa submit` as a user runs it."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,9 @@ import pytest
 
 from conf import common_pb2
 from runtime import checkpoint
-from runtime.train import single
 from runtime.config import load_job
 from runtime.io.store import open_store
+from runtime.train import single
 from tests.test_checkpoint import corrupt_middle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,8 +177,8 @@ def test_fine_tune_loads_params_by_name(tmp_path):
     text = conf.read_text().replace('name: "tiny"', f'name: "tiny"\ncheckpoint_path: "{ckpt}"')
     conf.write_text(text.replace("train_steps: 0", "train_steps: 1"))
     job = load_job(str(conf), submit=True).proto
-    from runtime.ps.local_server import LocalServer
     from runtime.model.updater import create_updater
+    from runtime.ps.local_server import LocalServer
     from runtime.train.algorithms import create_worker
 
     w = create_worker(job, LocalServer(create_updater(job.updater)), log=lambda l: None)
@@ -199,7 +198,8 @@ def test_test_mode_prediction_chain_writes_csv(tmp_path):
     extra = f'''
   layer {{ name: "softmax" type: kSoftmax srclayers: "ip2" include: kTest }}
   layer {{ name: "argsort" type: kArgSort srclayers: "softmax" argsort_conf {{ topk: 2 }} include: kTest }}
-  layer {{ name: "out" type: kCSVOutput srclayers: "argsort" store_conf {{ path: "{out}" }} include: kTest }}'''
+  layer {{ name: "out" type: kCSVOutput srclayers: "argsort" store_conf {{ path: "{out}" }}
+          include: kTest }}'''
     conf = make_conf(tmp_path, "t.conf", steps=10, workspace="ws_a", extra=extra)
     job = load_job(str(conf), submit=True).proto
     job.checkpoint_path.append(str(ckpt))
@@ -301,7 +301,8 @@ def test_user_layer_from_a_module_file(tmp_path):
     conf = make_conf(tmp_path, steps=6, test_freq=6)
     text = conf.read_text().replace('srclayers: "drop1"', 'srclayers: "scale"')
     text = text.replace('  layer { name: "loss"',
-                        '  layer { name: "scale" user_type: "Scale2" srclayers: "drop1" }\n  layer { name: "loss"')
+                        '  layer { name: "scale" user_type: "Scale2" srclayers: "drop1" }\n'
+                        '  layer { name: "loss"')
     conf.write_text(text)
     r = _singa("validate", str(conf), cwd=tmp_path)
     assert r.returncode == 2 and "Scale2" in r.stderr

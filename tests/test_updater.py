@@ -14,8 +14,7 @@ from google.protobuf import text_format
 from conf import job_pb2
 from runtime.errors import UserError
 from runtime.model.param import Param
-from runtime.model.updater import (History, Updater, create_updater, register_updater,
-                             updater_registry)
+from runtime.model.updater import History, Updater, create_updater, register_updater, updater_registry
 
 
 def make(text: str) -> Updater:

@@ -28,11 +28,11 @@ class for the whole window, and it reports one perplexity per display.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 import rnnlm_pb2  # generated from rnnlm.proto (singa compiles it: --proto rnnlm.proto)
+
 from conf import job_pb2
 from runtime.errors import LayerError, UserError
 from runtime.neuralnet.layer import Layer, kOneToAll, kOneToMany

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.plugins import register_updater
 from runtime.model.updater import History, Updater
+from runtime.plugins import register_updater
 
 
 @register_updater("Lion")

@@ -31,11 +31,13 @@ import os
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
 from conf import common_pb2
+from runtime.comm import security
 from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
 
@@ -48,7 +50,8 @@ PERIODIC_BEATS = 5  # periodic records every this many heartbeats
 
 
 class MasterLink:
-    def __init__(self, ctx: zmq.Context, procs: int, master: str, *, keys=None,
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], procs: int, master: str, *,
+                 keys: security.JobKeys | None = None,
                  step: Callable[[], int] = lambda: 0, ctl_endpoint: str | None = None,
                  on_master_lost: Callable[[str], None] | None = None):
         self.ctx = ctx
@@ -60,7 +63,7 @@ class MasterLink:
         self.ctl_endpoint = ctl_endpoint
         self.on_master_lost = on_master_lost or _exit_lost
         # records to report now and then (e.g. the servers' staleness), and at close()
-        self.periodic: Callable[[], list[dict]] = lambda: []
+        self.periodic: Callable[[], list[dict[str, Any]]] = lambda: []
         self.sock = zsock.dealer(ctx, f"procs{procs}".encode(), keys=keys)
         self.sock.connect(master)
         self._out: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()  # None: a heartbeat
@@ -70,7 +73,7 @@ class MasterLink:
         self.dropped = 0  # messages the master's full queue had no room for
 
     # -------------------------------------------------------------- start ---
-    def connect(self, info: dict, timeout: float = 120.0) -> dict[int, str]:
+    def connect(self, info: dict[str, Any], timeout: float = 120.0) -> dict[int, str]:
         """Register with the master and wait for the address book."""
         zsock.send(self.sock, Msg(self.me, MASTER, common_pb2.kConnect).add_bytes(json.dumps(info).encode()))
         deadline = time.monotonic() + timeout
@@ -93,7 +96,7 @@ class MasterLink:
         self._thread.start()
 
     # ---------------------------------------------------- any thread's API ---
-    def metric(self, record: dict) -> None:
+    def metric(self, record: dict[str, Any]) -> None:
         self._out.put(Msg(self.me, MASTER, common_pb2.kMetric).add_bytes(json.dumps(record).encode()))
 
     def done(self) -> None:

@@ -28,8 +28,8 @@ thread wake-ups in each process on a step's path.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import zmq
@@ -134,7 +134,7 @@ def split(frames: Sequence) -> list[tuple[tuple, list]]:
     return out
 
 
-def envelope(msgs: Sequence["Msg"]) -> list:
+def envelope(msgs: Sequence[Msg]) -> list:
     """The frames of `msgs` (to one destination) as one multipart message."""
     if len(msgs) == 1:
         return msgs[0].to_frames()
@@ -159,19 +159,19 @@ class Addr:
     kind: int
 
     @classmethod
-    def worker(cls, grp: int, wid: int) -> "Addr":
+    def worker(cls, grp: int, wid: int) -> Addr:
         return cls(grp, wid, common_pb2.kWorkerParam)
 
     @classmethod
-    def worker_layer(cls, grp: int, wid: int) -> "Addr":
+    def worker_layer(cls, grp: int, wid: int) -> Addr:
         return cls(grp, wid, common_pb2.kWorkerLayer)
 
     @classmethod
-    def server(cls, grp: int, sid: int) -> "Addr":
+    def server(cls, grp: int, sid: int) -> Addr:
         return cls(grp, sid, common_pb2.kServer)
 
     @classmethod
-    def stub(cls, procs: int) -> "Addr":
+    def stub(cls, procs: int) -> Addr:
         return cls(-1, procs, common_pb2.kStub)
 
     def __repr__(self) -> str:
@@ -208,12 +208,12 @@ class Msg:
     frames: list = field(default_factory=list)
 
     # --------------------------------------------------------- body ---
-    def add_array(self, arr: np.ndarray) -> "Msg":
+    def add_array(self, arr: np.ndarray) -> Msg:
         """Append an array's buffer as a frame (no copy; float32 expected)."""
         self.frames.append(memoryview(np.ascontiguousarray(arr)).cast("B"))
         return self
 
-    def add_bytes(self, data: bytes) -> "Msg":
+    def add_bytes(self, data: bytes) -> Msg:
         self.frames.append(data)
         return self
 
@@ -239,7 +239,7 @@ class Msg:
         return [self.header(), *self.frames]
 
     @classmethod
-    def from_frames(cls, frames: Sequence) -> "Msg":
+    def from_frames(cls, frames: Sequence) -> Msg:
         """One message (not an envelope of several: see `all_from_frames`)."""
         if not frames:
             raise MsgError("empty message")
@@ -250,17 +250,17 @@ class Msg:
         return cls.from_parts(fields, list(frames[1:]))
 
     @classmethod
-    def from_parts(cls, fields: tuple, body: list) -> "Msg":
+    def from_parts(cls, fields: tuple, body: list) -> Msg:
         """A message from `parse_header` fields and its body frames."""
         (mtype, sg, si, sk, dg, di, dk, param, sl, version, _) = fields
         return cls(_addr(sg, si, sk), _addr(dg, di, dk), mtype, param, sl, version, body)
 
     @classmethod
-    def all_from_frames(cls, frames: Sequence) -> list["Msg"]:
+    def all_from_frames(cls, frames: Sequence) -> list[Msg]:
         """The messages of an envelope, in order."""
         return [cls.from_parts(fields, body) for fields, body in split(frames)]
 
-    def reply(self, mtype: int, version: int | None = None) -> "Msg":
+    def reply(self, mtype: int, version: int | None = None) -> Msg:
         """A message back to the sender about the same target."""
         return Msg(self.dst, self.src, mtype, self.param, self.slice,
                    self.version if version is None else version)

@@ -83,7 +83,7 @@ def _check_key(name: str, value: Any) -> bytes:
         z85.decode(value)
     except (ValueError, KeyError):
         raise KeysError(f"job keys: '{name}' is not valid z85") from None
-    return value
+    return bytes(value)
 
 
 @dataclass(frozen=True, repr=False)
@@ -105,7 +105,7 @@ class JobKeys:
         object.__setattr__(self, "secret", secret)
 
     @classmethod
-    def generate(cls) -> "JobKeys":
+    def generate(cls) -> JobKeys:
         public, secret = zmq.curve_keypair()
         return cls(public, secret)
 
@@ -118,7 +118,7 @@ class JobKeys:
         return {"public": self.public.decode("ascii"), "secret": self.secret.decode("ascii")}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "JobKeys":
+    def from_dict(cls, d: Any) -> JobKeys:
         if not isinstance(d, dict):
             raise KeysError(f"job keys: got a JSON {type(d).__name__}, "
                             "expected an object with 'public' and 'secret'")
@@ -135,7 +135,7 @@ class JobKeys:
 
 
 # ------------------------------------------------------------ sockets ---
-def curve_server(sock: zmq.Socket, keys: JobKeys) -> None:
+def curve_server(sock: zmq.Socket[bytes], keys: JobKeys) -> None:
     """Make `sock` (before bind) a CURVE server of the job. Its context must
     have a running `Guard` for these keys."""
     guard = guard_of(sock.context)
@@ -152,7 +152,7 @@ def curve_server(sock: zmq.Socket, keys: JobKeys) -> None:
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
-def curve_client(sock: zmq.Socket, keys: JobKeys) -> None:
+def curve_client(sock: zmq.Socket[bytes], keys: JobKeys) -> None:
     """Make `sock` (before connect) a CURVE client of the job's servers."""
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys.public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
@@ -160,11 +160,11 @@ def curve_client(sock: zmq.Socket, keys: JobKeys) -> None:
 
 
 # -------------------------------------------------------------- guard ---
-_guards: dict[int, "Guard"] = {}   # id(ctx) -> running guard; the guard keeps ctx alive
+_guards: dict[int, Guard] = {}   # id(ctx) -> running guard; the guard keeps ctx alive
 _guards_lock = threading.Lock()
 
 
-def guard_of(ctx: zmq.Context) -> "Guard | None":
+def guard_of(ctx: zmq.Context[zmq.Socket[bytes]]) -> Guard | None:
     with _guards_lock:
         return _guards.get(id(ctx))
 
@@ -177,7 +177,7 @@ class Guard:
     `with` block) before `ctx.term()`; if the context is terminated first the
     guard ends by itself. One per context (ZAP has one fixed endpoint)."""
 
-    def __init__(self, ctx: zmq.Context, keys: JobKeys):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], keys: JobKeys):
         self.keys = keys
         self.ctx = ctx
         self.admitted = 0
@@ -211,10 +211,10 @@ class Guard:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
-    def __enter__(self) -> "Guard":
+    def __enter__(self) -> Guard:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ------------------------------------------------------------ thread ---

@@ -68,7 +68,7 @@ def _ipc_path(name: str) -> str:
     return os.path.join(ipc_dir(), f"{name}-{os.getpid()}")
 
 
-def bind(sock: zmq.Socket, transport: str, host: str = "127.0.0.1", name: str = "stub") -> str:
+def bind(sock: zmq.Socket[bytes], transport: str, host: str = "127.0.0.1", name: str = "stub") -> str:
     """Bind and return the endpoint peers should connect to."""
     if transport == "inproc":
         endpoint = f"inproc://{name}-{id(sock)}"
@@ -84,7 +84,7 @@ def bind(sock: zmq.Socket, transport: str, host: str = "127.0.0.1", name: str = 
     raise ValueError(f"unknown transport {transport!r}; known: inproc, ipc, tcp")
 
 
-def router(ctx: zmq.Context, keys: security.JobKeys | None = None) -> zmq.Socket:
+def router(ctx: zmq.Context[zmq.Socket[bytes]], keys: security.JobKeys | None = None) -> zmq.Socket[bytes]:
     """A ROUTER that errors on unknown peers instead of dropping silently;
     with `keys`, a CURVE server admitting only the job's peers (raises
     RuntimeError when `ctx` has no running `Guard` for those keys)."""
@@ -100,8 +100,8 @@ def router(ctx: zmq.Context, keys: security.JobKeys | None = None) -> zmq.Socket
     return s
 
 
-def dealer(ctx: zmq.Context, identity: bytes | None = None,
-           keys: security.JobKeys | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context[zmq.Socket[bytes]], identity: bytes | None = None,
+           keys: security.JobKeys | None = None) -> zmq.Socket[bytes]:
     """A DEALER; with `keys`, a CURVE client of the job's servers."""
     s = ctx.socket(zmq.DEALER)
     if identity is not None:
@@ -112,14 +112,14 @@ def dealer(ctx: zmq.Context, identity: bytes | None = None,
     return s
 
 
-def send(sock: zmq.Socket, msg: Msg, to: bytes | None = None) -> None:
+def send(sock: zmq.Socket[bytes], msg: Msg, to: bytes | None = None) -> None:
     frames = msg.to_frames()
     if to is not None:
         frames = [to, *frames]
     sock.send_multipart(frames, copy=False)
 
 
-def recv(sock: zmq.Socket, router: bool = False) -> tuple[bytes | None, Msg] | None:
+def recv(sock: zmq.Socket[bytes], router: bool = False) -> tuple[bytes | None, Msg] | None:
     """One message, or None when the frames were not a valid Msg (logged)."""
     frames = sock.recv_multipart(copy=False)
     ident = None

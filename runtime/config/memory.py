@@ -53,8 +53,9 @@ were alike.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from conf import job_pb2
 from runtime.cluster import Cluster

@@ -43,8 +43,9 @@ implement yet give warnings (errors with `submit`, which would fail).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from conf import job_pb2
 from runtime.config.locate import Locator

@@ -38,6 +38,7 @@ def compute_mean(in_path: str | os.PathLike, out_path: str | os.PathLike) -> int
 
     def add_pixels() -> None:
         nonlocal total
+        assert total is not None  # made at the first record
         block = np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(len(pixels), size)
         total += block.sum(axis=0, dtype=np.float64)
         pixels.clear()
@@ -64,12 +65,14 @@ def compute_mean(in_path: str | os.PathLike, out_path: str | os.PathLike) -> int
                 if len(pixels) == _BATCH:
                     add_pixels()
             else:
+                assert total is not None  # made at the first record
                 total += np.asarray(rec.data, dtype=np.float64)
             count += 1
     if count == 0:
         raise UserError(f"{name}: no records to average")
     if pixels:
         add_pixels()
+    assert total is not None  # count > 0
     mean = (total / count).astype(np.float32)
     out = common_pb2.RecordProto(shape=shape)
     out.data.extend(mean.tolist())

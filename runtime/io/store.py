@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any
 
 from runtime.errors import UserError
 from runtime.registry import Registry
@@ -47,6 +48,7 @@ class Store:
     """
 
     backend = ""
+    _f: IO[Any]  # the open file; every backend's __init__ sets it
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
         if mode not in MODES:
@@ -78,7 +80,7 @@ class Store:
         while (rec := self.read()) is not None:
             yield rec
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:

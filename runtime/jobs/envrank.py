@@ -18,7 +18,7 @@ srun itself sets PMI_RANK it equals SLURM_PROCID, so the order costs nothing.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from runtime.errors import UserError
 

@@ -28,8 +28,8 @@ import itertools
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from runtime.errors import UserError
 
@@ -236,7 +236,7 @@ def _strip(host: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _local_identity() -> tuple[frozenset[str], frozenset[str]]:
     """(names, addresses) of this machine; computed once (getfqdn may ask DNS)."""
-    import psutil  # noqa: PLC0415 - only hosts that check locality need it
+    import psutil  # only hosts that check locality need it
 
     names = {"localhost", "localhost.localdomain", "ip6-localhost"}
     for n in (socket.gethostname(), socket.getfqdn()):
@@ -269,7 +269,7 @@ def is_local(host: str) -> bool:
 
 
 def _interfaces() -> dict[str, list[str]]:
-    import psutil  # noqa: PLC0415
+    import psutil
 
     return {name: [a.address for a in entries if a.family == socket.AF_INET]
             for name, entries in sorted(psutil.net_if_addrs().items())}
@@ -319,7 +319,9 @@ def advertise_address(peer: str | None = None, interface: str | None = None, *,
 # ------------------------------------------------------------------ slurm ---
 def _split_top(text: str, var: str) -> list[str]:
     """Split at commas outside brackets: `a[1,2],b` -> [`a[1,2]`, `b`]."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "[":
             depth += 1
@@ -385,7 +387,7 @@ def slurm_hosts(environ: Mapping[str, str]) -> list[Host]:
     their task counts as slots."""
     if environ.get("SLURM_STEP_NODELIST"):
         node_var = "SLURM_STEP_NODELIST"
-        task_vars = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+        task_vars: tuple[str, ...] = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
     else:
         node_var = "SLURM_JOB_NODELIST"
         task_vars = ("SLURM_TASKS_PER_NODE",)

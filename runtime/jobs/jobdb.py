@@ -29,14 +29,16 @@ import os
 import signal as _signal
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from runtime.errors import UserError
-from runtime.jobs import lockholder, jobdb_errors as registry_errors
-from runtime.jobs.jobdb_errors import show_path  # noqa: F401 - part of this module's API
+from runtime.jobs import jobdb_errors as registry_errors
+from runtime.jobs import lockholder
+from runtime.jobs.jobdb_errors import show_path
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -187,18 +189,18 @@ class Proc:
     job_id: int
     attempt: int
     procs_id: int
-    host: str | None
+    host: str  # host, role and log_path: `add_proc`, the only writer, always sets them
     pid: int | None
     pgid: int | None
     start_time: float | None
-    role: str | None
+    role: str
     endpoint: str | None
     state: str
     exit_code: int | None
     signal: int | None
     heartbeat: float | None
     step: int | None
-    log_path: str | None
+    log_path: str
 
     @property
     def terminal(self) -> bool:
@@ -223,7 +225,7 @@ _I_HOSTS, _I_OPTIONS, _I_SECRET = (JOB_COLUMNS.index(c) for c in ("hosts", "opti
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
-def _job_from_row(row: tuple, path: Path) -> Job:
+def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
     """The Job of a `jobs` row; a JSON column that does not decode is a JobDBError
     naming the registry file `path`, the job and the column."""
     r = list(row)
@@ -339,7 +341,7 @@ class JobDB:
         return db
 
     @staticmethod
-    def _retry_locked(fn):
+    def _retry_locked(fn: Callable[[], Any]) -> Any:
         # Switching the journal mode of a brand-new file takes an exclusive lock that
         # does not always wait on busy_timeout, so concurrent first opens retry here.
         deadline = time.monotonic() + 30.0
@@ -384,7 +386,7 @@ class JobDB:
             raise
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[registry_errors.GuardedConnection]:
         """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
         self._begin()
         try:
@@ -443,10 +445,10 @@ class JobDB:
         a UserError naming that job, and nothing is recorded. The check and the
         insert are one transaction, so of two concurrent submits one is refused.
         """
-        import hashlib  # noqa: PLC0415 - not needed on the list/view path
+        import hashlib  # not needed on the list/view path
 
         if user is None:
-            import getpass  # noqa: PLC0415
+            import getpass
             try:
                 user = getpass.getuser()
             except (KeyError, OSError):
@@ -465,6 +467,7 @@ class JobDB:
                  time.time(), workspace, launcher, json.dumps(list(hosts)), nprocs, train_steps,
                  json.dumps(options or {}), json.dumps(secret or {})))
             job_id = cur.lastrowid
+            assert job_id is not None  # an INSERT always sets it
             log_dir = jobs_dir / str(job_id)
             log_dir.mkdir(mode=0o700, exist_ok=True)
             os.chmod(log_dir, 0o700)
@@ -485,7 +488,9 @@ class JobDB:
 
     @staticmethod
     def _refuse_held(db: Any, workspace: str | None) -> None:
-        ids = _holders(db, workspace) if workspace else []
+        if not workspace:
+            return
+        ids = _holders(db, workspace)
         if ids:
             name, state = db.execute("SELECT name, state FROM jobs WHERE id = ?",
                                      (ids[0],)).fetchone()
@@ -550,7 +555,7 @@ class JobDB:
                 raise self._unknown(job_id)
             return cur.rowcount > 0
 
-    def _set(self, job_id: int, sql: str, args: tuple) -> None:
+    def _set(self, job_id: int, sql: str, args: tuple[Any, ...]) -> None:
         with self._write() as db:
             if db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", (*args, int(job_id))).rowcount == 0:
                 raise self._unknown(job_id)
@@ -567,7 +572,7 @@ class JobDB:
                              (time.time(), int(job_id))).fetchone()
             if row is None:
                 raise self._unknown(job_id)
-            return row[0]
+            return str(row[0])
 
     def set_external_id(self, job_id: int, ext: str) -> None:
         """Record the id another system gave the job (e.g. a Slurm job id)."""
@@ -587,7 +592,7 @@ class JobDB:
                              "RETURNING attempts", (int(job_id),)).fetchone()
             if row is None:
                 raise self._unknown(job_id)
-            return row[0]
+            return int(row[0])
 
     # -- procs -------------------------------------------------------------------------------
 
@@ -694,8 +699,10 @@ class JobDB:
 
     def _settle_procs(self, job_id: int) -> None:
         """Record what became of the processes of a LOST job that had not ended."""
-        ends = [(p, _proc_end(p)) for p in self.all_procs(job_id) if not p.terminal]
-        ends = [(p, end) for p, end in ends if end is not None]
+        ends: list[tuple[Proc, dict[str, Any]]] = []
+        for p in self.all_procs(job_id):
+            if not p.terminal and (end := _proc_end(p)) is not None:
+                ends.append((p, end))
         if not ends:
             return
         with self._write() as db:
@@ -709,7 +716,7 @@ class JobDB:
 def _proc_end(p: Proc) -> dict[str, Any] | None:
     """What became of process `p` (not ended) of a job whose master is gone, as
     the columns to set: None while it still runs on this host (`orphans.fate`)."""
-    from runtime.jobs import orphans  # noqa: PLC0415 - only for a LOST job
+    from runtime.jobs import orphans  # only for a LOST job
 
     fate = orphans.fate(p.host, p.pgid, p.start_time, p.log_path)
     if fate == orphans.RUNNING:
@@ -729,7 +736,7 @@ def _holders(db: Any, workspace: str) -> list[int]:
 
 def _alive(pid: int, start: float | None) -> bool:
     """True if `pid` runs and (when `start` is known) is the process that started at `start`."""
-    import psutil  # noqa: PLC0415 - only needed when some job is active
+    import psutil  # only needed when some job is active
 
     try:
         p = psutil.Process(pid)

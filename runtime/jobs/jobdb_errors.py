@@ -13,9 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from runtime.errors import UserError
 
@@ -134,7 +135,7 @@ class GuardedConnection:
         self._db = db
         self.path = path
 
-    def execute(self, sql: str, args: tuple | list = ()) -> GuardedCursor:
+    def execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> GuardedCursor:
         with translate(self.path):
             return GuardedCursor(self._db.execute(sql, args), self.path)
 
@@ -165,11 +166,11 @@ class GuardedCursor:
         self._cur = cur
         self.path = path
 
-    def fetchone(self):
+    def fetchone(self) -> Any:
         with translate(self.path):
             return self._cur.fetchone()
 
-    def fetchall(self) -> list:
+    def fetchall(self) -> list[Any]:
         with translate(self.path):
             return self._cur.fetchall()
 

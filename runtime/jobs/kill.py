@@ -16,8 +16,7 @@ import signal
 import sys
 import time
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 
 
 def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,
@@ -73,7 +72,8 @@ def _alive(job: jobdb.Job, p: jobdb.Proc, problems: list[str]) -> bool:
     from runtime.jobs.hostfile import is_local
 
     if is_local(p.host):
-        return bool(pgroup.members(p.pgid, p.start_time))
+        # a process not yet started has no group (members(None) was always empty)
+        return p.pgid is not None and bool(pgroup.members(p.pgid, p.start_time))
     if job.launcher == "slurm":
         return False
     return _remote(job, p, ["alive", str(p.pgid), repr(p.start_time)], problems)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 PROC_LOCKS = "/proc/locks"
 

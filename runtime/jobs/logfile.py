@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO
 
 from runtime.errors import UserError
 
@@ -22,7 +23,7 @@ def _decode(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
 
-def tail(path: str | os.PathLike, n: int) -> list[str]:
+def tail(path: str | os.PathLike[str], n: int) -> list[str]:
     """The last `n` lines of the text file `path` (fewer if it has fewer).
 
     A missing or unreadable file is a UserError naming it.
@@ -56,7 +57,7 @@ def tail(path: str | os.PathLike, n: int) -> list[str]:
     return [_decode(line).rstrip("\r") for line in lines[-n:]]
 
 
-def _open_when_there(p: Path, stop: Callable[[], bool]):
+def _open_when_there(p: Path, stop: Callable[[], bool]) -> BinaryIO | None:
     """`p` opened for reading once it exists; None if `stop()` turns true first."""
     while True:
         try:
@@ -70,7 +71,7 @@ def _open_when_there(p: Path, stop: Callable[[], bool]):
             time.sleep(POLL_INTERVAL)
 
 
-def follow(path: str | os.PathLike, from_end: bool, stop: Callable[[], bool]) -> Iterator[str]:
+def follow(path: str | os.PathLike[str], from_end: bool, stop: Callable[[], bool]) -> Iterator[str]:
     """Yield the lines of `path` as they are appended, polling every 0.2 s.
 
     `from_end`: start at the current end (only new lines), else at the start.

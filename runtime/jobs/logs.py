@@ -13,9 +13,12 @@ import os
 import queue
 import subprocess
 import threading
+from typing import TYPE_CHECKING
 
-from runtime.jobs import logfile
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, logfile
+
+if TYPE_CHECKING:
+    from runtime.jobs.ssh import SshOptions
 
 
 def _is_local(host: str) -> bool:
@@ -24,7 +27,7 @@ def _is_local(host: str) -> bool:
     return is_local(host)
 
 
-def ssh_options(job: jobdb.Job):
+def ssh_options(job: jobdb.Job) -> SshOptions:
     from runtime.jobs.ssh import SshOptions
 
     return SshOptions(**job.options.get("ssh", {}))
@@ -52,7 +55,7 @@ def tail(job: jobdb.Job, proc: jobdb.Proc, n: int) -> list[str]:
     return _text(r.stdout).splitlines()
 
 
-def _text(b) -> str:
+def _text(b: bytes | str | None) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
@@ -110,6 +113,7 @@ class RemoteReader:
         self.thread.start()
 
     def _pump(self) -> None:
+        assert self.popen.stdout is not None  # stdout=PIPE
         for raw in self.popen.stdout:
             self.lines.put(raw.decode(errors="replace").rstrip("\n"))
 
@@ -150,7 +154,7 @@ class RemoteReader:
         self.thread.join(timeout=5)  # the lines already in the pipe are delivered
 
 
-def reader(job: jobdb.Job, proc: jobdb.Proc, from_start: bool = True):
+def reader(job: jobdb.Job, proc: jobdb.Proc, from_start: bool = True) -> LocalReader | RemoteReader:
     if _here(job, proc):
         return LocalReader(proc.log_path, from_start)
     return RemoteReader(job, proc, from_start)

@@ -49,12 +49,19 @@ from conf import common_pb2, job_pb2
 from runtime.comm import socket as zsock
 from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
 from runtime.comm.msg import Addr, Msg
-from runtime.jobs import jobdb
 from runtime.errors import UserError
+from runtime.jobs import jobdb
+from runtime.jobs.launcher import (
+    EngineHandle,
+    Handle,
+    JobFiles,
+    ProcSpec,
+    SshHandle,
+    handoff,
+    launcher_registry,
+)
 from runtime.jobs.metrics import MetricsWriter
 from runtime.jobs.ssh import SSH_FAILED
-from runtime.jobs.launcher import (EngineHandle, Handle, JobFiles, ProcSpec, SshHandle, handoff,
-                                   launcher_registry)
 
 log = logging.getLogger("singa.master")
 

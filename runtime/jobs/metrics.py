@@ -13,8 +13,8 @@ Records (all have `time`, seconds since the epoch, and `phase`):
   `staleness_mean`, `staleness_max` (versions between the params a
   gradient was computed on and the ones it was applied to).
 
-The file is 0600, like every file of the workspace. Writes are buffered and flushed at most once a second, so reporting never
-slows training; `close()` flushes the rest. Other writers (TensorBoard) can
+The file is 0600, like every file of the workspace. Writes are buffered and flushed at most once a
+second, so reporting never slows training; `close()` flushes the rest. Other writers (TensorBoard) can
 subscribe with `add_sink`.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 FLUSH_S = 1.0
 FILE = "metrics.jsonl"
@@ -36,12 +37,12 @@ class MetricsWriter:
         self._buf: list[str] = []
         self._flushed = time.monotonic()
         self._last_train: dict[int, tuple[float, int]] = {}
-        self._sinks: list[Callable[[dict], None]] = []
+        self._sinks: list[Callable[[dict[str, Any]], None]] = []
 
-    def add_sink(self, sink: Callable[[dict], None]) -> None:
+    def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
         self._sinks.append(sink)
 
-    def add(self, rec: dict) -> dict:
+    def add(self, rec: dict[str, Any]) -> dict[str, Any]:
         # the reporter's own clock when it stamped the record (it may be sent late)
         rec = {"time": round(time.time(), 3), **rec}
         if rec.get("phase") == "train" and self.samples_per_step:
@@ -77,7 +78,7 @@ class MetricsWriter:
         self.flush()
 
 
-def read(workspace: str | Path) -> list[dict]:
+def read(workspace: str | Path) -> list[dict[str, Any]]:
     """Every record of a job's metrics stream (a torn last line is skipped)."""
     out = []
     try:

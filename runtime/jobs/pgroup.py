@@ -28,7 +28,7 @@ _SLACK_S = 0.05
 
 def start_time(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
 
@@ -41,7 +41,7 @@ def alive(pid: int | None, started: float | None) -> bool:
         p = psutil.Process(pid)
         if started is not None and abs(p.create_time() - started) > _SLACK_S:
             return False
-        return p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -49,7 +49,7 @@ def alive(pid: int | None, started: float | None) -> bool:
 def members(pgid: int, started: float | None) -> list[int]:
     """Live pids of process group `pgid` that belong to the launch at
     `started` (none started before it: those would be a recycled group)."""
-    out = []
+    out: list[int] = []
     for p in psutil.process_iter(["pid", "create_time", "status"]):
         try:
             if os.getpgid(p.info["pid"]) != pgid or p.info["status"] == psutil.STATUS_ZOMBIE:

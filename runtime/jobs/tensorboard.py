@@ -33,8 +33,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger("singa.tensorboard")
 
@@ -49,7 +50,7 @@ def logdir(workspace: str | Path) -> Path:
     return Path(workspace) / DIR
 
 
-def scalars(rec: dict) -> list[tuple[str, float, int]]:
+def scalars(rec: dict[str, Any]) -> list[tuple[str, float, int]]:
     """The (tag, value, step) scalars of one metrics record (see the module docstring)."""
     phase = rec.get("phase")
     out = []
@@ -73,7 +74,7 @@ def scalars(rec: dict) -> list[tuple[str, float, int]]:
     return out
 
 
-def _summary_writer():
+def _summary_writer() -> Any:
     """tensorboardX's SummaryWriter, imported without PyTorch.
 
     tensorboardX imports PyTorch whenever it is installed (to accept its
@@ -85,7 +86,7 @@ def _summary_writer():
     if hide:
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
     try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415 - only once a record comes
+        from tensorboardX import SummaryWriter  # only once a record comes
     finally:
         if hide:
             del sys.modules["torch"]
@@ -109,7 +110,7 @@ class TensorBoardSink:
         self._broken = False
         atexit.register(self.close)
 
-    def _writer(self, group: int):
+    def _writer(self, group: int) -> Any:
         w = self._writers.get(group)
         if w is None:
             SummaryWriter = _summary_writer()
@@ -129,7 +130,7 @@ class TensorBoardSink:
             self._writers[group] = w
         return w
 
-    def __call__(self, rec: dict) -> None:
+    def __call__(self, rec: dict[str, Any]) -> None:
         if self._broken:
             return
         try:
@@ -168,10 +169,10 @@ class TensorBoardSink:
         self._writers.clear()
 
 
-def export(workspace: str | Path, records: Iterable[dict] | None = None) -> Path:
+def export(workspace: str | Path, records: Iterable[dict[str, Any]] | None = None) -> Path:
     """Write the event files of a job's metrics stream (default: its
     metrics.jsonl) into `<workspace>/tensorboard/`; returns that folder."""
-    from runtime.jobs import metrics  # noqa: PLC0415
+    from runtime.jobs import metrics
 
     sink = TensorBoardSink(workspace)
     try:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m runtime.jobs.tensorboard WORKSPACE", file=sys.stderr)
         return 2
-    from runtime.jobs import metrics  # noqa: PLC0415
+    from runtime.jobs import metrics
 
     recs = metrics.read(args[0])
     if not recs:

@@ -31,7 +31,8 @@ A user generator subclasses `LRGen` (or just has `__init__(proto)` and
 from __future__ import annotations
 
 import bisect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from conf import job_pb2
 from runtime.errors import UserError

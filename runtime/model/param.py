@@ -60,11 +60,12 @@ class Param:
         from runtime.model import param_init  # the init-method registry
 
         self.allocate()
+        assert self.data is not None  # allocate() made it
         if self.owner is None:
             self.data[...] = param_init.generate(self.proto.init, self.shape, rng)
         self.version = version
 
-    def share_from(self, owner: "Param") -> None:
+    def share_from(self, owner: Param) -> None:
         """Share `owner`'s values; shapes must agree (checked by the builder)."""
         self.owner = owner
         owner.allocate()

@@ -32,7 +32,7 @@ in SINGA). The built-in methods register below, where they are defined.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

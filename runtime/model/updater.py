@@ -52,9 +52,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -204,8 +205,9 @@ class Updater:
                 g += (wd * s) * data
         self.rule(data, g, 1.0 if self.fold_lr else lr, hist)
 
-    def update(self, step: int, param: "Param", grad_scale: float = 1.0) -> None:
+    def update(self, step: int, param: Param, grad_scale: float = 1.0) -> None:
         """`apply` on a Param's data and grad with its lr_scale and wd_scale."""
+        assert param.data is not None and param.grad is not None, f"param {param.name} is not allocated"
         self.apply(step, param.name, param.data, param.grad,
                    param.lr_scale, param.wd_scale, grad_scale)
 

@@ -40,7 +40,8 @@ direction) in order: references in memory between workers of one process,
 from __future__ import annotations
 
 import logging
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -30,7 +30,7 @@ The bridge layers are in `bridge.py`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ that module for the layouts and `lowering_for` for the choice.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -29,7 +29,7 @@ the output positions of every instance, is computed one of two ways:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

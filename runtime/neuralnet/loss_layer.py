@@ -12,7 +12,7 @@ does not reset: the worker calls `reset_metrics()` after displaying.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -11,7 +11,7 @@ instance number ("0", "1", ...), flush after every batch and close in
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -53,12 +53,12 @@ same names and values as an unpartitioned net's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from conf import job_pb2
 from runtime.errors import Problem
-from runtime.neuralnet.layer import Layer, kOneToAll, kOneToOne
+from runtime.neuralnet.layer import Layer, kOneToAll
 
 PART_SEP = "@"
 

@@ -37,7 +37,8 @@ How it runs (no loop over pixels or batch items):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -177,7 +178,7 @@ class PoolingLayer(NeuronLayer):
             a = self._temps[name] = np.empty(size, dtype)
         return a[:size].reshape(shape)
 
-    def _phase_view(self, a: np.ndarray, rows: "_Span", cols: "_Span") -> np.ndarray:
+    def _phase_view(self, a: np.ndarray, rows: _Span, cols: _Span) -> np.ndarray:
         """The positions of an input-shaped [planes, H, W] array that a phase plane holds."""
         return a[:, rows.start:rows.stop:self.stride[0], cols.start:cols.stop:self.stride[1]]
 

@@ -48,7 +48,7 @@ the per-batch error under CD-1; here it is the plain average per batch.)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -14,7 +14,7 @@ are the indices (a repeated character keeps its first index).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

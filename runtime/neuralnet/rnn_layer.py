@@ -12,7 +12,7 @@ copy 0's gradient arrays and add their part to them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

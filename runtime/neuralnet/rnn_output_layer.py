@@ -10,7 +10,7 @@ so the lines that follow start on their own.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -39,7 +39,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -47,8 +47,8 @@ import zmq
 from conf import common_pb2
 from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg
-from runtime.neuralnet.partition import part_name
 from runtime.model.param import Param
+from runtime.neuralnet.partition import part_name
 
 log = logging.getLogger(__name__)
 

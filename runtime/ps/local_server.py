@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class LocalServer:
         self._pending: dict[str, list[Param]] = {}
         self._sum: dict[str, np.ndarray] = {}
         self._cond = threading.Condition()
-        self._queue: queue.SimpleQueue | None = None
+        self._queue: queue.SimpleQueue[Any] | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         if threaded and updater is not None:
@@ -78,23 +79,26 @@ class LocalServer:
         return self.updater.state() if self.updater is not None else {}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        assert self.updater is not None, "a server without an updater has no state"
         self.updater.load_state(state)
 
     def close(self) -> None:
         if self._thread is not None:
+            assert self._queue is not None  # made with the thread
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
 
     # ------------------------------------------------------------ server ---
     def _serve(self) -> None:
+        assert self._queue is not None  # made before this thread starts
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
             try:
                 self._receive(*item)
-            except BaseException as e:  # surfaces in the worker's next collect
+            except BaseException as e:  # noqa: BLE001 - re-raised in the worker's next collect
                 with self._cond:
                     self._error = e
                     self._cond.notify_all()
@@ -107,14 +111,14 @@ class LocalServer:
         self._queue.put((None, done))
         done.wait()
 
-    def _receive(self, step, param) -> None:
+    def _receive(self, step: int, param: Param | threading.Event) -> None:
         if isinstance(param, threading.Event):  # a drain marker
             param.set()
             return
         owner = param.owner or param
         n = self._replicas.get(owner.name, 1)
         if n == 1:
-            self._apply(step, owner, param.grad)
+            self._apply(step, owner, _grad(param))
             return
         pending = self._pending.setdefault(owner.name, [])
         pending.append(param)
@@ -123,14 +127,22 @@ class LocalServer:
         acc = self._sum.get(owner.name)
         if acc is None:
             acc = self._sum[owner.name] = np.empty(owner.shape, dtype=np.float32)
-        np.copyto(acc, pending[0].grad)
+        np.copyto(acc, _grad(pending[0]))
         for q in pending[1:]:
-            acc += q.grad
+            acc += _grad(q)
         pending.clear()
         self._apply(step, owner, acc)
 
     def _apply(self, step: int, owner: Param, grad: np.ndarray) -> None:
+        assert self.updater is not None, "a server without an updater applies no gradient"
+        assert owner.data is not None  # allocated when the net was set up
         self.updater.apply(step, owner.name, owner.data, grad, owner.lr_scale, owner.wd_scale)
         with self._cond:
             owner.version += 1
             self._cond.notify_all()
+
+
+def _grad(p: Param) -> np.ndarray:
+    """The gradient `p` reports: a param is sent to the server only once it is computed."""
+    assert p.grad is not None
+    return p.grad

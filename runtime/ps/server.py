@@ -95,8 +95,8 @@ import logging
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import zmq
@@ -104,10 +104,10 @@ import zmq
 from conf import common_pb2 as pb
 from runtime import checkpoint
 from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
-from runtime.train.divergence import check_update
 from runtime.errors import UserError
-from runtime.ps.param_slice import SlicePlan
 from runtime.model.updater import Updater
+from runtime.ps.param_slice import SlicePlan
+from runtime.train.divergence import check_update
 
 log = logging.getLogger(__name__)
 

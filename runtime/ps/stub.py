@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import zmq
@@ -43,8 +43,17 @@ import zmq
 from conf import common_pb2
 from runtime.cluster import Cluster
 from runtime.comm import socket as zsock
-from runtime.comm.msg import (Addr, Msg, MsgError, pack_header, parse_header, readable,
-                              recv_frames, send_frames, split)
+from runtime.comm.msg import (
+    Addr,
+    Msg,
+    MsgError,
+    pack_header,
+    parse_header,
+    readable,
+    recv_frames,
+    send_frames,
+    split,
+)
 from runtime.model.param import Param
 from runtime.ps.param_slice import SliceInfo, SlicePlan
 from runtime.ps.server import PUT_META, UPDATE_META
@@ -157,7 +166,7 @@ class Stub:
             for q in entry.shares[1:]:
                 q.data = entry.owner.data
 
-    def channel(self, grp: int, wid: int) -> "StubChannel":
+    def channel(self, grp: int, wid: int) -> StubChannel:
         return StubChannel(self, grp, wid)
 
     # ------------------------------------------------------------ route ---

@@ -43,7 +43,7 @@ VIS_DIR = "visualization"
 NORMS_GLOB = "norms-g*-loc*.jsonl"
 
 # net -> {layer name: the gradient array it received in the last backward pass}
-_grads: "weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]]" = weakref.WeakKeyDictionary()
+_grads: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 def asum(a: np.ndarray | None) -> float | None:

@@ -50,16 +50,16 @@ from runtime.comm import socket as zsock
 from runtime.comm.heartbeat import MasterLink
 from runtime.comm.msg import Msg
 from runtime.errors import Diverged, UserError, reason_line
-from runtime.ps.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
+from runtime.model.updater import create_updater
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.net import NeuralNet
+from runtime.ps.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
 from runtime.ps.param_slice import SlicePlan
 from runtime.ps.server import Server
 from runtime.ps.stub import Stub, identity
-from runtime.model.updater import create_updater
-from runtime.viz.graph import write_visualization
 from runtime.train.algorithms import create_worker
 from runtime.train.worker import log_to_stdout
+from runtime.viz.graph import write_visualization
 
 log = logging.getLogger("singa.node")
 
@@ -391,9 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.umask(0o077)
     _own_session()
-    from runtime.jobs.launcher import read_handoff
-
     from runtime.jobs import code
+    from runtime.jobs.launcher import read_handoff
 
     if args.job_file:
         job_bytes = open(args.job_file, "rb").read()

@@ -11,14 +11,14 @@ the Worker does not change.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from conf import job_pb2
 from runtime import checkpoint
 from runtime.errors import UserError
-from runtime.ps.local_server import LocalServer
 from runtime.model.updater import create_updater
+from runtime.ps.local_server import LocalServer
 from runtime.train.algorithms import create_worker
 from runtime.train.worker import Worker
 

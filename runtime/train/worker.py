@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from conf import job_pb2
 from runtime import checkpoint
-from runtime.train import debug
-from runtime.train.divergence import check_metrics, check_param
 from runtime.errors import UserError
+from runtime.model.param import Param
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
-from runtime.model.param import Param
 from runtime.registry import Registry
+from runtime.train import debug
+from runtime.train.divergence import check_metrics, check_param
 from runtime.train.trigger import Trigger
 
 alg_registry = Registry("algorithm", job_pb2.AlgType,
@@ -77,7 +78,7 @@ class Worker:
         self.init_rng = np.random.default_rng(init_ss)
         self.train_rng = np.random.default_rng(train_ss)
         self.test_rng = np.random.default_rng(test_ss)
-        self.train_net: NeuralNet | None = None
+        self._train_net: NeuralNet | None = None
         self.test_net: NeuralNet | None = None
         self.val_net: NeuralNet | None = None
         self.step = job.step
@@ -86,6 +87,17 @@ class Worker:
         self.on_report: Callable[[dict], None] | None = None
 
     # ------------------------------------------------------------ set up ---
+    @property
+    def train_net(self) -> NeuralNet:
+        """The train net, made by `setup()` (or set by the caller, e.g. test mode)."""
+        if self._train_net is None:
+            raise RuntimeError("Worker.train_net is made by setup(); call it first")
+        return self._train_net
+
+    @train_net.setter
+    def train_net(self, net: NeuralNet) -> None:
+        self._train_net = net
+
     @property
     def is_first(self) -> bool:
         return self.grp_id == 0 and self.id == 0
@@ -148,6 +160,7 @@ class Worker:
                         f"checkpoint param '{p.name}' has shape {list(values.shape)}, "
                         f"the net expects {list(p.shape)}")
                 p.allocate()
+                assert p.data is not None  # allocate() made it
                 p.data[...] = values
                 p.version = self.job.step if self.job.reset_param_version else version
             else:
@@ -249,7 +262,10 @@ class Worker:
             return
         for p in self.owned_params():
             self.channel.collect(p)
-        params = [(p.name, p.version, p.data) for p in self.owned_params()]
+        params = []
+        for p in self.owned_params():
+            assert p.data is not None  # owned params are allocated by init_params
+            params.append((p.name, p.version, p.data))
         checkpoint.save(ws, step, self.id, params, self._resume_state(step))
         self.job.step = step
 

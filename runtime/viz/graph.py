@@ -39,6 +39,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conf import job_pb2
 from runtime.errors import UserError
@@ -142,7 +143,7 @@ def net_graph(job: job_pb2.JobProto, phase: str = "train",
     net, 1 for the others. Raises `ConfigError`/`UserError` when the net
     cannot be built (the same problems `singa validate` reports).
     """
-    from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415 - registers the layers
+    from runtime.neuralnet.net import NeuralNet  # registers the layers
 
     ph = phase_of(phase)
     if npartitions is None:
@@ -241,8 +242,8 @@ def graph_of(net, name: str = "job", phase: str = "train",
     partitions), output shapes and params as the builder set them up.
     `conf_layers`: the job.conf's layer names; the others are drawn as added
     by the builder (default: the connection layers)."""
-    from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
-    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
+    from runtime.neuralnet.partition import whole_name
+    from runtime.neuralnet.unroll import origin_name
 
     parts = getattr(net, "npartitions", 1)
     nodes = []
@@ -263,9 +264,9 @@ def write_visualization(job: job_pb2.JobProto, train_net=None) -> list[Path]:
     over `nworkers_per_group` partitions, or `train_net` when given: a whole
     partitioned graph) and `test_net.json` (when the job tests). Never
     raises: a picture must not stop a job (a failure is logged)."""
-    import logging  # noqa: PLC0415
+    import logging
 
-    from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
+    from runtime.neuralnet.net import NeuralNet
 
     out: list[Path] = []
     try:
@@ -367,7 +368,7 @@ def to_json(g: Graph, labels: dict[str, str] | None = None) -> dict:
     labels = labels or {}
     nodes = []
     for n in g.nodes:
-        d = {"id": n.id, "label": labels.get(n.id, labels.get(n.layer, n.id)),
+        d: dict[str, Any] = {"id": n.id, "label": labels.get(n.id, labels.get(n.layer, n.id)),
              "type": n.type, "kind": n.kind, "color": KINDS[n.kind]}
         if n.partition is not None:
             d["partition"] = n.partition

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, TypeGuard
 
 from runtime.errors import UserError
 
@@ -38,7 +39,7 @@ META_KEYS = frozenset({"time", "step", "phase", "group", "worker", "server"})
 EXTRA_KEYS = ("lr", "samples_per_s")
 SERVER_KEYS = ("staleness_mean", "staleness_max", "updates")
 PHASES = ("train", "validation", "test")
-_STYLE = {"train": dict(linestyle="-", marker=None),
+_STYLE: dict[str, dict[str, Any]] = {"train": dict(linestyle="-", marker=None),
           "validation": dict(linestyle=":", marker="s", markersize=3),
           "test": dict(linestyle="--", marker="o", markersize=3),
           "server": dict(linestyle="-", marker="o", markersize=3)}
@@ -78,7 +79,7 @@ class PlotResult:
     lines: list[Line]
 
 
-def _num(v: object) -> bool:
+def _num(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -113,7 +114,7 @@ def curves(records: Sequence[dict], metric: str) -> list[Curve]:
     worker group, or per group and server for the servers' keys, each in the
     order of the stream. Times are seconds since the stream's first record."""
     t0 = min((r["time"] for r in records if _num(r.get("time"))), default=0.0)
-    out: dict[tuple, Curve] = {}
+    out: dict[tuple[str | int, int, str], Curve] = {}
     for r in records:
         phase = r.get("phase")
         v = r.get(metric)
@@ -122,7 +123,7 @@ def curves(records: Sequence[dict], metric: str) -> list[Curve]:
         group = int(r.get("group", 0) or 0)
         if phase == "server":
             srv = str(r.get("server", ""))
-            key = ("server", group, srv)
+            key: tuple[str | int, int, str] = ("server", group, srv)
             c = out.setdefault(key, Curve(metric, "server", group, server=srv))
             c.steps.append(float(r.get("updates", len(c.steps))))
         elif phase in PHASES and _num(r.get("step")):
@@ -190,7 +191,7 @@ def _lines_of(fig) -> list[Line]:
 
 
 def _new_figure(rows: int, cols: int, title: str):
-    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when drawing
+    from matplotlib.figure import Figure  # matplotlib only when drawing
 
     fig = Figure(figsize=(6.0 * cols, 3.2 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)

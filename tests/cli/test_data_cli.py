@@ -59,10 +59,10 @@ def test_import_idx_v01_feeds_a_singa_v01_mnist_conf(tmp_path, monkeypatch):
     and trains on them, and the parsed batches are the imported images."""
     from conf import job_pb2
     from runtime import checkpoint
-    from runtime.train import single
     from runtime.config import load_job
     from runtime.io.idx import read_idx
     from runtime.neuralnet.net import NeuralNet
+    from runtime.train import single
 
     root = tmp_path / "singa"
     (root / "examples" / "mnist").mkdir(parents=True)

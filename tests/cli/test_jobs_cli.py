@@ -238,6 +238,7 @@ def test_an_unknown_job_exits_2_with_a_clear_message(home, jobs):
 def _failed_job(home: Path, host: str) -> tuple[int, Path]:
     with jobdb.JobDB(home) as reg:
         job = make_job(reg, "broken", [host, host])
+        assert job.log_dir is not None  # set when the job is created
         reg.transition(job.id, jobdb.RUNNING)
         a = reg.begin_attempt(job.id)
         log = Path(job.log_dir) / "worker-0-1.log"

@@ -32,7 +32,7 @@ def _empty_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _expectation(path: Path) -> tuple[str | None, str]:
+def _expectation(path: Path) -> tuple[str, str]:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: ...'"
     spec = first[len("# expect: "):]
@@ -253,7 +253,7 @@ def test_a_job_too_big_for_the_host_is_an_error_at_the_layer(tmp_path):
 
 
 def test_submit_refuses_a_job_too_big_for_the_host(tmp_path, monkeypatch):
-    from runtime.jobs import jobdb  # noqa: PLC0415
+    from runtime.jobs import jobdb
 
     home = tmp_path / "home"
     monkeypatch.setenv("SINGA_HOME", str(home))

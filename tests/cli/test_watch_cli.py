@@ -10,13 +10,18 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from runtime.jobs import metrics
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, metrics
 from singa_cli.main import COMMANDS, SingaGroup
-from singa_cli.top import (RateTracker, Row, Snapshot, group_rates, render, stragglers,
-                           workers_of)
-from tests.jobs.test_supervision import (ended, job_conf, nothing_left, singa, submit_detached,
-                                         training, wait_for)
+from singa_cli.top import RateTracker, Row, Snapshot, group_rates, render, stragglers, workers_of
+from tests.jobs.test_supervision import (
+    ended,
+    job_conf,
+    nothing_left,
+    singa,
+    submit_detached,
+    training,
+    wait_for,
+)
 from tests.viz.test_plot import assert_png
 
 # The verbs of this feature, as singa_cli/main.py's COMMANDS lists them.
@@ -168,7 +173,7 @@ def test_stragglers_are_slower_than_half_the_median():
 def test_rate_tracker_and_the_flagged_table():
     def proc(i: int, hb: float, step: int) -> jobdb.Proc:
         return jobdb.Proc(1, 1, i, "localhost", 100 + i, 100 + i, 0.0, f"worker {i}/0", None,
-                      jobdb.RUNNING, None, None, hb, step, None)
+                      jobdb.RUNNING, None, None, hb, step, "")
 
     t = RateTracker(window_s=10)
     t.observe([proc(0, 100.0, 0), proc(1, 100.0, 0), proc(2, 100.0, 0)])
@@ -195,8 +200,8 @@ def test_draw_net_and_filters(done, tmp_path):
     r = run("draw", "net", job.conf_path, "-o", out, "--partitions", "2",
             "--json", tmp_path / "net.json")
     assert r.exit_code == 0, r.output
-    assert r.output.strip() == ("wrote {}: train net of tiny, 12 nodes, 12 edges, 2 partitions"
-                                .format(out))
+    assert r.output.strip() == (f"wrote {out}: train net of tiny, 12 nodes, 12 edges, 2 partitions"
+                                )
     assert_png(out)
     assert '"directed": 1' in (tmp_path / "net.json").read_text()
     r = run("draw", "net", job.id, "--phase", "test", "-o", tmp_path / "test.svg")

@@ -113,14 +113,14 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         dst = route.get("dst", "default")
         if dst != "default":
             try:
-                used.append(ipaddress.ip_network(dst, strict=False))
+                used.append(ipaddress.IPv4Network(dst, strict=False))
             except ValueError:  # e.g. "multicast" pseudo-destinations
                 pass
     for link in json.loads(_ip("-j", "-4", "addr").stdout or "[]"):
         for info in link.get("addr_info", []):
             if info.get("family") == "inet":
-                used.append(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}",
-                                                 strict=False))
+                used.append(ipaddress.IPv4Network(f"{info['local']}/{info['prefixlen']}",
+                                                  strict=False))
     return used
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, pgroup
 from tests.jobs.test_supervision import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +35,8 @@ def lenet_conf(tmp: Path, name: str, steps: int, cluster: str) -> Path:
     text = re.sub(r"^num_openblas_threads: \d+", "num_openblas_threads: 1", text, flags=re.M)
     text = text.replace('path: "train_data.bin"', f'path: "{DATA}/train_data.bin"')
     text = text.replace('path: "test_data.bin"', f'path: "{DATA}/test_data.bin"')
-    text = re.sub(r"cluster \{.*\}\s*$", "cluster {\n  " + cluster + f'\n  workspace: "{tmp}/{name}.ws"\n}}\n',
-                  text, flags=re.S)
+    cluster_block = "cluster {\n  " + cluster + f'\n  workspace: "{tmp}/{name}.ws"\n}}\n'
+    text = re.sub(r"cluster \{.*\}\s*$", cluster_block, text, flags=re.S)
     p = tmp / f"{name}.conf"
     p.write_text(text)
     return p
@@ -78,7 +77,8 @@ def test_lenet_across_two_hosts(ssh_cluster, hosts_args, tmp_path):
     v = singa("view", str(job_id), cwd=tmp_path)
     assert v.returncode == 0, v.stderr
     for addr in ssh_cluster.addresses:
-        assert re.search(rf"^\d+\s+{re.escape(addr)}\s+\d+\s+worker 0/\d.*SUCCEEDED", v.stdout, re.M), v.stdout
+        row = rf"^\d+\s+{re.escape(addr)}\s+\d+\s+worker 0/\d.*SUCCEEDED"
+        assert re.search(row, v.stdout, re.M), v.stdout
     job = jobdb.JobDB().job(job_id)
     assert job.launcher == "ssh" and sorted(set(job.hosts)) == sorted(ssh_cluster.addresses)
     # the keys of the job never show up on a command line or in its logs
@@ -184,8 +184,8 @@ def test_a_feature_partitioned_group_across_hosts(ssh_cluster, hosts_args, tmp_p
     hosts: the bridge layers carry activations and gradients over tcp (with
     the job's CurveZMQ keys), and the params after 10 steps are those of one
     worker with the whole batch."""
-    from runtime.train import single
     from runtime.config import load_job
+    from runtime.train import single
     from tests.test_partition import STEPS, saved, write
 
     one = write(tmp_path, "one.conf", "", "mlp")

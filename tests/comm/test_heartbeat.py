@@ -57,7 +57,7 @@ def test_fail_hands_the_reason_to_the_master_and_waits_for_its_answer(tmp_path):
         while not stop.is_set():
             if not master.poll(50):
                 continue
-            ident, msg = zsock.recv(master, router=True)
+            ident, msg = zsock.recv(master, router=True)  # type: ignore[misc]  # polled
             if msg.type == common_pb2.kFail:
                 got.append(json.loads(msg.bytes(0))["reason"])
                 if answer.is_set():

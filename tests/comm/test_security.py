@@ -54,11 +54,11 @@ def _update(g: np.ndarray) -> Msg:
 def _round_trip(r, d, g: np.ndarray) -> None:
     zsock.send(d, _update(g))
     assert r.poll(5000), "the job's peer got nothing through"
-    ident, m = zsock.recv(r, router=True)
+    ident, m = zsock.recv(r, router=True)  # type: ignore[misc]  # polled: a message is there
     assert ident == b"w0" and np.array_equal(m.array(0), g)
     zsock.send(r, m.reply(c.kRUpdate, version=1).add_array(g * 2), to=ident)
     assert d.poll(5000)
-    _, back = zsock.recv(d)
+    _, back = zsock.recv(d)  # type: ignore[misc]  # polled: a message is there
     assert back.type == c.kRUpdate and back.version == 1
     assert np.array_equal(back.array(0), g * 2)
 

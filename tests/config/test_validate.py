@@ -357,8 +357,8 @@ RNNLM_STYLE = """neuralnet {
 
 
 def test_unknown_user_type_lists_registered_types_nearest_and_module(tmp_path):
-    from runtime.neuralnet.layer import Layer  # noqa: PLC0415
-    from runtime.plugins import register_layer  # noqa: PLC0415
+    from runtime.neuralnet.layer import Layer
+    from runtime.plugins import register_layer
 
     @register_layer("TvData")
     class WordData(Layer):

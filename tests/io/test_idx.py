@@ -259,7 +259,7 @@ def test_mean_rejects_mixed_shapes_and_empty_input(tmp_path):
 
 # --- the real Fashion-MNIST -------------------------------------------------
 
-def _fashion_files() -> dict[str, Path]:
+def _fashion_files() -> dict[str, tuple[Path, Path]]:
     names = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
     return {split: (FASHION / a, FASHION / b) for split, (a, b) in names.items()}

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from runtime.jobs import jobdb
-from tests.jobs.test_supervision import (ended, job_conf, nothing_left, singa, submit_detached,
-                                         training)
+from tests.jobs.test_supervision import ended, job_conf, nothing_left, singa, submit_detached, training
 
 FAKE = Path(__file__).with_name("fake_engine.py")
 

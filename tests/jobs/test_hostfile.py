@@ -6,9 +6,17 @@ import socket
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs.hostfile import (Host, advertise_address, expand_nodelist,
-                                   expand_tasks_per_node, is_local, parse_hostfile,
-                                   parse_hosts, place, slurm_hosts)
+from runtime.jobs.hostfile import (
+    Host,
+    advertise_address,
+    expand_nodelist,
+    expand_tasks_per_node,
+    is_local,
+    parse_hostfile,
+    parse_hosts,
+    place,
+    slurm_hosts,
+)
 
 
 def write(tmp_path, text: str, name: str = "hosts.txt") -> str:

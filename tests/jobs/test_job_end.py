@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import pgroup
-from runtime.jobs import jobdb
-from tests.jobs.test_supervision import (ended, job_conf, nothing_left, reg, singa,  # noqa: F401
-                                         submit_detached, training, wait_for)
+from runtime.jobs import jobdb, pgroup
+from tests.jobs.test_supervision import (  # noqa: F401
+    ended,
+    job_conf,
+    nothing_left,
+    reg,
+    singa,
+    submit_detached,
+    training,
+    wait_for,
+)
 from tests.test_training import make_conf
 
 

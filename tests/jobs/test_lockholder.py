@@ -15,8 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runtime.jobs import lockholder
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, lockholder
 from runtime.jobs.jobdb import JobDB
 
 # a stand-in job master: records itself as the master of job 1, then freezes

@@ -13,13 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs import logfile, orphans
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, logfile, orphans
 from runtime.jobs.jobdb import JobDB, describe_exit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ _WS = itertools.count()
 
 def new_job(reg: JobDB, **kw) -> jobdb.Job:
     # each its own workspace: an active job holds its workspace
-    args = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
+    args: dict[str, Any] = dict(name="mnist", conf_path="/x/job.conf", conf_text="name: 'mnist'\n",
                 workspace=f"/x/ws{next(_WS)}", launcher="local", hosts=["localhost", "localhost"], nprocs=2,
                 train_steps=1200)
     args.update(kw)
@@ -336,7 +336,7 @@ def test_twenty_concurrent_processes_each_create_and_finish_a_job(tmp_path):
                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
             for _ in range(20)]
     outs = [k.communicate(timeout=60) for k in kids]
-    for k, (out, err) in zip(kids, outs):
+    for k, (_out, err) in zip(kids, outs):
         assert k.returncode == 0, err
     ids = sorted(int(out) for out, _ in outs)
     assert ids == list(range(1, 21))

@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs.ssh import (SshOptions, explain_failure, probe, remote_command, run,
-                              ssh_argv)
+from runtime.jobs.ssh import SshOptions, explain_failure, probe, remote_command, run, ssh_argv
 
 ECHO_ARGV = [sys.executable, "-c",
              "import json, os, sys; print(json.dumps([os.getcwd(), os.environ.get('K'), "

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.jobs import metrics
-from runtime.jobs import jobdb
+from runtime.jobs import jobdb, metrics
 from runtime.jobs import tensorboard as TB
 from tests.jobs.test_supervision import ended, job_conf, submit_detached
 from tests.viz.test_plot import async_records

@@ -11,7 +11,7 @@ from runtime.jobs import jobdb
 from tests.jobs.test_supervision import ended, job_conf, nothing_left, reg, singa  # noqa: F401
 
 
-def test_concurrent_submits_on_one_workspace_run_one_job(tmp_path, reg):  # noqa: F811
+def test_concurrent_submits_on_one_workspace_run_one_job(tmp_path, reg):
     ws = tmp_path / "shared.ws"
     confs = [job_conf(tmp_path, f"twin{i}", steps=10**6, workspace=str(ws)) for i in range(3)]
     runs = [subprocess.Popen([sys.executable, "-m", "singa_cli.main", "submit", "--detach", str(c)],

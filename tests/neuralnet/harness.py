@@ -8,7 +8,7 @@ gradients (params and sources) with central differences.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf import text_format
@@ -56,7 +56,7 @@ def make(proto_text: str, srcs: Sequence[np.ndarray | Source], name: str = "l",
 def loss_of(layer: Layer, sources, proj: np.ndarray | None, flag: int) -> float:
     layer.compute_feature(flag, sources)
     if proj is None:  # a loss layer: its own loss
-        return float(layer.last_loss)
+        return float(layer.last_loss)  # type: ignore[attr-defined]  # a loss layer
     return float(np.sum(layer.data.astype(np.float64) * proj))
 
 

@@ -33,7 +33,7 @@ def fanout(proto_text: str, x: np.ndarray, nconsumers: int, aux=None):
     layer, _ = make(proto_text, [src])
     consumers = [Consumer(f"c{k}") for k in range(nconsumers)]
     for c in consumers:
-        layer.add_dst(c)
+        layer.add_dst(c)  # type: ignore[attr-defined]  # a connection layer
     layer.setup([src])  # the net calls add_dst before setup
     for c in consumers:
         c.setup([layer])

@@ -10,10 +10,8 @@ import pytest
 
 from conf import job_pb2
 from runtime.errors import LayerError
-from runtime.neuralnet import layer_registry
-from runtime.neuralnet import conv_layer, pooling_layer
-from runtime.neuralnet.conv_layer import (
-    CConvolutionLayer, ConvolutionLayer, col2im, im2col, transpose_into)
+from runtime.neuralnet import conv_layer, layer_registry, pooling_layer
+from runtime.neuralnet.conv_layer import CConvolutionLayer, ConvolutionLayer, col2im, im2col, transpose_into
 from runtime.neuralnet.im2col import RowTaps
 from runtime.neuralnet.neuron_layer import Scratch
 from runtime.neuralnet.pooling_layer import CPoolingLayer, PoolingLayer

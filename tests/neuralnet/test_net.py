@@ -73,7 +73,8 @@ def test_split_layer_inserted_for_two_consumers():
 
 
 def test_topological_order_and_rbm_pair():
-    n = NeuralNet.create(net(L("hid", srcs=["vis"], params=["wh"]) + L("vis", srcs=["data", "hid"], params=["wv"])
+    n = NeuralNet.create(net(L("hid", srcs=["vis"], params=["wh"])
+                             + L("vis", srcs=["data", "hid"], params=["wv"])
                              + L("data", "TIn")), job_pb2.kTrain)
     assert [l.name for l in n.layers] == ["data", "vis", "hid"]
 

@@ -7,7 +7,13 @@ from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet import layer_registry
 from runtime.neuralnet.neuron_layer import (
-    ActivationLayer, DropoutLayer, InnerProductLayer, ReLULayer, SigmoidLayer, STanhLayer)
+    ActivationLayer,
+    DropoutLayer,
+    InnerProductLayer,
+    ReLULayer,
+    SigmoidLayer,
+    STanhLayer,
+)
 from runtime.neuralnet.softmax_layer import SoftmaxLayer
 from tests.neuralnet.harness import BACK, TRAIN, check_layer, make
 
@@ -208,7 +214,7 @@ def test_dropout_gradient():
 
 @pytest.mark.parametrize("ratio", ["1.0", "-0.1", "1.5"])
 def test_dropout_bad_ratio(ratio):
-    with pytest.raises(LayerError, match=rf"dropout_conf.dropout_ratio must be in \[0, 1\), got"):
+    with pytest.raises(LayerError, match=r"dropout_conf.dropout_ratio must be in \[0, 1\), got"):
         make(f"type: kDropout dropout_conf {{ dropout_ratio: {ratio} }}", [np.zeros((2, 2))])
 
 

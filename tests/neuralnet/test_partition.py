@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,11 +16,11 @@ from google.protobuf import text_format
 
 from conf import job_pb2
 from runtime.errors import ConfigError
-from runtime.ps.group import BridgeHub, BridgeLink
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.layer import kOneToAll, kOneToOne
 from runtime.neuralnet.net import NeuralNet
 from runtime.neuralnet.partition import connection, grad_scale
+from runtime.ps.group import BridgeHub, BridgeLink
 from tests.test_training import write_data
 
 TRAIN = job_pb2.kTrain
@@ -125,7 +126,7 @@ def test_inserted_layers_and_names_follow_the_table(data, src_dim, dst_dim, dst_
 def test_names_a_feature_partition_params_and_shapes(data):
     net = NeuralNet.create(net_of(DATA(data), IP("ip", "data", 6, 1, "w", "b"), LOSS % "ip"),
                            TRAIN, 2)
-    ip0, ip1 = net.layer("ip@0"), net.layer("ip@1")
+    ip0 = net.layer("ip@0")
     assert [p.name for p in ip0.params] == ["w@0", "b@0"]
     assert ip0.shape == (8, 3)                       # all of the batch, half the neurons
     assert net.layer("data@1").shape == (4, 16)      # half of the batch
@@ -232,7 +233,7 @@ def init(net: NeuralNet, seed: int = 5) -> None:
             p.init_values(rng)
 
 
-def group_view(net: NeuralNet, name: str) -> tuple[np.ndarray, np.ndarray]:
+def group_view(net: NeuralNet, name: str) -> tuple[Any, Any]:
     """A conf param's values and the group's gradient: the parts' rows of a
     feature partition, the mean over the replicas of a batch partition (what
     the servers apply)."""
@@ -241,7 +242,7 @@ def group_view(net: NeuralNet, name: str) -> tuple[np.ndarray, np.ndarray]:
                        key=lambda p: net.part_of(p).index)
         return net.wholes[name].data, np.concatenate([p.grad for p in parts])
     reps = [p for p in net.params if p.name == name]
-    return reps[0].data, sum(p.grad for p in reps) / len(reps)
+    return reps[0].data, sum(p.grad for p in reps) / len(reps)  # type: ignore[misc]  # every grad is set by now
 
 
 def mlp(data, d1, d2, d3) -> list[str]:

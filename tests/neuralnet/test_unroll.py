@@ -9,10 +9,10 @@ import pytest
 from google.protobuf import text_format
 
 from conf import job_pb2
-from runtime.train.algorithms.bptt import BPTTWorker, parse_metrics
 from runtime.errors import ConfigError
 from runtime.neuralnet.layer import Layer, kOneToMany, layer_registry
 from runtime.neuralnet.net import NeuralNet
+from runtime.train.algorithms.bptt import BPTTWorker, parse_metrics
 
 TRAIN = job_pb2.kTrain
 
@@ -229,7 +229,7 @@ def total_loss(net: NeuralNet) -> float:
     net.layer("0#data").load_state({"offset": 0})  # the same batch every time
     for layer in net.layers:
         layer.compute_feature(TRAIN | job_pb2.kForward, net.srclayers(layer))
-    return sum(l.last_loss for l in net.copies("loss"))
+    return sum(l.last_loss for l in net.copies("loss"))  # type: ignore[attr-defined]  # loss layers
 
 
 def test_bptt_gradient_through_a_gru_unrolled_over_5_steps(tmp_path):

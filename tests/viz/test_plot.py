@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.train import debug
 from runtime.errors import UserError
+from runtime.train import debug
 from runtime.viz.plot import curves, default_metrics, metric_names, plot_metrics, plot_norms
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -130,8 +130,8 @@ def test_curves_skip_torn_and_non_numeric_values():
 @pytest.fixture
 def debug_run(tmp_path, monkeypatch):
     """A real training run with the two calls the worker makes when `debug: true`."""
-    from runtime.train import single
     from runtime.config import load_job
+    from runtime.train import single
     from runtime.train.worker import Worker
     from tests.test_training import make_conf
 

@@ -4,7 +4,7 @@ Importing this package registers every built-in algorithm; `create_worker`
 makes the registered one a job asks for (a user's, kUserAlg, by name)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from conf import job_pb2
 from runtime.train.algorithms import bp, bptt, cd  # noqa: F401 - each registers itself

@@ -32,10 +32,10 @@ import re
 
 from conf import job_pb2
 from runtime.errors import UserError
+from runtime.model.param import Param
 from runtime.neuralnet.layer import Layer
 from runtime.neuralnet.net import NeuralNet
 from runtime.neuralnet.rnn_input_layer import RNNDummyLayer
-from runtime.model.param import Param
 from runtime.train.worker import Worker, alg_registry, format_metrics
 
 _METRIC = re.compile(r"\s*([^=,]+?)\s*=\s*([-+0-9.eEinfa]+)")
