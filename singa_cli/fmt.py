@@ -8,7 +8,7 @@ list`) and imports this module (see tests/cli/test_jobs_cli.py).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 HOSTS_WIDTH = 28
 

@@ -7,7 +7,8 @@ is an argument and the name, destination, repetition and metavar are not.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 

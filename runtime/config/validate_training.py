@@ -6,7 +6,8 @@ and `submit`."""
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from conf import job_pb2
 from runtime.cluster import Cluster

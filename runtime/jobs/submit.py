@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb

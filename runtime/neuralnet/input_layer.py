@@ -16,7 +16,7 @@ These layers have no gradient: `compute_gradient` is a no-op.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError

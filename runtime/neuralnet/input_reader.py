@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from conf import job_pb2
 from runtime.errors import LayerError, UserError

@@ -23,7 +23,7 @@ they are defined; user layers register under their `user_type` string.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -87,12 +87,12 @@ class Layer:
             if p.severity == "error":
                 raise LayerError(p.message)
 
-    def setup(self, srclayers: Sequence["Layer"]) -> None:
+    def setup(self, srclayers: Sequence[Layer]) -> None:
         """Default: one source, same shape, no params."""
         self.check_srclayers(srclayers, 1)
         self.shape = tuple(srclayers[0].shape_for(self))
 
-    def check_srclayers(self, srclayers: Sequence["Layer"], n: int | tuple[int, int]) -> None:
+    def check_srclayers(self, srclayers: Sequence[Layer], n: int | tuple[int, int]) -> None:
         lo, hi = (n, n) if isinstance(n, int) else n
         if not lo <= len(srclayers) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
@@ -112,20 +112,20 @@ class Layer:
         return p
 
     # --- 3. compute -------------------------------------------------------
-    def compute_feature(self, flag: int, srclayers: Sequence["Layer"]) -> None:
+    def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         raise NotImplementedError
 
-    def compute_gradient(self, flag: int, srclayers: Sequence["Layer"]) -> None:
+    def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         raise NotImplementedError
 
     # --- what consumers see ---------------------------------------------
-    def data_for(self, dst: "Layer") -> np.ndarray:
+    def data_for(self, dst: Layer) -> np.ndarray:
         return self.data
 
-    def shape_for(self, dst: "Layer") -> tuple[int, ...]:
+    def shape_for(self, dst: Layer) -> tuple[int, ...]:
         return self.shape
 
-    def set_grad(self, dst: "Layer", grad: np.ndarray) -> None:
+    def set_grad(self, dst: Layer, grad: np.ndarray) -> None:
         self.grad = grad
 
     # --- metrics, state ---------------------------------------------------

@@ -123,7 +123,7 @@ class NeuralNet:
     @classmethod
     def create(cls, net: job_pb2.NetProto, phase: int, npartitions: int = 1,
                locate: Locate | None = None, allocate: bool = True,
-               unroll: bool | None = None, partition: int | None = None) -> "NeuralNet":
+               unroll: bool | None = None, partition: int | None = None) -> NeuralNet:
         """Build the net of `phase`. `unroll`: unroll it (None: when
         `needs_unrolling` says so). `npartitions` > 1: partition it, keeping
         all partitions (`partition=None`) or only `partition` (see the module
@@ -399,7 +399,7 @@ class NeuralNet:
                 params.append(p)
             self.params = params
 
-    def part_of(self, param: Param) -> "PartOf | None":
+    def part_of(self, param: Param) -> PartOf | None:
         """Where a param of a feature-partitioned layer belongs: its conf
         param, its partition and rows (None for any other param)."""
         return self._parts.get(id(param))
@@ -574,7 +574,7 @@ class NeuralNet:
         for lyr in self.layers:
             lyr.rng = rng
 
-    def share_params_from(self, other: "NeuralNet") -> None:
+    def share_params_from(self, other: NeuralNet) -> None:
         """Use `other`'s param values (matched by name), as SINGA's test and
         validation nets share the training net's params."""
         theirs = {p.name: p for p in other.params}

@@ -23,7 +23,7 @@ checkpoints). `create(..., unroll=True/False)` overrides the rule.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from conf import job_pb2
 from runtime.errors import Problem, UserError

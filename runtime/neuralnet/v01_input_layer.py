@@ -4,7 +4,7 @@ by the layers after it: kMnist, kLabel, kRGBImage. kLMDBData is refused
 with a message saying what to do instead."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
