@@ -1,9 +1,11 @@
-"""Launchers: start one runtime process of a job on its host, and stop it.
+"""Launchers: start the runtime processes of a job on their hosts, and stop them.
 
 A launcher turns a `ProcSpec` (which process, which host, its argv and
 environment, the bytes to hand over on its stdin, its log) into a `Handle`
-the job master polls and signals. Registered by name, as `singa submit
---launcher` spells it:
+the job master polls and signals. Each registers itself in
+`launcher_registry` under the name `singa submit --launcher` spells, and
+builds itself from the job's registry row and options
+(`Launcher.from_options`), so the master never branches on the name:
 
 - `local`: `subprocess` in its own session (pid = process group id), so a
   signal to the group reaches the process and all it started.
@@ -14,9 +16,15 @@ the job master polls and signals. Registered by name, as `singa submit
   is the remote exit status. Signalling connects with a short timeout
   (`SshOptions.for_signals`): a host that cannot be reached is marked
   `unreachable` rather than holding up the stop of a job.
+- `mpi` and `slurm`, engines that start every process of an attempt at once
+  (`start_all`): `mpirun` (Open MPI's spelling, with the submitted hosts
+  as its hostfile) and `sbatch` + `srun` (Slurm chooses the hosts). Their
+  processes take their rank from the engine's environment and read the job
+  from a file on a filesystem every node shares (`JobFiles`).
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
-stdin (see `handoff`), never on a command line or in a log.
+stdin (see `handoff`), or for an engine in a 0600 file, never on a command
+line or in a log.
 """
 from __future__ import annotations
 
@@ -27,9 +35,13 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runtime.jobs import pgroup
 from runtime.registry import Registry
+
+if TYPE_CHECKING:
+    from runtime.jobs.jobdb import Job
 
 
 @dataclass
@@ -165,6 +177,13 @@ def _feed(popen: subprocess.Popen, data: bytes) -> None:
 
 class Launcher:
     name = ""
+    chooses_hosts = False  # the hosts are known only once the processes run (Slurm places them)
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """This launcher for `job` (its registry row), configured from the
+        job's `options` (as `singa submit` recorded them)."""
+        return cls()
 
     def start(self, spec: ProcSpec) -> Handle:
         raise NotImplementedError
@@ -196,6 +215,13 @@ class SshLauncher(Launcher):
         from runtime.jobs.ssh import SshOptions
 
         self.opts = opts or SshOptions()
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """With the ssh port, identity and config given to `singa submit`."""
+        from runtime.jobs.ssh import SshOptions
+
+        return cls(SshOptions(**options.get("ssh", {})))
 
     def start(self, spec: ProcSpec) -> Handle:
         from runtime.jobs import hostfile, ssh
@@ -306,6 +332,17 @@ class MpiLauncher(Launcher):
     def __init__(self, hostfile: str | None = None):
         self.hostfile = hostfile
 
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """With the submitted hosts (`mpi_hosts`: [name, slots] pairs) as an
+        MPI hostfile beside the job's logs; without, mpirun's own default."""
+        hosts = options.get("mpi_hosts")
+        if not hosts:
+            return cls(None)
+        path = Path(str(job.log_dir)) / "mpi-hostfile"
+        path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
+        return cls(str(path))
+
     def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
         spec = specs[0]
         cmd = ["mpirun", "-np", str(len(specs))]
@@ -362,10 +399,16 @@ class SlurmLauncher(Launcher):
     Slurm job id is mirrored in the registry (`external_id`)."""
 
     name = "slurm"
+    chooses_hosts = True
 
     def __init__(self, job_name: str = "singa"):
         self.job_name = job_name
         self.slurm_id: str | None = None
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """Named after the singa job, as squeue shows it."""
+        return cls(f"singa-{job.id}-{job.name}")
 
     def script(self, specs: list[ProcSpec], files: JobFiles) -> str:
         import shlex

@@ -53,6 +53,7 @@ from runtime.jobs.launcher import (
     EngineHandle,
     Handle,
     JobFiles,
+    Launcher,
     ProcSpec,
     SshHandle,
     handoff,
@@ -168,7 +169,8 @@ class JobMaster:
         router = zsock.router(ctx, keys=keys)
         if remote:
             # under Slurm the hosts are not known yet: advertise this host's own address
-            peer = socket.gethostname() if self.opts.get("launcher") == "slurm" else remote[0]
+            chooses = launcher_registry.get(self.opts.get("launcher", "local")).chooses_hosts
+            peer = socket.gethostname() if chooses else remote[0]
             addr = hostfile.advertise_address(peer=peer, interface=self.opts.get("interface"))
             endpoint = zsock.bind(router, "tcp", host=addr, name="master")
         else:
@@ -203,8 +205,8 @@ class JobMaster:
         data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None,
                        code.pack(Path(self.row.log_dir) / "code"))
         per_host: dict[str, int] = {}
-        for h in self.hosts:
-            per_host[h] = per_host.get(h, 0) + 1
+        for host in self.hosts:
+            per_host[host] = per_host.get(host, 0) + 1
         specs = []
         for p, host in enumerate(self.hosts):
             log_path = adir / f"procs-{p}.log"
@@ -221,7 +223,7 @@ class JobMaster:
                                   adir / f"procs-{p}.launch.log",
                                   cwd=self.opts.get("cwd") or os.getcwd()))
         if engine:
-            handles = launcher.start_all(specs, files)
+            handles: list[Handle] = launcher.start_all(specs, files)
             if getattr(launcher, "slurm_id", None):
                 self.reg.set_external_id(self.id, launcher.slurm_id)
             return handles
@@ -254,23 +256,11 @@ class JobMaster:
                 f.write(data)
         return JobFiles(job_file, adir / "procs-%t.log")
 
-    def _launcher(self):
-        name = self.opts.get("launcher", "local")
-        cls = launcher_registry.get(name)
-        if name == "ssh":
-            from runtime.jobs.ssh import SshOptions
-
-            return cls(SshOptions(**self.opts.get("ssh", {})))
-        if name == "mpi":
-            hosts = self.opts.get("mpi_hosts")
-            if not hosts:
-                return cls(None)
-            path = Path(self.row.log_dir) / "mpi-hostfile"
-            path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
-            return cls(str(path))
-        if name == "slurm":
-            return cls(f"singa-{self.id}-{self.row.name}")
-        return cls()
+    def _launcher(self) -> Launcher:
+        """The job's launcher, built from its options (an unknown name lists the known ones)."""
+        cls = launcher_registry.get(self.opts.get("launcher", "local"))
+        launcher: Launcher = cls.from_options(self.row, self.opts)
+        return launcher
 
     def _env(self, procs_on_host: int) -> dict[str, str]:
         threads = max(1, self.job.num_openblas_threads)

@@ -26,6 +26,7 @@ from typing import Callable, TextIO
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
+from runtime.jobs.launcher import launcher_registry
 
 
 @dataclass
@@ -77,8 +78,8 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
     if opts.hostfile and opts.hosts:
         raise UserError("give the hosts once: --hostfile or --hosts, not both")
     launcher = opts.launcher
-    if launcher not in (None, "local", "ssh", "slurm", "mpi"):
-        raise UserError(f"--launcher {launcher}: unknown; known: local, ssh, slurm, mpi")
+    if launcher is not None and launcher not in launcher_registry:
+        raise UserError(f"--launcher {launcher}: unknown; known: {', '.join(launcher_registry.known())}")
     what = f"{cluster.nworkers} workers and {cluster.nservers} servers"
     extra: dict = {}
     if launcher == "slurm":
