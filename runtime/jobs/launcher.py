@@ -31,12 +31,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime.errors import UserError
 from runtime.jobs import pgroup
 from runtime.registry import Registry
 
@@ -178,6 +180,21 @@ def _feed(popen: subprocess.Popen, data: bytes) -> None:
 class Launcher:
     name = ""
     chooses_hosts = False  # the hosts are known only once the processes run (Slurm places them)
+    hosts_hint = ""        # with chooses_hosts: why --hostfile/--hosts are refused, and what instead
+    other_hosts = True     # can start processes on hosts other than this one
+    tool: str | None = None  # the program it runs, which must be on this host's PATH
+
+    @classmethod
+    def check_tool(cls) -> None:
+        """A UserError when the program this launcher runs is not on the PATH."""
+        if cls.tool is not None and shutil.which(cls.tool) is None:
+            raise UserError(f"--launcher {cls.name}: {cls.tool} is not on the PATH of this host")
+
+    @classmethod
+    def submit_options(cls, hosts: list[Any]) -> dict[str, Any]:
+        """What `singa submit` records in the job's options for this launcher
+        from the hosts the user gave (`hostfile.Host`s)."""
+        return {}
 
     @classmethod
     def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
@@ -195,6 +212,7 @@ launcher_registry: Registry = Registry("launcher")
 @launcher_registry.register("local")
 class LocalLauncher(Launcher):
     name = "local"
+    other_hosts = False
 
     def start(self, spec: ProcSpec) -> Handle:
         with _open_log(spec.launch_log) as out:
@@ -328,6 +346,12 @@ class MpiLauncher(Launcher):
     PMI_RANK."""
 
     name = "mpi"
+    tool = "mpirun"
+
+    @classmethod
+    def submit_options(cls, hosts: list[Any]) -> dict[str, Any]:
+        # mpirun reads MPI's dialect of a hostfile: written by the master from these
+        return {"mpi_hosts": [[h.name, h.slots] for h in hosts]}
 
     def __init__(self, hostfile: str | None = None):
         self.hostfile = hostfile
@@ -400,6 +424,9 @@ class SlurmLauncher(Launcher):
 
     name = "slurm"
     chooses_hosts = True
+    hosts_hint = ("Slurm chooses the hosts; drop --hostfile/--hosts "
+                  "(ask sbatch for nodes in the batch script or its defaults)")
+    tool = "sbatch"
 
     def __init__(self, job_name: str = "singa"):
         self.job_name = job_name
@@ -424,8 +451,6 @@ class SlurmLauncher(Launcher):
                 f"exec env {env} srun --kill-on-bad-exit=1 {shlex.join(argv)}\n")
 
     def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
-        from runtime.errors import UserError
-
         path = files.log_pattern.parent / "job.sbatch"
         path.write_text(self.script(specs, files))
         r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
