@@ -36,7 +36,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from runtime.errors import UserError
 from runtime.jobs import pgroup
@@ -44,6 +44,7 @@ from runtime.registry import Registry
 
 if TYPE_CHECKING:
     from runtime.jobs.jobdb import Job
+    from runtime.jobs.ssh import SshOptions
 
 
 @dataclass
@@ -58,14 +59,14 @@ class ProcSpec:
     cwd: str = field(default_factory=os.getcwd)
 
 
-def handoff(job_bytes: bytes, keys: dict | None, code: dict[str, str] | None = None) -> bytes:
+def handoff(job_bytes: bytes, keys: dict[str, Any] | None, code: dict[str, str] | None = None) -> bytes:
     """What a runtime process reads first on its stdin: one JSON line with
     the job, the job's keys and the user's code (`runtime.jobs.code.pack`)."""
     return json.dumps({"job": base64.b64encode(job_bytes).decode(), "keys": keys,
                        "code": code or {}}).encode() + b"\n"
 
 
-def read_handoff(stream) -> tuple[bytes, dict | None, dict[str, str]]:
+def read_handoff(stream: IO[bytes]) -> tuple[bytes, dict[str, Any] | None, dict[str, str]]:
     line = stream.readline()
     if not line:
         raise ValueError("nothing on stdin: a runtime process is started by the job master")
@@ -78,7 +79,7 @@ class Handle:
 
     unreachable = False  # its host did not answer a signal: the process is lost with its host
 
-    def __init__(self, spec: ProcSpec, popen: subprocess.Popen):
+    def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes]):
         self.spec = spec
         self.popen = popen
         self.pid: int | None = None
@@ -92,7 +93,7 @@ class Handle:
     def poll(self) -> int | None:
         return self.popen.poll()
 
-    def learned(self, pid: int, pgid: int, start_time: float) -> None:
+    def learned(self, pid: int, pgid: int, start_time: float | None) -> None:
         """What the process said of itself in its kConnect."""
         self.pid, self.pgid, self.start_time = pid, pgid, start_time
 
@@ -121,7 +122,7 @@ class LocalHandle(Handle):
 
 
 class SshHandle(Handle):
-    def __init__(self, spec: ProcSpec, popen: subprocess.Popen, opts):
+    def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes], opts: SshOptions):
         super().__init__(spec, popen)
         self.opts = opts
 
@@ -164,15 +165,17 @@ def _read(path: Path, limit: int = 4096) -> str:
         return ""
 
 
-def _open_log(path: Path):
+def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", buffering=0)
 
 
-def _feed(popen: subprocess.Popen, data: bytes) -> None:
+def _feed(popen: subprocess.Popen[bytes], data: bytes) -> None:
+    stdin = popen.stdin
+    assert stdin is not None  # started with stdin=PIPE
     try:
-        popen.stdin.write(data)
-        popen.stdin.close()
+        stdin.write(data)
+        stdin.close()
     except BrokenPipeError:
         pass  # the process died at once; its exit code says why
 
@@ -229,7 +232,7 @@ class LocalLauncher(Launcher):
 class SshLauncher(Launcher):
     name = "ssh"
 
-    def __init__(self, opts=None):
+    def __init__(self, opts: SshOptions | None = None) -> None:
         from runtime.jobs.ssh import SshOptions
 
         self.opts = opts or SshOptions()
@@ -272,6 +275,16 @@ class Engine:
 
     def close(self) -> None:
         pass
+
+
+class EngineLauncher(Launcher):
+    """A launcher that hands every process of an attempt to an `Engine` at
+    once (`start_all`) rather than starting them one by one."""
+
+    external_id: str | None = None  # the engine's id of the launch (Slurm's job id), once started
+
+    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
+        raise NotImplementedError
 
 
 class EngineHandle(Handle):
@@ -321,7 +334,7 @@ def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
 
 
 class MpirunEngine(Engine):
-    def __init__(self, popen: subprocess.Popen):
+    def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
 
     def poll(self) -> int | None:
@@ -339,7 +352,7 @@ class MpirunEngine(Engine):
 
 
 @launcher_registry.register("mpi")
-class MpiLauncher(Launcher):
+class MpiLauncher(EngineLauncher):
     """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.train.node ...`
     (Open MPI's spelling); ZeroMQ stays the data plane, MPI only starts the
     processes. Each process takes its rank from OMPI_COMM_WORLD_RANK or
@@ -417,10 +430,10 @@ class SlurmEngine(Engine):
 
 
 @launcher_registry.register("slurm")
-class SlurmLauncher(Launcher):
+class SlurmLauncher(EngineLauncher):
     """Writes a batch script that runs the processes with `srun` and submits
     it with `sbatch`; each process takes its rank from SLURM_PROCID. The
-    Slurm job id is mirrored in the registry (`external_id`)."""
+    Slurm job id (`external_id`) is mirrored in the registry."""
 
     name = "slurm"
     chooses_hosts = True
@@ -430,7 +443,6 @@ class SlurmLauncher(Launcher):
 
     def __init__(self, job_name: str = "singa"):
         self.job_name = job_name
-        self.slurm_id: str | None = None
 
     @classmethod
     def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
@@ -457,6 +469,6 @@ class SlurmLauncher(Launcher):
                            cwd=specs[0].cwd)
         if r.returncode != 0:
             raise UserError(f"sbatch {path} failed: {r.stderr.strip() or r.stdout.strip()}")
-        self.slurm_id = r.stdout.strip().split(";")[0]
-        engine = SlurmEngine(self.slurm_id)
+        self.external_id = r.stdout.strip().split(";")[0]
+        engine = SlurmEngine(self.external_id)
         return [EngineHandle(s, engine) for s in specs]

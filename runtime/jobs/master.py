@@ -41,6 +41,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import zmq
 
@@ -51,6 +52,7 @@ from runtime.errors import UserError
 from runtime.jobs import jobdb
 from runtime.jobs.launcher import (
     EngineHandle,
+    EngineLauncher,
     Handle,
     JobFiles,
     Launcher,
@@ -73,6 +75,9 @@ from runtime.jobs.supervisor import (
     Verdict,
     WriteMetric,
 )
+
+if TYPE_CHECKING:
+    from runtime.comm.security import JobKeys
 
 log = logging.getLogger("singa.master")
 
@@ -143,7 +148,7 @@ class JobMaster:
         self.reg.transition(self.id, out.state, out.reason)
         return out
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_signal = signum
 
     def _killed(self) -> bool:
@@ -192,12 +197,11 @@ class JobMaster:
                 guard.stop()
             ctx.term()
 
-    def _launch(self, attempt: int, endpoint: str, resume: bool, keys) -> list[Handle]:
+    def _launch(self, attempt: int, endpoint: str, resume: bool, keys: JobKeys | None) -> list[Handle]:
         adir = Path(self.row.log_dir) / f"attempt-{attempt}"
         adir.mkdir(mode=0o700, parents=True, exist_ok=True)
         launcher = self._launcher()
-        engine = hasattr(launcher, "start_all")
-        if engine:
+        if isinstance(launcher, EngineLauncher):
             files = self._job_files(attempt, keys)
             adir = files.log_pattern.parent
         from runtime.jobs import code
@@ -222,10 +226,10 @@ class JobMaster:
             specs.append(ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
                                   adir / f"procs-{p}.launch.log",
                                   cwd=self.opts.get("cwd") or os.getcwd()))
-        if engine:
-            handles: list[Handle] = launcher.start_all(specs, files)
-            if getattr(launcher, "slurm_id", None):
-                self.reg.set_external_id(self.id, launcher.slurm_id)
+        if isinstance(launcher, EngineLauncher):
+            handles = launcher.start_all(specs, files)
+            if launcher.external_id:
+                self.reg.set_external_id(self.id, launcher.external_id)
             return handles
         handles = []
         for spec in specs:
@@ -235,7 +239,7 @@ class JobMaster:
                                  start_time=h.start_time)
         return handles
 
-    def _job_files(self, attempt: int, keys) -> JobFiles:
+    def _job_files(self, attempt: int, keys: JobKeys | None) -> JobFiles:
         """For an engine's processes: the job and its keys (0600) and their
         logs, in the workspace, which every node of the job must share."""
         shared = Path(self.job.cluster.workspace) / f"singa-job-{self.id}"
@@ -421,7 +425,7 @@ class JobMaster:
         self.reg.update_proc(self.id, attempt, p, state=state, exit_code=exit_code, signal=sig)
 
 
-def _signal_each(handles, sig: int) -> None:
+def _signal_each(handles: Iterable[Handle], sig: int) -> None:
     """Send `sig` to every handle at once: signalling a remote process is an
     ssh call, and one host that does not answer must not delay the others."""
     handles = list(handles)
