@@ -29,6 +29,11 @@ reason then ends with that line ("diverged: loss is nan at step 100 ...",
 error line of its log. TERM to the
 master, or `singa kill` marking the job KILLED, stops every process the
 same way.
+
+The rules of steps 3 to 5 (what a message, an exit or the time means) are
+`runtime.jobs.supervisor.Supervisor`, without IO; this module polls the
+sockets and processes, feeds it and carries out its actions. The launcher
+builds itself from the job's options (`runtime.jobs.launcher`).
 """
 from __future__ import annotations
 
