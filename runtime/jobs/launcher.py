@@ -1,9 +1,11 @@
-"""Launchers: start one runtime process of a job on its host, and stop it.
+"""Launchers: start the runtime processes of a job on their hosts, and stop them.
 
 A launcher turns a `ProcSpec` (which process, which host, its argv and
 environment, the bytes to hand over on its stdin, its log) into a `Handle`
-the job master polls and signals. Registered by name, as `singa submit
---launcher` spells it:
+the job master polls and signals. Each registers itself in
+`launcher_registry` under the name `singa submit --launcher` spells, and
+builds itself from the job's registry row and options
+(`Launcher.from_options`), so the master never branches on the name:
 
 - `local`: `subprocess` in its own session (pid = process group id), so a
   signal to the group reaches the process and all it started.
@@ -14,22 +16,35 @@ the job master polls and signals. Registered by name, as `singa submit
   is the remote exit status. Signalling connects with a short timeout
   (`SshOptions.for_signals`): a host that cannot be reached is marked
   `unreachable` rather than holding up the stop of a job.
+- `mpi` and `slurm`, engines that start every process of an attempt at once
+  (`start_all`): `mpirun` (Open MPI's spelling, with the submitted hosts
+  as its hostfile) and `sbatch` + `srun` (Slurm chooses the hosts). Their
+  processes take their rank from the engine's environment and read the job
+  from a file on a filesystem every node shares (`JobFiles`).
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
-stdin (see `handoff`), never on a command line or in a log.
+stdin (see `handoff`), or for an engine in a 0600 file, never on a command
+line or in a log.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+from runtime.errors import UserError
 from runtime.jobs import pgroup
 from runtime.registry import Registry
+
+if TYPE_CHECKING:
+    from runtime.jobs.jobdb import Job
+    from runtime.jobs.ssh import SshOptions
 
 
 @dataclass
@@ -44,14 +59,14 @@ class ProcSpec:
     cwd: str = field(default_factory=os.getcwd)
 
 
-def handoff(job_bytes: bytes, keys: dict | None, code: dict[str, str] | None = None) -> bytes:
+def handoff(job_bytes: bytes, keys: dict[str, Any] | None, code: dict[str, str] | None = None) -> bytes:
     """What a runtime process reads first on its stdin: one JSON line with
     the job, the job's keys and the user's code (`runtime.jobs.code.pack`)."""
     return json.dumps({"job": base64.b64encode(job_bytes).decode(), "keys": keys,
                        "code": code or {}}).encode() + b"\n"
 
 
-def read_handoff(stream) -> tuple[bytes, dict | None, dict[str, str]]:
+def read_handoff(stream: IO[bytes]) -> tuple[bytes, dict[str, Any] | None, dict[str, str]]:
     line = stream.readline()
     if not line:
         raise ValueError("nothing on stdin: a runtime process is started by the job master")
@@ -64,7 +79,7 @@ class Handle:
 
     unreachable = False  # its host did not answer a signal: the process is lost with its host
 
-    def __init__(self, spec: ProcSpec, popen: subprocess.Popen):
+    def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes]):
         self.spec = spec
         self.popen = popen
         self.pid: int | None = None
@@ -78,7 +93,7 @@ class Handle:
     def poll(self) -> int | None:
         return self.popen.poll()
 
-    def learned(self, pid: int, pgid: int, start_time: float) -> None:
+    def learned(self, pid: int, pgid: int, start_time: float | None) -> None:
         """What the process said of itself in its kConnect."""
         self.pid, self.pgid, self.start_time = pid, pgid, start_time
 
@@ -107,7 +122,7 @@ class LocalHandle(Handle):
 
 
 class SshHandle(Handle):
-    def __init__(self, spec: ProcSpec, popen: subprocess.Popen, opts):
+    def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes], opts: SshOptions):
         super().__init__(spec, popen)
         self.opts = opts
 
@@ -150,21 +165,45 @@ def _read(path: Path, limit: int = 4096) -> str:
         return ""
 
 
-def _open_log(path: Path):
+def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", buffering=0)
 
 
-def _feed(popen: subprocess.Popen, data: bytes) -> None:
+def _feed(popen: subprocess.Popen[bytes], data: bytes) -> None:
+    stdin = popen.stdin
+    assert stdin is not None  # started with stdin=PIPE
     try:
-        popen.stdin.write(data)
-        popen.stdin.close()
+        stdin.write(data)
+        stdin.close()
     except BrokenPipeError:
         pass  # the process died at once; its exit code says why
 
 
 class Launcher:
     name = ""
+    chooses_hosts = False  # the hosts are known only once the processes run (Slurm places them)
+    hosts_hint = ""        # with chooses_hosts: why --hostfile/--hosts are refused, and what instead
+    other_hosts = True     # can start processes on hosts other than this one
+    tool: str | None = None  # the program it runs, which must be on this host's PATH
+
+    @classmethod
+    def check_tool(cls) -> None:
+        """A UserError when the program this launcher runs is not on the PATH."""
+        if cls.tool is not None and shutil.which(cls.tool) is None:
+            raise UserError(f"--launcher {cls.name}: {cls.tool} is not on the PATH of this host")
+
+    @classmethod
+    def submit_options(cls, hosts: list[Any]) -> dict[str, Any]:
+        """What `singa submit` records in the job's options for this launcher
+        from the hosts the user gave (`hostfile.Host`s)."""
+        return {}
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """This launcher for `job` (its registry row), configured from the
+        job's `options` (as `singa submit` recorded them)."""
+        return cls()
 
     def start(self, spec: ProcSpec) -> Handle:
         raise NotImplementedError
@@ -176,6 +215,7 @@ launcher_registry: Registry = Registry("launcher")
 @launcher_registry.register("local")
 class LocalLauncher(Launcher):
     name = "local"
+    other_hosts = False
 
     def start(self, spec: ProcSpec) -> Handle:
         with _open_log(spec.launch_log) as out:
@@ -192,10 +232,17 @@ class LocalLauncher(Launcher):
 class SshLauncher(Launcher):
     name = "ssh"
 
-    def __init__(self, opts=None):
+    def __init__(self, opts: SshOptions | None = None) -> None:
         from runtime.jobs.ssh import SshOptions
 
         self.opts = opts or SshOptions()
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """With the ssh port, identity and config given to `singa submit`."""
+        from runtime.jobs.ssh import SshOptions
+
+        return cls(SshOptions(**options.get("ssh", {})))
 
     def start(self, spec: ProcSpec) -> Handle:
         from runtime.jobs import hostfile, ssh
@@ -228,6 +275,16 @@ class Engine:
 
     def close(self) -> None:
         pass
+
+
+class EngineLauncher(Launcher):
+    """A launcher that hands every process of an attempt to an `Engine` at
+    once (`start_all`) rather than starting them one by one."""
+
+    external_id: str | None = None  # the engine's id of the launch (Slurm's job id), once started
+
+    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
+        raise NotImplementedError
 
 
 class EngineHandle(Handle):
@@ -277,7 +334,7 @@ def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
 
 
 class MpirunEngine(Engine):
-    def __init__(self, popen: subprocess.Popen):
+    def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
 
     def poll(self) -> int | None:
@@ -295,16 +352,33 @@ class MpirunEngine(Engine):
 
 
 @launcher_registry.register("mpi")
-class MpiLauncher(Launcher):
+class MpiLauncher(EngineLauncher):
     """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.train.node ...`
     (Open MPI's spelling); ZeroMQ stays the data plane, MPI only starts the
     processes. Each process takes its rank from OMPI_COMM_WORLD_RANK or
     PMI_RANK."""
 
     name = "mpi"
+    tool = "mpirun"
+
+    @classmethod
+    def submit_options(cls, hosts: list[Any]) -> dict[str, Any]:
+        # mpirun reads MPI's dialect of a hostfile: written by the master from these
+        return {"mpi_hosts": [[h.name, h.slots] for h in hosts]}
 
     def __init__(self, hostfile: str | None = None):
         self.hostfile = hostfile
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """With the submitted hosts (`mpi_hosts`: [name, slots] pairs) as an
+        MPI hostfile beside the job's logs; without, mpirun's own default."""
+        hosts = options.get("mpi_hosts")
+        if not hosts:
+            return cls(None)
+        path = Path(str(job.log_dir)) / "mpi-hostfile"
+        path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
+        return cls(str(path))
 
     def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
         spec = specs[0]
@@ -356,16 +430,24 @@ class SlurmEngine(Engine):
 
 
 @launcher_registry.register("slurm")
-class SlurmLauncher(Launcher):
+class SlurmLauncher(EngineLauncher):
     """Writes a batch script that runs the processes with `srun` and submits
     it with `sbatch`; each process takes its rank from SLURM_PROCID. The
-    Slurm job id is mirrored in the registry (`external_id`)."""
+    Slurm job id (`external_id`) is mirrored in the registry."""
 
     name = "slurm"
+    chooses_hosts = True
+    hosts_hint = ("Slurm chooses the hosts; drop --hostfile/--hosts "
+                  "(ask sbatch for nodes in the batch script or its defaults)")
+    tool = "sbatch"
 
     def __init__(self, job_name: str = "singa"):
         self.job_name = job_name
-        self.slurm_id: str | None = None
+
+    @classmethod
+    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
+        """Named after the singa job, as squeue shows it."""
+        return cls(f"singa-{job.id}-{job.name}")
 
     def script(self, specs: list[ProcSpec], files: JobFiles) -> str:
         import shlex
@@ -381,14 +463,12 @@ class SlurmLauncher(Launcher):
                 f"exec env {env} srun --kill-on-bad-exit=1 {shlex.join(argv)}\n")
 
     def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
-        from runtime.errors import UserError
-
         path = files.log_pattern.parent / "job.sbatch"
         path.write_text(self.script(specs, files))
         r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
                            cwd=specs[0].cwd)
         if r.returncode != 0:
             raise UserError(f"sbatch {path} failed: {r.stderr.strip() or r.stdout.strip()}")
-        self.slurm_id = r.stdout.strip().split(";")[0]
-        engine = SlurmEngine(self.slurm_id)
+        self.external_id = r.stdout.strip().split(";")[0]
+        engine = SlurmEngine(self.external_id)
         return [EngineHandle(s, engine) for s in specs]

@@ -29,6 +29,11 @@ reason then ends with that line ("diverged: loss is nan at step 100 ...",
 error line of its log. TERM to the
 master, or `singa kill` marking the job KILLED, stops every process the
 same way.
+
+The rules of steps 3 to 5 (what a message, an exit or the time means) are
+`runtime.jobs.supervisor.Supervisor`, without IO; this module polls the
+sockets and processes, feeds it and carries out its actions. The launcher
+builds itself from the job's options (`runtime.jobs.launcher`).
 """
 from __future__ import annotations
 
@@ -40,21 +45,23 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
-from conf import common_pb2, job_pb2
+from conf import job_pb2
 from runtime.comm import socket as zsock
-from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
-from runtime.comm.msg import Addr, Msg
+from runtime.comm.msg import Msg
 from runtime.errors import UserError
 from runtime.jobs import jobdb
 from runtime.jobs.launcher import (
     EngineHandle,
+    EngineLauncher,
     Handle,
     JobFiles,
+    Launcher,
     ProcSpec,
     SshHandle,
     handoff,
@@ -62,12 +69,25 @@ from runtime.jobs.launcher import (
 )
 from runtime.jobs.metrics import MetricsWriter
 from runtime.jobs.ssh import SSH_FAILED
+from runtime.jobs.supervisor import (
+    Action,
+    Learned,
+    Outcome,
+    Progress,
+    Send,
+    Supervisor,
+    Transition,
+    UpdateProc,
+    Verdict,
+    WriteMetric,
+)
+
+if TYPE_CHECKING:
+    from runtime.comm.security import JobKeys
 
 log = logging.getLogger("singa.master")
 
-CONNECT_TIMEOUT_S = 120.0  # from launch to every process's kConnect
 GRACE_S = 5.0
-STEP_WRITE_S = 1.0          # registry writes of heartbeats, at most this often
 
 
 def batch_size(job: job_pb2.JobProto) -> int:
@@ -82,12 +102,6 @@ def batch_size(job: job_pb2.JobProto) -> int:
             if size > 0:
                 return size
     return 0
-
-
-@dataclass
-class Outcome:
-    state: str                 # SUCCEEDED, FAILED, KILLED, or RESTART (failed, restarts left)
-    reason: str = ""
 
 
 class JobMaster:
@@ -140,7 +154,7 @@ class JobMaster:
         self.reg.transition(self.id, out.state, out.reason)
         return out
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_signal = signum
 
     def _killed(self) -> bool:
@@ -166,7 +180,8 @@ class JobMaster:
         router = zsock.router(ctx, keys=keys)
         if remote:
             # under Slurm the hosts are not known yet: advertise this host's own address
-            peer = socket.gethostname() if self.opts.get("launcher") == "slurm" else remote[0]
+            chooses = launcher_registry.get(self.opts.get("launcher", "local")).chooses_hosts
+            peer = socket.gethostname() if chooses else remote[0]
             addr = hostfile.advertise_address(peer=peer, interface=self.opts.get("interface"))
             endpoint = zsock.bind(router, "tcp", host=addr, name="master")
         else:
@@ -188,12 +203,11 @@ class JobMaster:
                 guard.stop()
             ctx.term()
 
-    def _launch(self, attempt: int, endpoint: str, resume: bool, keys) -> list[Handle]:
+    def _launch(self, attempt: int, endpoint: str, resume: bool, keys: JobKeys | None) -> list[Handle]:
         adir = Path(self.row.log_dir) / f"attempt-{attempt}"
         adir.mkdir(mode=0o700, parents=True, exist_ok=True)
         launcher = self._launcher()
-        engine = hasattr(launcher, "start_all")
-        if engine:
+        if isinstance(launcher, EngineLauncher):
             files = self._job_files(attempt, keys)
             adir = files.log_pattern.parent
         from runtime.jobs import code
@@ -201,8 +215,8 @@ class JobMaster:
         data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None,
                        code.pack(Path(self.row.log_dir) / "code"))
         per_host: dict[str, int] = {}
-        for h in self.hosts:
-            per_host[h] = per_host.get(h, 0) + 1
+        for host in self.hosts:
+            per_host[host] = per_host.get(host, 0) + 1
         specs = []
         for p, host in enumerate(self.hosts):
             log_path = adir / f"procs-{p}.log"
@@ -218,10 +232,10 @@ class JobMaster:
             specs.append(ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
                                   adir / f"procs-{p}.launch.log",
                                   cwd=self.opts.get("cwd") or os.getcwd()))
-        if engine:
+        if isinstance(launcher, EngineLauncher):
             handles = launcher.start_all(specs, files)
-            if getattr(launcher, "slurm_id", None):
-                self.reg.set_external_id(self.id, launcher.slurm_id)
+            if launcher.external_id:
+                self.reg.set_external_id(self.id, launcher.external_id)
             return handles
         handles = []
         for spec in specs:
@@ -231,7 +245,7 @@ class JobMaster:
                                  start_time=h.start_time)
         return handles
 
-    def _job_files(self, attempt: int, keys) -> JobFiles:
+    def _job_files(self, attempt: int, keys: JobKeys | None) -> JobFiles:
         """For an engine's processes: the job and its keys (0600) and their
         logs, in the workspace, which every node of the job must share."""
         shared = Path(self.job.cluster.workspace) / f"singa-job-{self.id}"
@@ -252,23 +266,11 @@ class JobMaster:
                 f.write(data)
         return JobFiles(job_file, adir / "procs-%t.log")
 
-    def _launcher(self):
-        name = self.opts.get("launcher", "local")
-        cls = launcher_registry.get(name)
-        if name == "ssh":
-            from runtime.jobs.ssh import SshOptions
-
-            return cls(SshOptions(**self.opts.get("ssh", {})))
-        if name == "mpi":
-            hosts = self.opts.get("mpi_hosts")
-            if not hosts:
-                return cls(None)
-            path = Path(self.row.log_dir) / "mpi-hostfile"
-            path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
-            return cls(str(path))
-        if name == "slurm":
-            return cls(f"singa-{self.id}-{self.row.name}")
-        return cls()
+    def _launcher(self) -> Launcher:
+        """The job's launcher, built from its options (an unknown name lists the known ones)."""
+        cls = launcher_registry.get(self.opts.get("launcher", "local"))
+        launcher: Launcher = cls.from_options(self.row, self.opts)
+        return launcher
 
     def _env(self, procs_on_host: int) -> dict[str, str]:
         threads = max(1, self.job.num_openblas_threads)
@@ -294,19 +296,11 @@ class JobMaster:
         return ", ".join(parts) or "-"
 
     # -------------------------------------------------------------- serve ---
-    def _serve(self, attempt: int, router: zmq.Socket, handles: list[Handle]) -> Outcome:
-        n = len(handles)
-        book: dict[int, str] = {}
-        idents: dict[int, bytes] = {}
-        heard: dict[int, float] = {}
-        steps: dict[int, int] = {}
-        written: dict[int, float] = {}
-        done: set[int] = set()
-        said: dict[int, str] = {}  # procs -> the reason it sent with kFail
-        stopping = False
-        started = time.monotonic()
+    def _serve(self, attempt: int, router: zmq.Socket[bytes], handles: list[Handle]) -> Outcome:
+        """Poll the ROUTER and the processes, feed a `Supervisor` and carry
+        out its actions until it (or a signal, or the registry) ends the attempt."""
+        sup = Supervisor(len(handles), time.monotonic(), self.samples_per_step)
         last_check = 0.0
-        rate = _Rate()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         while True:
@@ -321,96 +315,60 @@ class JobMaster:
                     return Outcome("KILLED")
                 if state in jobdb.TERMINAL:  # found LOST (this master was frozen): make it true
                     return Outcome(state)
+            actions = []
             for p, h in enumerate(handles):
                 code = h.poll()
-                if code is None:
-                    continue
-                if code == 0 and stopping:
-                    continue
-                words = h.failure(code) if code != 0 else "exited with code 0 before the job finished"
-                self.reg.update_proc(self.id, attempt, p, state=jobdb.FAILED,
-                                     exit_code=code if code >= 0 else None,
-                                     signal=-code if code < 0 else None)
-                return Outcome("FAILED", self._blame(p, h, words, said.get(p)))
-            if stopping and all(h.poll() == 0 for h in handles):
-                for p in range(n):
-                    self.reg.update_proc(self.id, attempt, p, state=jobdb.SUCCEEDED, exit_code=0)
-                return Outcome("SUCCEEDED")
-            if len(book) < n and now - started > CONNECT_TIMEOUT_S:
-                p = min(set(range(n)) - set(book))
-                return Outcome("FAILED", self._blame(p, handles[p],
-                               f"did not connect to the job master within {CONNECT_TIMEOUT_S:.0f} s"))
-            # Silence is judged only once every queued message is read: a
-            # master that fell behind (a busy machine, a slow disk under the
-            # registry) would otherwise blame processes whose heartbeats are
-            # waiting in its own queue.
-            behind = router.getsockopt(zmq.EVENTS) & zmq.POLLIN
-            for p, t in ([] if behind else heard.items()):
-                if now - t > MISSED * HEARTBEAT_S and handles[p].poll() is None:
-                    self.reg.update_proc(self.id, attempt, p, state=jobdb.LOST)
-                    return Outcome("FAILED", self._blame(
-                        p, handles[p], f"went silent: no heartbeat for {now - t:.1f} s", said.get(p)))
+                if code is not None:
+                    actions += sup.on_exit(p, code, now)
+            events = router.getsockopt(zmq.EVENTS)
+            behind = isinstance(events, int) and bool(events & zmq.POLLIN)
+            actions += sup.check(now, behind)
+            out = self._act(attempt, router, handles, actions)
+            if out is not None:
+                return out
             if not poller.poll(100):
                 continue
             got = zsock.recv(router, router=True)
             if got is None:
                 continue
             ident, msg = got
-            p = msg.src.id
-            if not 0 <= p < n:
-                log.warning("dropped a message from unknown procs %d", p)
-                continue
-            heard[p] = time.monotonic()
-            if msg.type == common_pb2.kConnect:
-                info = json.loads(msg.bytes(0))
-                idents[p] = ident
-                book[p] = info.get("endpoint", "")
-                handles[p].learned(info["pid"], info["pgid"], info["start_time"])
-                if isinstance(handles[p], EngineHandle):
-                    handles[p].reported_host = info.get("host")
-                    self.reg.update_proc(self.id, attempt, p, host=handles[p].host)
-                self.reg.update_proc(self.id, attempt, p, state=jobdb.RUNNING, pid=info["pid"],
-                                     pgid=info["pgid"], start_time=info["start_time"],
-                                     endpoint=book[p], heartbeat=time.time())
-                if len(book) == n:
-                    body = json.dumps(book).encode()
-                    for q, who in idents.items():
-                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), common_pb2.kConnect).add_bytes(body))
-                    self.reg.transition(self.id, jobdb.RUNNING)
-            elif msg.type == common_pb2.kHeartbeat:
-                steps[p] = int(json.loads(msg.bytes(0)).get("step", 0))
-                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), common_pb2.kHeartbeat))
-                if heard[p] - written.get(p, 0.0) >= STEP_WRITE_S:
-                    written[p] = heard[p]
-                    self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
-                    if p == 0:
-                        sps = rate.add(steps[p])
-                        self.reg.progress(self.id, steps[p], samples_per_s=(
-                            sps * self.samples_per_step if sps is not None else None))
-            elif msg.type == common_pb2.kMetric:
-                rec = self.metrics.add(json.loads(msg.bytes(0)))
-                if rec.get("phase") in ("train", "test") and not rec.get("group"):
-                    # an energy model (CD) reports its reconstruction error instead
-                    loss = rec.get("loss", rec.get("squared_error"))
-                    acc = rec.get("accuracy")
-                    self.reg.progress(self.id, int(rec.get("step", 0)), loss=loss, accuracy=acc)
-            elif msg.type == common_pb2.kFail:
-                said[p] = str(json.loads(msg.bytes(0)).get("reason", "")).strip()
-                # the answer lets the process exit: its exit is then blamed with its reason
-                self._send(router, ident, Msg(Addr.stub(-1), Addr.stub(p), common_pb2.kFail))
-            elif msg.type == common_pb2.kStop:
-                done.add(p)
-                if p in steps:
-                    self.reg.update_proc(self.id, attempt, p, heartbeat=time.time(), step=steps[p])
-                    if p == 0:  # its last heartbeat (just before) carried its final step
-                        self.reg.progress(self.id, steps[p])
-                if len(done) == n and not stopping:
-                    stopping = True
-                    for q, who in idents.items():
-                        self._send(router, who, Msg(Addr.stub(-1), Addr.stub(q), common_pb2.kStop))
+            if ident is None:
+                continue  # a ROUTER always gives the sender's identity
+            out = self._act(attempt, router, handles, sup.on_message(ident, msg, time.monotonic()))
+            if out is not None:
+                return out
+
+    def _act(self, attempt: int, router: zmq.Socket[bytes], handles: list[Handle],
+             actions: list[Action]) -> Outcome | None:
+        """Carry out the Supervisor's actions in order; the Outcome of a Verdict."""
+        for a in actions:
+            if isinstance(a, Send):
+                self._send(router, a.to, a.msg)
+            elif isinstance(a, UpdateProc):
+                fields = dict(a.fields, heartbeat=time.time()) if a.beat else a.fields
+                self.reg.update_proc(self.id, attempt, a.procs, **fields)
+            elif isinstance(a, Learned):
+                h = handles[a.procs]
+                h.learned(a.pid, a.pgid, a.start_time)
+                if isinstance(h, EngineHandle):
+                    h.reported_host = a.host
+                    self.reg.update_proc(self.id, attempt, a.procs, host=h.host)
+            elif isinstance(a, Progress):
+                self.reg.progress(self.id, a.step, **a.fields)
+            elif isinstance(a, Transition):
+                self.reg.transition(self.id, a.state)
+            elif isinstance(a, WriteMetric):
+                self.metrics.add(a.record)
+            elif isinstance(a, Verdict):
+                if a.procs is None:
+                    return Outcome(a.state, a.reason)
+                h = handles[a.procs]
+                words = a.words or h.failure(a.exit if a.exit is not None else 1)  # on_exit sets exit
+                return Outcome(a.state, self._blame(a.procs, h, words, a.said))
+        return None
 
     @staticmethod
-    def _send(router: zmq.Socket, who: bytes, msg: Msg) -> None:
+    def _send(router: zmq.Socket[bytes], who: bytes, msg: Msg) -> None:
         try:
             zsock.send(router, msg, to=who)
         except zmq.ZMQError:
@@ -473,7 +431,7 @@ class JobMaster:
         self.reg.update_proc(self.id, attempt, p, state=state, exit_code=exit_code, signal=sig)
 
 
-def _signal_each(handles, sig: int) -> None:
+def _signal_each(handles: Iterable[Handle], sig: int) -> None:
     """Send `sig` to every handle at once: signalling a remote process is an
     ssh call, and one host that does not answer must not delay the others."""
     handles = list(handles)
@@ -485,20 +443,6 @@ def _signal_each(handles, sig: int) -> None:
 
     with ThreadPoolExecutor(max_workers=min(len(handles), 32)) as pool:
         list(pool.map(lambda h: h.signal(sig), handles))
-
-
-class _Rate:
-    """Steps per second over the last few heartbeats of process 0."""
-
-    def __init__(self, window: int = 10):
-        self.marks: list[tuple[float, int]] = []
-        self.window = window
-
-    def add(self, step: int) -> float | None:
-        self.marks.append((time.monotonic(), step))
-        self.marks = self.marks[-self.window:]
-        (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
 
 def _is_local(host: str) -> bool:
@@ -525,7 +469,7 @@ def _last_error(path: Path) -> str:
             return s
         if s == "Traceback (most recent call last):":
             # the exception is the first line after the frames that is not indented
-            found = next((l.strip() for l in lines[i + 1:] if l.strip() and not l[0].isspace()), "")
+            found = next((ln.strip() for ln in lines[i + 1:] if ln.strip() and not ln[0].isspace()), "")
             if found:
                 return found
     for line in reversed(lines):

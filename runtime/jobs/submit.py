@@ -24,6 +24,7 @@ from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
+from runtime.jobs.launcher import launcher_registry
 
 
 @dataclass
@@ -75,18 +76,17 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
     if opts.hostfile and opts.hosts:
         raise UserError("give the hosts once: --hostfile or --hosts, not both")
     launcher = opts.launcher
-    if launcher not in (None, "local", "ssh", "slurm", "mpi"):
-        raise UserError(f"--launcher {launcher}: unknown; known: local, ssh, slurm, mpi")
+    if launcher is not None and launcher not in launcher_registry:
+        raise UserError(f"--launcher {launcher}: unknown; known: {', '.join(launcher_registry.known())}")
     what = f"{cluster.nworkers} workers and {cluster.nservers} servers"
     extra: dict = {}
-    if launcher == "slurm":
+    chosen = launcher_registry.get(launcher) if launcher is not None else None
+    if chosen is not None and chosen.chooses_hosts:
         if opts.hostfile or opts.hosts:
-            raise UserError("--launcher slurm: Slurm chooses the hosts; drop --hostfile/--hosts "
-                            "(ask sbatch for nodes in the batch script or its defaults)")
-        if shutil.which("sbatch") is None:
-            raise UserError("--launcher slurm: sbatch is not on the PATH of this host")
-        placement = ["slurm"] * nprocs
-        remote = ["slurm"]
+            raise UserError(f"--launcher {launcher}: {chosen.hosts_hint}")
+        chosen.check_tool()
+        placement = [chosen.name] * nprocs
+        remote = [chosen.name]
     else:
         if opts.hostfile:
             hosts = hostfile.parse_hostfile(opts.hostfile)
@@ -97,21 +97,19 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
         placement = hostfile.place(hosts, nprocs, oversubscribe=opts.oversubscribe, what=what)
         remote = sorted({h for h in placement if not hostfile.is_local(h)})
         launcher = launcher or ("ssh" if remote else "local")
-        if launcher == "local" and remote:
-            raise UserError(f"--launcher local cannot start processes on {', '.join(remote)}; "
+        chosen = launcher_registry.get(launcher)
+        if remote and not chosen.other_hosts:
+            raise UserError(f"--launcher {launcher} cannot start processes on {', '.join(remote)}; "
                             "use --launcher ssh (the default with remote hosts)")
-        if launcher == "mpi":
-            if shutil.which("mpirun") is None:
-                raise UserError("--launcher mpi: mpirun is not on the PATH of this host")
-            if opts.hostfile or opts.hosts:
-                # mpirun reads MPI's dialect; the hosts were checked above
-                extra["mpi_hosts"] = [[h.name, h.slots] for h in hosts]
+        chosen.check_tool()
+        if opts.hostfile or opts.hosts:
+            extra.update(chosen.submit_options(hosts))
     secret = None
     if remote:
         from runtime.comm.security import JobKeys
 
         secret = {"curve": JobKeys.generate().to_dict()}
-        if launcher != "slurm":
+        if not chosen.chooses_hosts:
             hostfile.advertise_address(peer=remote[0], interface=opts.interface)  # fails early
     reg = reg or jobdb.JobDB()
     reg.check_workspace(ws)  # before the workspace is touched; create_job checks it again
