@@ -28,12 +28,12 @@ def draw() -> None:
 
 
 def _load_proto(conf: str, modules: tuple[str, ...]):
-    from runtime import plugins  # noqa: PLC0415
+    from runtime import plugins
 
     plugins.load(modules)
     if conf.isdigit() and not os.path.exists(conf):
-        from conf import job_pb2  # noqa: PLC0415
-        from runtime.jobs import jobdb  # noqa: PLC0415
+        from conf import job_pb2
+        from runtime.jobs import jobdb
 
         with jobdb.JobDB() as reg:
             job = reg.job(int(conf))
@@ -42,7 +42,7 @@ def _load_proto(conf: str, modules: tuple[str, ...]):
             raise UserError(f"job {job.id} has no job.pb in its log folder {job.log_dir}; "
                             "draw its job.conf instead")
         return job_pb2.JobProto.FromString(path.read_bytes())
-    from runtime.config import load_job  # noqa: PLC0415
+    from runtime.config import load_job
 
     return load_job(conf).proto
 
@@ -62,7 +62,7 @@ def _load_proto(conf: str, modules: tuple[str, ...]):
 def net(conf: str, output: str, phase: str, partitions: int | None, json_path: str | None,
         modules: tuple[str, ...]) -> None:
     """Draw the net of JOB.conf: layers, partitions and connection layers."""
-    from runtime.viz import graph  # noqa: PLC0415
+    from runtime.viz import graph
 
     proto = _load_proto(conf, modules)
     g = graph.net_graph(proto, phase, partitions)
@@ -99,7 +99,7 @@ def filters(checkpoint: str, param: str, output: str, shape: str | None, count: 
         raise UserError(f"{checkpoint}: no such checkpoint file (they are "
                         "<workspace>/checkpoint/step<N>-worker<W>)")
     try:
-        from runtime.viz import filters  # noqa: PLC0415
+        from runtime.viz import filters
     except ModuleNotFoundError as e:
         if e.name != "runtime.viz.filters":
             raise

@@ -111,7 +111,7 @@ def _run(path: Path) -> dict:
         raise UserError(f"{path}: {e}") from None
     except SystemExit as e:
         raise UserError(f"{path}: exited ({e.code}) while building the job") from None
-    except Exception as e:  # the user's code failed
+    except Exception as e:  # noqa: BLE001 - the user's code failed, whatever it raised
         tb = [f for f in traceback.extract_tb(e.__traceback__)
               if Path(f.filename).resolve() == path.resolve()]
         where = f" ({path}:{tb[-1].lineno})" if tb else ""
@@ -136,7 +136,7 @@ def job_of(env: dict, var: str | None, builder: str):
                 value = value()
             except UserError as e:
                 raise UserError(f"{builder}: {name}(): {e}") from None
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the user's builder failed
                 raise UserError(f"{builder}: {name}() raised {type(e).__name__}: {e}") from None
         if hasattr(value, "to_proto"):
             value = value.to_proto()

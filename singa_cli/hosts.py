@@ -114,8 +114,8 @@ def _hosts(hostfile: str | None, spec: str | None) -> list[Host]:
 
 def _job_procs(conf: str) -> tuple[int, str]:
     """(number of processes, where that number comes from) of the job.conf."""
-    from runtime.cluster import Cluster  # noqa: PLC0415 - keep the plain check fast
-    from runtime.config import load_job  # noqa: PLC0415
+    from runtime.cluster import Cluster  # keep the plain check fast
+    from runtime.config import load_job
 
     job = load_job(conf)
     c = Cluster.from_proto(job.proto.cluster)

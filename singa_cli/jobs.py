@@ -122,7 +122,7 @@ def _failing_tail(job: jobdb.Job, p: jobdb.Proc) -> list[str]:
         if fmt.is_local(p.host):
             lines = _local_tail(p.log_path)
         else:
-            from runtime.jobs import logs  # noqa: PLC0415 - ssh only when a log is remote
+            from runtime.jobs import logs  # ssh only when a log is remote
 
             lines = logs.tail(job, p, TAIL_LINES)
     except UserError as e:
@@ -137,7 +137,7 @@ def _failing_tail(job: jobdb.Job, p: jobdb.Proc) -> list[str]:
 
 
 def _local_tail(path: str) -> list[str]:
-    from runtime.jobs import logfile  # noqa: PLC0415
+    from runtime.jobs import logfile
 
     return logfile.tail(path, TAIL_LINES)
 

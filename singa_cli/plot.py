@@ -26,7 +26,7 @@ from runtime.errors import UserError
 def _job_source(job: str) -> tuple[Path, str, str]:
     """(workspace, title, default file stem) of JOB: a job id or a workspace folder."""
     if job.isdigit():
-        from runtime.jobs import jobdb  # noqa: PLC0415
+        from runtime.jobs import jobdb
 
         with jobdb.JobDB() as reg:
             j = reg.reconcile(reg.job(int(job)))
@@ -62,10 +62,10 @@ def plot(job: str, output: str | None, metrics: tuple[str, ...], norms: bool) ->
     if norms and metrics:
         raise UserError("--norms and --metric draw different pictures: give one of them")
     out = Path(output) if output else Path(f"{stem}{'-norms' if norms else ''}.png")
-    from runtime.viz import plot  # noqa: PLC0415 - matplotlib only for this verb
+    from runtime.viz import plot  # matplotlib only for this verb
 
     if norms:
-        from runtime.train import debug  # noqa: PLC0415
+        from runtime.train import debug
 
         recs = debug.read(ws)
         if not recs:
@@ -75,7 +75,7 @@ def plot(job: str, output: str | None, metrics: tuple[str, ...], norms: bool) ->
         steps = sorted({r["step"] for r in recs if "step" in r})
         click.echo(f"wrote {out}: {len(res.curves)} lines, steps {steps[0]}..{steps[-1]}")
         return
-    from runtime.jobs import metrics as metrics_stream  # noqa: PLC0415
+    from runtime.jobs import metrics as metrics_stream
 
     recs = metrics_stream.read(ws)
     if not recs:

@@ -102,7 +102,7 @@ class Usage:
         self._ps: dict[tuple[int, float | None], object] = {}
 
     def _process(self, p: jobdb.Proc):
-        import psutil  # noqa: PLC0415
+        import psutil
 
         key = (p.pid, p.start_time)
         proc = self._ps.get(key)
@@ -128,7 +128,7 @@ class Usage:
 
     def read(self, p: jobdb.Proc) -> tuple[float, int] | None:
         """(CPU %, RSS bytes), or None for a remote or gone process."""
-        import psutil  # noqa: PLC0415
+        import psutil
 
         if not self._measurable(p):
             return None
@@ -167,8 +167,8 @@ def _job_shape(job: jobdb.Job) -> tuple[int, int]:
     if not job.log_dir:
         return 0, 1
     try:
-        from conf import job_pb2  # noqa: PLC0415
-        from runtime.jobs.master import batch_size  # noqa: PLC0415
+        from conf import job_pb2
+        from runtime.jobs.master import batch_size
 
         proto = job_pb2.JobProto.FromString((Path(job.log_dir) / "job.pb").read_bytes())
         return batch_size(proto), max(1, proto.cluster.nworkers_per_group)
@@ -179,7 +179,7 @@ def _job_shape(job: jobdb.Job) -> tuple[int, int]:
 def snapshot(reg: jobdb.JobDB, job_id: int, tracker: RateTracker, usage: Usage,
              shape: tuple[int, int]) -> Snapshot:
     """The job and its processes now, with speeds, usage and stragglers."""
-    from runtime.jobs import metrics  # noqa: PLC0415
+    from runtime.jobs import metrics
 
     job = reg.reconcile(reg.job(job_id))
     procs = reg.procs(job_id)

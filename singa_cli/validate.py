@@ -53,9 +53,9 @@ from singa_cli.options import module_option, proto_option
 def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...],
              protos: tuple[str, ...] = (), graph_path: str | None = None) -> None:
     """Check a job.conf and print what the job is."""
-    from runtime import plugins  # noqa: PLC0415
-    from runtime.config import load_job  # noqa: PLC0415 - keep `singa --help` fast
-    from runtime.config.describe import describe, render  # noqa: PLC0415
+    from runtime import plugins
+    from runtime.config import load_job  # keep `singa --help` fast
+    from runtime.config.describe import describe, render
 
     try:
         plugins.load(plugins.with_protos(protos, modules))
@@ -87,7 +87,7 @@ def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...],
                                    "warnings": []}, indent=2))
         click.echo(f"singa: {e}", err=True)
         sys.exit(2)
-    except Exception as e:  # noqa: BLE001 - a bug here must still not end in a traceback
+    except Exception as e:
         if os.environ.get("SINGA_DEBUG"):
             raise
         click.echo(f"singa: internal error while validating {conf}: {type(e).__name__}: {e} "
@@ -98,8 +98,8 @@ def validate(conf: str, as_json: bool, strict: bool, modules: tuple[str, ...],
 
 def _draw(job, path: str) -> None:
     """The training net (partitioned when the group has several workers) to `path`."""
-    from conf import job_pb2  # noqa: PLC0415
-    from runtime.viz import graph  # noqa: PLC0415
+    from conf import job_pb2
+    from runtime.viz import graph
 
     v = job.validation
     net = getattr(v, "partitioned", None) or job.nets.get(job_pb2.kTrain) \

@@ -119,8 +119,8 @@ def _partitions(job) -> dict[str, Any] | None:
     net = getattr(job.validation, "partitioned", None) if job.validation is not None else None
     if net is None:
         return None
-    from runtime.neuralnet.partition import pdim, whole_name  # noqa: PLC0415
-    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
+    from runtime.neuralnet.partition import pdim, whole_name
+    from runtime.neuralnet.unroll import origin_name
 
     conf = {l.name for l in job.proto.neuralnet.layer}
     parts: list[list[dict]] = [[] for _ in range(net.npartitions)]
@@ -236,7 +236,7 @@ def _memory(job) -> dict[str, Any] | None:
     procs = getattr(job.validation, "memory", None) if job.validation is not None else None
     if not procs:
         return None
-    from runtime.config.memory import host_memory  # noqa: PLC0415
+    from runtime.config.memory import host_memory
 
     host, total = host_memory()
     return {"host": host, "host_bytes": total, "procs": [m.as_dict() for m in procs]}
@@ -392,7 +392,7 @@ def render(d: dict[str, Any]) -> str:
         out.append(f"  ... {len(procs) - len(shown)} more (see --json)")
     mem = d.get("memory")
     if mem:
-        from runtime.config.memory import human  # noqa: PLC0415
+        from runtime.config.memory import human
 
         big = max(mem["procs"], key=lambda m: m["total"])
         parts = ", ".join(f"{k.replace('_', ' ')} {human(big[k])}" for k in

@@ -165,7 +165,7 @@ def load_generated(path: str | os.PathLike, shown: str | None = None) -> ModuleT
         raise UserError(f"{shown or path}: cannot load it: {e} (a .proto loaded already has "
                         "the same file name, the same message names or the same extension "
                         "numbers)") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a user's generated module may raise anything
         sys.modules.pop(name, None)
         if old is not None:
             sys.modules[name] = old

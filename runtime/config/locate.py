@@ -78,7 +78,7 @@ class _Walker:
         self.pos = positions
 
     def _here(self) -> tuple[int, int]:
-        return self.tok._line + 1, self.tok._column + 1  # noqa: SLF001 - only the tokenizer knows
+        return self.tok._line + 1, self.tok._column + 1  # only the tokenizer knows
 
     def _record(self, path: str, at: tuple[int, int]) -> None:
         self.pos.setdefault(path, at)

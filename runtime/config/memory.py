@@ -113,7 +113,7 @@ def human(n: float) -> str:
 
 def host_memory() -> tuple[str, int]:
     """(name, total bytes of memory) of this host."""
-    import psutil  # noqa: PLC0415 - only validate needs it
+    import psutil  # only validate needs it
 
     return socket.gethostname() or "localhost", int(psutil.virtual_memory().total)
 
@@ -122,7 +122,7 @@ def updater_slots(updater: job_pb2.UpdaterProto) -> int:
     """History arrays per param of the job's updater (0 if it cannot be built,
     e.g. an unregistered user updater, reported elsewhere)."""
     try:
-        from runtime.model.updater import create_updater  # noqa: PLC0415
+        from runtime.model.updater import create_updater
 
         return len(getattr(create_updater(updater), "slots", ()) or ())
     except Exception:  # noqa: BLE001 - the updater's own problems are validate's to report
@@ -145,9 +145,9 @@ def estimate(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any = Non
     [] when the training net was not built. `nets`: phase -> one-partition
     NeuralNet (shapes only); `partitioned`: the training net over
     nworkers_per_group partitions, or None."""
-    from runtime.neuralnet.partition import whole_name  # noqa: PLC0415
-    from runtime.neuralnet.unroll import origin_name  # noqa: PLC0415
-    from runtime.ps.param_slice import SlicePlan  # noqa: PLC0415
+    from runtime.neuralnet.partition import whole_name
+    from runtime.neuralnet.unroll import origin_name
+    from runtime.ps.param_slice import SlicePlan
 
     train = nets.get(job_pb2.kTrain)
     if train is None:
@@ -183,7 +183,7 @@ def estimate(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any = Non
         m = ProcessMemory(e["procs"], list(e["workers"]), list(e["servers"]))
         seen: set[tuple[int, str]] = set()
 
-        def add(layer: str, what: str, nbytes: int) -> None:
+        def add(layer: str, what: str, nbytes: int, m: ProcessMemory = m) -> None:
             setattr(m, what, getattr(m, what) + nbytes)
             m.by_layer[layer] = m.by_layer.get(layer, 0) + nbytes
 

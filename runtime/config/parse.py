@@ -165,7 +165,7 @@ def _at_end(lines: list[str], line: int, col: int) -> bool:
     rest = []
     if 0 < line <= len(lines):
         tail = lines[line - 1][col - 1:]
-        m = text_format.Tokenizer._TOKEN.match(tail)  # noqa: SLF001 - the parser's own token rule
+        m = text_format.Tokenizer._TOKEN.match(tail)  # the parser's own token rule
         rest.append(tail[m.end() if m else 1:])
     rest += lines[line:]
     return all(not lyr.strip() or lyr.strip().startswith("#") for lyr in rest)

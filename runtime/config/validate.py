@@ -202,7 +202,7 @@ class _Checker(TrainingRules, ParamRules):
 
     def memory(self) -> list:
         """Each process's estimated memory against its host's (runtime.config.memory)."""
-        from runtime.config import memory  # noqa: PLC0415
+        from runtime.config import memory
 
         def where(name: str) -> str:
             i = next((i for i, lyr in enumerate(self.layers) if lyr.name == name), -1)
@@ -399,7 +399,7 @@ class _Checker(TrainingRules, ParamRules):
     # ----------------------------------------------------------- the nets ---
     def build(self, phase: int, unused: bool) -> None:
         try:
-            from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
+            from runtime.neuralnet.net import NeuralNet
         except Exception as e:  # noqa: BLE001
             self.add(self.path, f"cannot check the net: the net builder failed to load ({e})",
                      "warning")
@@ -477,8 +477,8 @@ class _Checker(TrainingRules, ParamRules):
         n = self.job.cluster.nworkers_per_group
         if phase != job_pb2.kTrain or net is None or n <= 1:
             return
-        from runtime.neuralnet.net import NeuralNet  # noqa: PLC0415
-        from runtime.neuralnet.partition import pdim  # noqa: PLC0415
+        from runtime.neuralnet.net import NeuralNet
+        from runtime.neuralnet.partition import pdim
 
         prefix = f"with the net partitioned over nworkers_per_group={n} workers: "
         feature = [lyr.name for lyr in net.layers if pdim(lyr.proto) == 1]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from conf import common_pb2
 from runtime.comm.heartbeat import HEARTBEAT_S, MISSED
@@ -99,7 +99,7 @@ class Verdict:
     said: str | None = None    # the reason it sent with kFail
 
 
-Action = Union[Send, Learned, UpdateProc, Progress, Transition, WriteMetric, Verdict]
+Action = Send | Learned | UpdateProc | Progress | Transition | WriteMetric | Verdict
 
 
 class Rate:

@@ -251,7 +251,7 @@ class ReaderLayer(InputLayer):
             while not self._stop.is_set():
                 if not self._put(self._next_batch(deploy)):
                     return
-        except BaseException as e:  # handed to the net's thread, raised there
+        except BaseException as e:  # noqa: BLE001 - handed to the net's thread, raised there
             self._put(e)
 
     def _take(self):

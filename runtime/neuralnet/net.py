@@ -343,7 +343,7 @@ class NeuralNet:
             if node.grad_scale != 1.0:
                 layer.grad_scale = node.grad_scale
             if node.feature_params:
-                layer._feature_params = True  # noqa: SLF001 - read by _partition_params
+                layer._feature_params = True  # read by _partition_params
         for node in nodes:  # after: an RBM's vis reads its hid, which comes later
             layer = by_name[node.name]
             src[node.name] = [by_name[s] for s in node.srcs]

@@ -280,7 +280,8 @@ def check(layers: Sequence[Layer], index: dict[str, int], locate: Locate, n: int
         head, sep, rest = layer.name.partition("#")
         name = rest if unrolled and sep and head.isdigit() else layer.name  # its conf name
 
-        def bad(msg: str, severity: str = "error") -> None:
+        def bad(msg: str, severity: str = "error", layer: Layer = layer, where: str = where,
+                name: str = name) -> None:
             out.append((layer.name, Problem(where, f"layer '{name}': {msg}", severity)))
 
         if getattr(layer, "is_input", False) or 100 <= t < 200:
