@@ -62,10 +62,11 @@ def log(job_id: int, procs_id: int | None, attempt: int | None, master: bool, fo
     if procs_id is None:
         proc = next((p for p in procs if p.state == jobdb.FAILED), procs[0])
     else:
-        proc = next((p for p in procs if p.procs_id == procs_id), None)
-        if proc is None:
+        chosen = next((p for p in procs if p.procs_id == procs_id), None)
+        if chosen is None:
             raise UserError(f"job {job_id} has no process {procs_id}; it has "
                             f"{', '.join(str(p.procs_id) for p in procs)}")
+        proc = chosen
     if not follow:
         for line in logs.tail(job, proc, ntail if ntail is not None else 10**9):
             click.echo(line)

@@ -106,8 +106,9 @@ def fetch(source: str, dest: str, force: bool) -> None:
     for out_name, bases in SPLITS.items():
         paths = [find_idx(src, b) for b in bases]
         missing += [f"{b}.gz" for b, p in zip(bases, paths) if p is None]
-        if None not in paths:
-            found[out_name] = (paths[0], paths[1])
+        first, second = paths
+        if first is not None and second is not None:
+            found[out_name] = (first, second)
     if missing:
         raise UserError(
             f"{source} lacks {', '.join(missing)} (looked for each gzipped or not); point "

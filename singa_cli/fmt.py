@@ -77,7 +77,7 @@ def hosts(names: Sequence[str], width: int = HOSTS_WIDTH) -> str:
     return out + (f" +{rest}" if rest else "")
 
 
-def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart, the header first; no trailing blanks."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()

@@ -99,7 +99,7 @@ class Usage:
     refreshes (cpu_percent measures since the previous call)."""
 
     def __init__(self):
-        self._ps: dict[tuple[int, float | None], object] = {}
+        self._ps: dict[tuple[int | None, float | None], object] = {}
 
     def _process(self, p: jobdb.Proc):
         import psutil

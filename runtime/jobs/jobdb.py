@@ -29,7 +29,7 @@ import os
 import signal as _signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +37,9 @@ from typing import Any
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb_errors as registry_errors
-from runtime.jobs import lockholder
-from runtime.jobs.jobdb_errors import show_path
+from runtime.jobs import jobdb_schema, lockholder
+from runtime.jobs.jobdb_errors import show_path as show_path  # re-exported: the CLI's paths
+from runtime.jobs.jobdb_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -50,13 +51,7 @@ LOST = "LOST"
 STATES: tuple[str, ...] = (PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST)
 TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST})
 ACTIVE: frozenset[str] = frozenset({PENDING, RUNNING})
-PROC_STATES: tuple[str, ...] = STATES
 
-SCHEMA_VERSION = 2
-#: What each version adds to the one before (version 2: the master's own heartbeat).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: ("ALTER TABLE jobs ADD COLUMN master_heartbeat REAL",),
-}
 #: A PENDING job whose master has not registered after this many seconds is LOST.
 MASTER_START_TIMEOUT = 30.0
 #: A master whose pid's start time differs from the recorded one by more is a reused pid.
@@ -65,63 +60,6 @@ START_TIME_SLACK = 0.5
 #: alive or not (a frozen master). Its processes give up on it after 5 s
 #: (`runtime.comm.heartbeat`), so by then they have stopped.
 MASTER_SILENT_S = 10.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    conf_path TEXT,
-    conf_text TEXT,
-    conf_hash TEXT,
-    user TEXT,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_restarts INTEGER NOT NULL DEFAULT 0,
-    submitted REAL NOT NULL,
-    started REAL,
-    ended REAL,
-    workspace TEXT,
-    log_dir TEXT,
-    launcher TEXT,
-    hosts TEXT NOT NULL DEFAULT '[]',
-    nprocs INTEGER,
-    train_steps INTEGER,
-    step INTEGER,
-    loss REAL,
-    accuracy REAL,
-    samples_per_s REAL,
-    master_pid INTEGER,
-    master_start REAL,
-    options TEXT NOT NULL DEFAULT '{}',
-    secret TEXT NOT NULL DEFAULT '{}',
-    external_id TEXT,
-    master_heartbeat REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS procs(
-    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    attempt INTEGER NOT NULL,
-    procs_id INTEGER NOT NULL,
-    host TEXT,
-    pid INTEGER,
-    pgid INTEGER,
-    start_time REAL,
-    role TEXT,
-    endpoint TEXT,
-    state TEXT NOT NULL DEFAULT 'PENDING',
-    exit_code INTEGER,
-    signal INTEGER,
-    heartbeat REAL,
-    step INTEGER,
-    log_path TEXT,
-    PRIMARY KEY(job_id, attempt, procs_id)
-);
-"""
-
-# Filesystems on which SQLite's locking (and WAL's shared memory) is unreliable.
-_NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph",
-                         "fuse.sshfs", "fuse.glusterfs", "glusterfs", "beegfs", "9p", "afs"})
 
 
 @dataclass
@@ -146,7 +84,7 @@ class Job:
     started: float | None
     ended: float | None
     workspace: str | None
-    log_dir: str | None
+    log_dir: str  # set by create_job in the transaction that inserts the row
     launcher: str | None
     hosts: list[str]
     nprocs: int | None
@@ -221,7 +159,8 @@ PROC_COLUMNS: tuple[str, ...] = (
 _PROC_UPDATABLE = frozenset(PROC_COLUMNS) - {"job_id", "attempt", "procs_id"}
 _JOB_SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 _PROC_SELECT = "SELECT " + ", ".join(PROC_COLUMNS) + " FROM procs"
-_I_HOSTS, _I_OPTIONS, _I_SECRET = (JOB_COLUMNS.index(c) for c in ("hosts", "options", "secret"))
+_I_HOSTS, _I_OPTIONS, _I_SECRET, _I_LOG_DIR = (
+    JOB_COLUMNS.index(c) for c in ("hosts", "options", "secret", "log_dir"))
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
@@ -234,6 +173,7 @@ def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
             r[i] = json.loads(r[i] or empty)
         except (ValueError, TypeError) as e:
             raise registry_errors.bad_row(path, r[0], JOB_COLUMNS[i], e) from None
+    r[_I_LOG_DIR] = r[_I_LOG_DIR] or ""
     return Job(*r)
 
 
@@ -256,22 +196,6 @@ def _private_dir(path: Path) -> None:
             os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
         except OSError as e:
             raise registry_errors.explain_dir(path, e) from None
-
-
-def _fs_type(path: Path) -> str | None:
-    """The filesystem type of `path` from /proc/self/mounts (None where unknown)."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
-    except OSError:
-        return None
-    p = str(path.resolve())
-    best, kind = "", None
-    for mnt, fstype in mounts:
-        mnt = mnt.replace("\\040", " ")
-        if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, kind = mnt, fstype
-    return kind
 
 
 def describe_exit(exit_code: int | None, signal: int | None, *, running: bool = False) -> str:
@@ -312,78 +236,7 @@ class JobDB:
         # A registry that cannot be opened (damaged, foreign, read-only) is one line
         # for the user, and so is any later failure of a statement (the guard).
         with registry_errors.translate(self.path):
-            return registry_errors.GuardedConnection(self._connect_raw(), self.path)
-
-    def _connect_raw(self) -> sqlite3.Connection:
-        # The umask makes the db, -wal and -shm files 0600 from their first byte
-        # (SQLite also gives -wal/-shm the db file's mode); restored right after.
-        old = os.umask(0o077)
-        try:
-            db = sqlite3.connect(str(self.path), timeout=registry_errors.BUSY_TIMEOUT_MS / 1000,
-                                 isolation_level=None)
-            try:
-                db.execute(f"PRAGMA busy_timeout = {registry_errors.BUSY_TIMEOUT_MS}")
-                network = _fs_type(self.home) in _NETWORK_FS
-                # WAL lets readers (singa list) run beside a writer; it needs shared memory,
-                # which network filesystems do not give, so there the rollback journal is used.
-                self._retry_locked(lambda: db.execute(
-                    f"PRAGMA journal_mode = {'DELETE' if network else 'WAL'}").fetchone())
-                db.execute("PRAGMA synchronous = NORMAL")
-                db.execute("PRAGMA foreign_keys = ON")
-                self._init_schema(db)
-            except BaseException:
-                db.close()
-                raise
-        finally:
-            os.umask(old)
-        if self.path.stat().st_mode & 0o077:
-            os.chmod(self.path, 0o600)  # a file made by an older tool or another umask
-        return db
-
-    @staticmethod
-    def _retry_locked(fn: Callable[[], Any]) -> Any:
-        # Switching the journal mode of a brand-new file takes an exclusive lock that
-        # does not always wait on busy_timeout, so concurrent first opens retry here.
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def _version_check(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise UserError(
-                f"{show_path(self.path)}: the job registry has schema version {version}, but this "
-                f"singa understands version {SCHEMA_VERSION} at most; use the newer singa that "
-                f"wrote it, or point SINGA_HOME at another directory")
-
-    def _init_schema(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        self._version_check(version)
-        if version == SCHEMA_VERSION:
-            return
-        self._retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
-            self._version_check(version)
-            if version < SCHEMA_VERSION:
-                # an existing file (version >= 1) is migrated; a new one gets the whole schema
-                for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1) if version else ():
-                    for stmt in _MIGRATIONS[v]:
-                        db.execute(stmt)
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            return registry_errors.GuardedConnection(jobdb_schema.connect(self.path), self.path)
 
     @contextmanager
     def _write(self) -> Iterator[registry_errors.GuardedConnection]:
@@ -560,9 +413,12 @@ class JobDB:
             if db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", (*args, int(job_id))).rowcount == 0:
                 raise self._unknown(job_id)
 
-    def set_master(self, job_id: int, pid: int, start_time: float) -> None:
-        """Record the job master: its pid and `psutil.Process(pid).create_time()`."""
-        self._set(job_id, "master_pid = ?, master_start = ?", (int(pid), float(start_time)))
+    def set_master(self, job_id: int, pid: int, start_time: float | None) -> None:
+        """Record the job master: its pid and `psutil.Process(pid).create_time()`
+        (None when it could not be read: a master that died at once; liveness
+        then goes by the pid alone)."""
+        start = None if start_time is None else float(start_time)
+        self._set(job_id, "master_pid = ?, master_start = ?", (int(pid), start))
 
     def master_beat(self, job_id: int) -> str:
         """The job master's heartbeat: record that it is alive now; returns the

@@ -118,7 +118,7 @@ def ssh_argv(host: str, remote_argv: list[str], opts: SshOptions, *,
 
 def run(host: str, remote_argv: list[str], opts: SshOptions, *, timeout: float,
         input: bytes | None = None, env: dict[str, str] | None = None,
-        cwd: str | None = None) -> subprocess.CompletedProcess:
+        cwd: str | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run `remote_argv` on `host` and capture its stdout and stderr (bytes).
 
     ssh runs in its own session; after `timeout` seconds that session (ssh and

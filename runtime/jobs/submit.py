@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
@@ -79,7 +80,7 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
     if launcher is not None and launcher not in launcher_registry:
         raise UserError(f"--launcher {launcher}: unknown; known: {', '.join(launcher_registry.known())}")
     what = f"{cluster.nworkers} workers and {cluster.nservers} servers"
-    extra: dict = {}
+    extra: dict[str, Any] = {}
     chosen = launcher_registry.get(launcher) if launcher is not None else None
     if chosen is not None and chosen.chooses_hosts:
         if opts.hostfile or opts.hosts:
@@ -104,6 +105,7 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
         chosen.check_tool()
         if opts.hostfile or opts.hosts:
             extra.update(chosen.submit_options(hosts))
+    assert launcher is not None  # each branch above chose one
     secret = None
     if remote:
         from runtime.comm.security import JobKeys
@@ -152,7 +154,7 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
     return row.id
 
 
-def _start_master(reg: jobdb.JobDB, row: jobdb.Job) -> subprocess.Popen:
+def _start_master(reg: jobdb.JobDB, row: jobdb.Job) -> subprocess.Popen[bytes]:
     log_path = Path(row.log_dir) / "master.log"
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs import jobdb, logfile, orphans
+from runtime.jobs import jobdb, jobdb_schema, logfile, orphans
 from runtime.jobs.jobdb import JobDB, describe_exit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -490,7 +490,7 @@ def test_a_version_1_registry_is_migrated_and_keeps_its_jobs(tmp_path):
     home = tmp_path / "h"
     home.mkdir()
     db = sqlite3.connect(home / "jobs.db")
-    v1 = jobdb._SCHEMA.replace(",\n    master_heartbeat REAL", "")
+    v1 = jobdb_schema._SCHEMA.replace(",\n    master_heartbeat REAL", "")
     assert "master_heartbeat" not in v1
     db.executescript(v1)
     db.execute("INSERT INTO jobs(name, state, submitted) VALUES ('old', 'SUCCEEDED', 1.0)")
