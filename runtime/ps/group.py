@@ -46,9 +46,9 @@ import zmq
 
 from conf import common_pb2
 from runtime.comm import socket as zsock
-from runtime.comm.msg import Addr, Msg
-from runtime.neuralnet.partition import part_name
+from runtime.comm.msg import Addr, Msg, aux_meta, read_aux_meta
 from runtime.model.param import Param
+from runtime.neuralnet.partition import part_name
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,8 @@ class BridgeHub:
         """A kData message from another process (the stub's thread)."""
         aux = None
         if len(msg.frames) >= 3:
-            dtype, _, dims = msg.bytes(2).decode().partition(":")
-            shape = tuple(int(d) for d in dims.split(",") if d)
-            aux = msg.array(1, dtype=np.dtype(dtype)).reshape(shape)
+            dtype, shape = read_aux_meta(msg.bytes(2))
+            aux = msg.array(1, dtype=dtype).reshape(shape)
         self.box(msg.dst.grp, msg.param, msg.slice).put((msg.version, msg.array(0), aux))
 
 
@@ -112,7 +111,7 @@ class BridgeLink:
         if aux is not None:
             a = np.ascontiguousarray(aux)
             msg.add_bytes(a.tobytes())
-            msg.add_bytes(f"{a.dtype.str}:{','.join(map(str, a.shape))}".encode())
+            msg.add_bytes(aux_meta(a))
         zsock.send(self._socket(p), msg)
 
     def _socket(self, procs: int) -> zmq.Socket:

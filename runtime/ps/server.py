@@ -103,31 +103,25 @@ import zmq
 
 from conf import common_pb2 as pb
 from runtime import checkpoint
-from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
-from runtime.train.divergence import check_update
+from runtime.comm.msg import (
+    Addr,
+    Msg,
+    MsgError,
+    envelope,
+    read_put_meta,
+    read_update_meta,
+    readable,
+    recv_frames,
+    send_frames,
+)
 from runtime.errors import UserError
-from runtime.ps.param_slice import SlicePlan
 from runtime.model.updater import Updater
+from runtime.ps.param_slice import SlicePlan
+from runtime.train.divergence import check_update
 
 log = logging.getLogger(__name__)
 
-#: kPut meta frame: num_total (replicas of the param in one worker group), lr_scale, wd_scale
-PUT_META = struct.Struct("<iff")
-#: kUpdate meta frame: num_update (replicas summed in the grad), base_version
-UPDATE_META = struct.Struct("<ii")
-_NUM_UPDATE_ONLY = struct.Struct("<i")
-
 _NAMES = {v: k for k, v in pb.MsgType.items()}
-
-
-def put_meta(num_total: int, lr_scale: float = 1.0, wd_scale: float = 1.0) -> bytes:
-    """The meta frame of a kPut."""
-    return PUT_META.pack(num_total, lr_scale, wd_scale)
-
-
-def update_meta(num_update: int, base_version: int) -> bytes:
-    """The meta frame of a kUpdate."""
-    return UPDATE_META.pack(num_update, base_version)
 
 
 @dataclass
@@ -378,7 +372,7 @@ class Server:
     # ---------------------------------------------------------- handlers ---
     def _on_put(self, msg: Msg) -> list[Msg]:
         values = msg.array(0)
-        num_total, lr_scale, wd_scale = PUT_META.unpack(msg.bytes(1))
+        num_total, lr_scale, wd_scale = read_put_meta(msg.bytes(1))
         info = self.plan.slices[msg.slice]
         if values.size != info.size:
             raise MsgError(f"{values.size} values, expected {info.size} for slice {msg.slice}")
@@ -413,11 +407,7 @@ class Server:
     def _on_update(self, msg: Msg) -> list[Msg]:
         e = self._slices[msg.slice]
         grad = msg.array(0)
-        meta = msg.bytes(1)
-        if len(meta) == _NUM_UPDATE_ONLY.size:
-            (num_update,), base = _NUM_UPDATE_ONLY.unpack(meta), None
-        else:
-            num_update, base = UPDATE_META.unpack(meta)
+        num_update, base = read_update_meta(msg.bytes(1))
         if grad.size != e.data.size:
             raise MsgError(f"grad of {grad.size} values, expected {e.data.size} for slice {e.id}")
         if num_update < 1:

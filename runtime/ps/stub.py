@@ -43,11 +43,21 @@ import zmq
 from conf import common_pb2
 from runtime.cluster import Cluster
 from runtime.comm import socket as zsock
-from runtime.comm.msg import (Addr, Msg, MsgError, pack_header, parse_header, readable,
-                              recv_frames, send_frames, split)
+from runtime.comm.msg import (
+    Addr,
+    Msg,
+    MsgError,
+    pack_header,
+    parse_header,
+    put_meta,
+    readable,
+    recv_frames,
+    send_frames,
+    split,
+    update_meta,
+)
 from runtime.model.param import Param
 from runtime.ps.param_slice import SliceInfo, SlicePlan
-from runtime.ps.server import PUT_META, UPDATE_META
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +259,7 @@ class Stub:
             return
         try:
             head = parse_header(frames[1])
-            sock, ident = self._route(head[4], head[5], head[6])
+            sock, ident = self._route(head.dst_grp, head.dst_id, head.dst_kind)
             if sock is None:
                 parts = split(frames[1:])
         except MsgError as e:
@@ -261,9 +271,10 @@ class Stub:
         if sock is None:
             for fields, body in parts:
                 try:
-                    if fields[0] in _REPLIES and fields[6] == common_pb2.kStub and len(body) == 1:
+                    if fields.type in _REPLIES and fields.dst_kind == common_pb2.kStub and len(body) == 1:
                         # a server's fresh values: the hot path, no Msg built
-                        self._values_in(fields[4], fields[7], fields[8], fields[9], body[0])
+                        self._values_in(fields.dst_grp, fields.param, fields.slice, fields.version,
+                                        body[0])
                     else:
                         self.handle(Msg.from_parts(fields, body))
                 except Exception:
@@ -333,7 +344,7 @@ class Stub:
         for info, server in self.targets(entry):
             m = Msg(self._src(entry), server, common_pb2.kPut, entry.pid, info.id, msg.version)
             m.add_array(flat[info.offset:info.offset + info.size].copy())
-            m.add_bytes(PUT_META.pack(entry.num_total, p.lr_scale, p.wd_scale))
+            m.add_bytes(put_meta(entry.num_total, p.lr_scale, p.wd_scale))
             self.send(m)
 
     def _get(self, entry: ParamEntry, msg: Msg) -> None:
@@ -457,7 +468,7 @@ class StubChannel:
             # Every other replica has reported and waits in collect: their
             # grads are final and no reply can come before these messages go.
             flat = self._grad(entry).reshape(-1)
-            meta = UPDATE_META.pack(entry.num_local, base)
+            meta = update_meta(entry.num_local, base)
             for sock, server, sid, lo, hi in targets:
                 frames = [pack_header(common_pb2.kUpdate, src, server, entry.pid, sid, step, 2),
                           flat[lo:hi], meta]

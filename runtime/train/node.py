@@ -50,16 +50,16 @@ from runtime.comm import socket as zsock
 from runtime.comm.heartbeat import MasterLink
 from runtime.comm.msg import Msg
 from runtime.errors import Diverged, UserError, reason_line
-from runtime.ps.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
+from runtime.model.updater import create_updater
 from runtime.neuralnet.bridge import attach
 from runtime.neuralnet.net import NeuralNet
+from runtime.ps.group import BridgeHub, BridgeLink, WholeChannel, wire_wholes
 from runtime.ps.param_slice import SlicePlan
 from runtime.ps.server import Server
 from runtime.ps.stub import Stub, identity
-from runtime.model.updater import create_updater
-from runtime.viz.graph import write_visualization
 from runtime.train.algorithms import create_worker
 from runtime.train.worker import log_to_stdout
+from runtime.viz.graph import write_visualization
 
 log = logging.getLogger("singa.node")
 
@@ -352,25 +352,19 @@ def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume:
     current: list[Worker] = []
     link.step = lambda: current[0].step if current else 0
     link.start()
-    hook = Worker.__init__
 
-    def track(self, *a, **kw):  # the driver builds the worker; the link watches it
-        hook(self, *a, **kw)
-        self.on_report = metric_reporter(link, job, 0, 0)
-        current.append(self)
+    def track(worker: Worker) -> None:  # single builds the worker; the link watches it
+        worker.on_report = metric_reporter(link, job, 0, 0)
+        current.append(worker)
 
-    Worker.__init__ = track
     if not test:
         write_visualization(job)
-    try:
-        if test:
-            if resume:
-                single.setup_resume(job)
-            single.test(job, log=log_to_stdout)
-        else:
-            single.train(job, resume=resume, log=log_to_stdout)
-    finally:
-        Worker.__init__ = hook
+    if test:
+        if resume:
+            single.setup_resume(job)
+        single.test(job, log=log_to_stdout, on_worker=track)
+    else:
+        single.train(job, resume=resume, log=log_to_stdout, on_worker=track)
     link.done()
     zsock.recv(ctl)  # the master's kStop: every process is done
     return 0
@@ -391,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.umask(0o077)
     _own_session()
-    from runtime.jobs.launcher import read_handoff
-
     from runtime.jobs import code
+    from runtime.jobs.launcher import read_handoff
 
     if args.job_file:
         job_bytes = open(args.job_file, "rb").read()
