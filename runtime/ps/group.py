@@ -212,18 +212,22 @@ class WholeChannel:
                 if part.version >= version:
                     continue
                 self._send(common_pb2.kGet, pid, version)
-                done = (lambda q=part: q.version >= version)
-            elif lockstep:
-                done = (lambda q=part: q.version >= version)
-            else:
-                done = (lambda q=part: q.version > q.last_version)
+            wanted = version if id(part) in self.mirrors or lockstep else None
             entry = self.stub.entries[(self.grp, pid)]
             with entry.cond:
-                entry.cond.wait_for(done)
+                entry.cond.wait_for(_reached(part, wanted))
         whole.version = version
 
     def _send(self, mtype: int, pid: int, version: int) -> None:
         zsock.send(self._inner.sock, Msg(self._inner.addr, self.stub.addr, mtype, pid, 0, version))
+
+
+def _reached(part: Param, version: int | None) -> Callable[[], bool]:
+    """`wait_for`'s predicate: `part` is at `version` or later (None: it has
+    changed since its last update)."""
+    if version is None:
+        return lambda: part.version > part.last_version
+    return lambda: part.version >= version
 
 
 def wire_wholes(stub, grp: int, net, channel: WholeChannel, local: dict[int, object],

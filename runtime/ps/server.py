@@ -9,20 +9,21 @@ Hogwild). The logic is `handle(msg) -> [msgs to send]`, free of sockets;
 
 Protocol (header fields `param` = param id, `slice` = global slice id as in
 the `SlicePlan`, `version`; every data frame is a raw float32 buffer of the
-slice's size; meta frames are little-endian structs):
+slice's size; meta frames are little-endian structs, packed and read by
+`runtime.comm.msg`, which owns the wire format):
 
-| in              | frames                                   | version   | effect / reply                            |
-|-----------------|------------------------------------------|-----------|-------------------------------------------|
-| kPut            | [values, PUT_META "<iff"                 | the slice | create the slice; no reply. A second Put  |
-|                 |  (num_total, lr_scale, wd_scale)]        | version   | of a slice is logged and ignored.         |
-| kGet            | []                                       | v wanted  | kRGet [values] (version = the slice's)    |
-|                 |                                          |           | once the slice's version >= v             |
-| kUpdate         | [grad, UPDATE_META "<ii"                 | the step  | see below; kRUpdate [values] (version =   |
-|                 |  (num_update, base_version)]             |           | the new version) to every sender          |
-| kSyncRequest    | [delta]                                  | sender's  | master: cur += delta; kSyncResponse       |
-|                 |                                          | version   | [values] (version = the master's)         |
-| kSyncResponse   | [master values]                          | master's  | cur += master - last_sync; last_sync = cur|
-| kStop           | []                                       |           | stop; kStop back to the sender (an ack)   |
+| in            | frames                            | version   | effect / reply                            |
+|---------------|-----------------------------------|-----------|-------------------------------------------|
+| kPut          | [values, PUT_META "<iff"          | the slice | create the slice; no reply. A second Put  |
+|               |  (num_total, lr_scale, wd_scale)] | version   | of a slice is logged and ignored.         |
+| kGet          | []                                | v wanted  | kRGet [values] (version = the slice's)    |
+|               |                                   |           | once the slice's version >= v             |
+| kUpdate       | [grad, UPDATE_META "<ii"          | the step  | see below; kRUpdate [values] (version =   |
+|               |  (num_update, base_version)]      |           | the new version) to every sender          |
+| kSyncRequest  | [delta]                           | sender's  | master: cur += delta; kSyncResponse       |
+|               |                                   | version   | [values] (version = the master's)         |
+| kSyncResponse | [master values]                   | master's  | cur += master - last_sync; last_sync = cur|
+| kStop         | []                                |           | stop; kStop back to the sender (an ack)   |
 
 Updates. `msg.version` of a kUpdate is the training step (as in SINGA: the
 learning-rate schedule reads it) and the meta frame carries `num_update`

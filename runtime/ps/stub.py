@@ -143,7 +143,8 @@ class Stub:
             if self.plan is None:
                 self.plan = SlicePlan([(p.name, p.size) for p in params], self.cluster)
             totals = [num_total] * len(params) if isinstance(num_total, int) else list(num_total)
-            for pid, p, total in zip(range(len(params)) if pids is None else pids, params, totals):
+            for pid, p, total in zip(range(len(params)) if pids is None else pids, params, totals,
+                                      strict=False):
                 key = (grp, pid)
                 entry = self.entries.get(key)
                 if entry is None:
@@ -157,7 +158,7 @@ class Stub:
         `share_memory` the worker groups of this process share one copy too
         (in-memory Hogwild: every group's fresh values land in it)."""
         first: dict[int, ParamEntry] = {}
-        for (grp, pid), entry in sorted(self.entries.items()):
+        for (_grp, pid), entry in sorted(self.entries.items()):
             order = sorted(range(len(entry.shares)), key=entry.wids.__getitem__)
             entry.shares = [entry.shares[i] for i in order]
             entry.wids = [entry.wids[i] for i in order]
@@ -413,7 +414,7 @@ class StubChannel:
     def bind_params(self, params: list[Param], pids: Sequence[int] | None = None) -> None:
         """The ids of the worker's params (default: their positions)."""
         self.pids = {id(p): i for i, p in zip(range(len(params)) if pids is None else pids,
-                                              params)}
+                                              params, strict=False)}
 
     def _entry(self, p: Param) -> ParamEntry:
         return self.stub.entries[(self.addr.grp, self.pids[id(p)])]
