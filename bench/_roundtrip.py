@@ -170,8 +170,7 @@ def server_direct(endpoint: str, size: int) -> None:
 def server_client(endpoint: str, size: int):
     from conf import common_pb2
     from runtime.comm import socket as zsock
-    from runtime.comm.msg import Addr, Msg
-    from runtime.ps.server import put_meta, update_meta
+    from runtime.comm.msg import Addr, Msg, put_meta, update_meta
 
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)

@@ -16,11 +16,11 @@ from google.protobuf import text_format
 from conf import common_pb2 as pb
 from conf import job_pb2
 from runtime.cluster import Cluster
-from runtime.comm.msg import Addr, Msg
+from runtime.comm.msg import Addr, Msg, put_meta, update_meta
 from runtime.errors import UserError
 from runtime.model.updater import create_updater
 from runtime.ps.param_slice import SlicePlan
-from runtime.ps.server import Server, put_meta, update_meta
+from runtime.ps.server import Server
 
 LR = 0.5
 

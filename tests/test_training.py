@@ -362,3 +362,25 @@ def test_resume_from_a_damaged_checkpoint_fails_the_job(tmp_path, name, damage, 
     assert job.reason.startswith("process 0 on localhost"), job.reason
     assert f"): checkpoint {damaged}: {what}" in job.reason, job.reason
     assert f"checkpoint {damaged}: {what}" in r.stderr, r.stderr
+
+
+def test_on_worker_sees_the_worker_before_it_runs(tmp_path):
+    """single.train/test hand the worker they build to `on_worker` before the
+    loop (the node sets its metric reporter so): no monkeypatching."""
+    seen = []
+
+    def on_worker(w):
+        seen.append((w, w.step))
+        w.on_report = reports.append
+
+    reports: list[dict] = []
+    conf = make_conf(tmp_path, steps=4, test_freq=2, ckpt_freq=4, workspace="ws_hook")
+    worker = single.train(load_job(str(conf), submit=True).proto, log=lambda line: None,
+                          on_worker=on_worker)
+    assert [w for w, _ in seen] == [worker] and seen[0][1] == 0
+    assert reports  # the reporter set by the hook got the run's records
+    job = load_job(str(conf), submit=True).proto
+    job.checkpoint_path.append(str(tmp_path / "ws_hook" / "checkpoint" / "step4-worker0"))
+    seen.clear()
+    single.test(job, log=lambda line: None, on_worker=on_worker)
+    assert len(seen) == 1 and seen[0][0] is not worker

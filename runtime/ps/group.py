@@ -46,7 +46,7 @@ import zmq
 
 from conf import common_pb2
 from runtime.comm import socket as zsock
-from runtime.comm.msg import Addr, Msg
+from runtime.comm.msg import Addr, Msg, aux_meta, read_aux_meta
 from runtime.model.param import Param
 from runtime.neuralnet.partition import part_name
 
@@ -76,9 +76,8 @@ class BridgeHub:
         """A kData message from another process (the stub's thread)."""
         aux = None
         if len(msg.frames) >= 3:
-            dtype, _, dims = msg.bytes(2).decode().partition(":")
-            shape = tuple(int(d) for d in dims.split(",") if d)
-            aux = msg.array(1, dtype=np.dtype(dtype)).reshape(shape)
+            dtype, shape = read_aux_meta(msg.bytes(2))
+            aux = msg.array(1, dtype=dtype).reshape(shape)
         self.box(msg.dst.grp, msg.param, msg.slice).put((msg.version, msg.array(0), aux))
 
 
@@ -112,7 +111,7 @@ class BridgeLink:
         if aux is not None:
             a = np.ascontiguousarray(aux)
             msg.add_bytes(a.tobytes())
-            msg.add_bytes(f"{a.dtype.str}:{','.join(map(str, a.shape))}".encode())
+            msg.add_bytes(aux_meta(a))
         zsock.send(self._socket(p), msg)
 
     def _socket(self, procs: int) -> zmq.Socket:
@@ -213,18 +212,22 @@ class WholeChannel:
                 if part.version >= version:
                     continue
                 self._send(common_pb2.kGet, pid, version)
-                done = (lambda q=part: q.version >= version)
-            elif lockstep:
-                done = (lambda q=part: q.version >= version)
-            else:
-                done = (lambda q=part: q.version > q.last_version)
+            wanted = version if id(part) in self.mirrors or lockstep else None
             entry = self.stub.entries[(self.grp, pid)]
             with entry.cond:
-                entry.cond.wait_for(done)
+                entry.cond.wait_for(_reached(part, wanted))
         whole.version = version
 
     def _send(self, mtype: int, pid: int, version: int) -> None:
         zsock.send(self._inner.sock, Msg(self._inner.addr, self.stub.addr, mtype, pid, 0, version))
+
+
+def _reached(part: Param, version: int | None) -> Callable[[], bool]:
+    """`wait_for`'s predicate: `part` is at `version` or later (None: it has
+    changed since its last update)."""
+    if version is None:
+        return lambda: part.version > part.last_version
+    return lambda: part.version >= version
 
 
 def wire_wholes(stub, grp: int, net, channel: WholeChannel, local: dict[int, object],

@@ -9,20 +9,21 @@ Hogwild). The logic is `handle(msg) -> [msgs to send]`, free of sockets;
 
 Protocol (header fields `param` = param id, `slice` = global slice id as in
 the `SlicePlan`, `version`; every data frame is a raw float32 buffer of the
-slice's size; meta frames are little-endian structs):
+slice's size; meta frames are little-endian structs, packed and read by
+`runtime.comm.msg`, which owns the wire format):
 
-| in              | frames                                   | version   | effect / reply                            |
-|-----------------|------------------------------------------|-----------|-------------------------------------------|
-| kPut            | [values, PUT_META "<iff"                 | the slice | create the slice; no reply. A second Put  |
-|                 |  (num_total, lr_scale, wd_scale)]        | version   | of a slice is logged and ignored.         |
-| kGet            | []                                       | v wanted  | kRGet [values] (version = the slice's)    |
-|                 |                                          |           | once the slice's version >= v             |
-| kUpdate         | [grad, UPDATE_META "<ii"                 | the step  | see below; kRUpdate [values] (version =   |
-|                 |  (num_update, base_version)]             |           | the new version) to every sender          |
-| kSyncRequest    | [delta]                                  | sender's  | master: cur += delta; kSyncResponse       |
-|                 |                                          | version   | [values] (version = the master's)         |
-| kSyncResponse   | [master values]                          | master's  | cur += master - last_sync; last_sync = cur|
-| kStop           | []                                       |           | stop; kStop back to the sender (an ack)   |
+| in            | frames                            | version   | effect / reply                            |
+|---------------|-----------------------------------|-----------|-------------------------------------------|
+| kPut          | [values, PUT_META "<iff"          | the slice | create the slice; no reply. A second Put  |
+|               |  (num_total, lr_scale, wd_scale)] | version   | of a slice is logged and ignored.         |
+| kGet          | []                                | v wanted  | kRGet [values] (version = the slice's)    |
+|               |                                   |           | once the slice's version >= v             |
+| kUpdate       | [grad, UPDATE_META "<ii"          | the step  | see below; kRUpdate [values] (version =   |
+|               |  (num_update, base_version)]      |           | the new version) to every sender          |
+| kSyncRequest  | [delta]                           | sender's  | master: cur += delta; kSyncResponse       |
+|               |                                   | version   | [values] (version = the master's)         |
+| kSyncResponse | [master values]                   | master's  | cur += master - last_sync; last_sync = cur|
+| kStop         | []                                |           | stop; kStop back to the sender (an ack)   |
 
 Updates. `msg.version` of a kUpdate is the training step (as in SINGA: the
 learning-rate schedule reads it) and the meta frame carries `num_update`
@@ -103,7 +104,17 @@ import zmq
 
 from conf import common_pb2 as pb
 from runtime import checkpoint
-from runtime.comm.msg import Addr, Msg, MsgError, envelope, readable, recv_frames, send_frames
+from runtime.comm.msg import (
+    Addr,
+    Msg,
+    MsgError,
+    envelope,
+    read_put_meta,
+    read_update_meta,
+    readable,
+    recv_frames,
+    send_frames,
+)
 from runtime.errors import UserError
 from runtime.model.updater import Updater
 from runtime.ps.param_slice import SlicePlan
@@ -111,23 +122,7 @@ from runtime.train.divergence import check_update
 
 log = logging.getLogger(__name__)
 
-#: kPut meta frame: num_total (replicas of the param in one worker group), lr_scale, wd_scale
-PUT_META = struct.Struct("<iff")
-#: kUpdate meta frame: num_update (replicas summed in the grad), base_version
-UPDATE_META = struct.Struct("<ii")
-_NUM_UPDATE_ONLY = struct.Struct("<i")
-
 _NAMES = {v: k for k, v in pb.MsgType.items()}
-
-
-def put_meta(num_total: int, lr_scale: float = 1.0, wd_scale: float = 1.0) -> bytes:
-    """The meta frame of a kPut."""
-    return PUT_META.pack(num_total, lr_scale, wd_scale)
-
-
-def update_meta(num_update: int, base_version: int) -> bytes:
-    """The meta frame of a kUpdate."""
-    return UPDATE_META.pack(num_update, base_version)
 
 
 @dataclass
@@ -378,7 +373,7 @@ class Server:
     # ---------------------------------------------------------- handlers ---
     def _on_put(self, msg: Msg) -> list[Msg]:
         values = msg.array(0)
-        num_total, lr_scale, wd_scale = PUT_META.unpack(msg.bytes(1))
+        num_total, lr_scale, wd_scale = read_put_meta(msg.bytes(1))
         info = self.plan.slices[msg.slice]
         if values.size != info.size:
             raise MsgError(f"{values.size} values, expected {info.size} for slice {msg.slice}")
@@ -413,11 +408,7 @@ class Server:
     def _on_update(self, msg: Msg) -> list[Msg]:
         e = self._slices[msg.slice]
         grad = msg.array(0)
-        meta = msg.bytes(1)
-        if len(meta) == _NUM_UPDATE_ONLY.size:
-            (num_update,), base = _NUM_UPDATE_ONLY.unpack(meta), None
-        else:
-            num_update, base = UPDATE_META.unpack(meta)
+        num_update, base = read_update_meta(msg.bytes(1))
         if grad.size != e.data.size:
             raise MsgError(f"grad of {grad.size} values, expected {e.data.size} for slice {e.id}")
         if num_update < 1:

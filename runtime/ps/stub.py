@@ -49,14 +49,15 @@ from runtime.comm.msg import (
     MsgError,
     pack_header,
     parse_header,
+    put_meta,
     readable,
     recv_frames,
     send_frames,
     split,
+    update_meta,
 )
 from runtime.model.param import Param
 from runtime.ps.param_slice import SliceInfo, SlicePlan
-from runtime.ps.server import PUT_META, UPDATE_META
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class Stub:
             if self.plan is None:
                 self.plan = SlicePlan([(p.name, p.size) for p in params], self.cluster)
             totals = [num_total] * len(params) if isinstance(num_total, int) else list(num_total)
-            for pid, p, total in zip(range(len(params)) if pids is None else pids, params, totals):
+            for pid, p, total in zip(range(len(params)) if pids is None else pids, params, totals,
+                                      strict=False):
                 key = (grp, pid)
                 entry = self.entries.get(key)
                 if entry is None:
@@ -156,7 +158,7 @@ class Stub:
         `share_memory` the worker groups of this process share one copy too
         (in-memory Hogwild: every group's fresh values land in it)."""
         first: dict[int, ParamEntry] = {}
-        for (grp, pid), entry in sorted(self.entries.items()):
+        for (_grp, pid), entry in sorted(self.entries.items()):
             order = sorted(range(len(entry.shares)), key=entry.wids.__getitem__)
             entry.shares = [entry.shares[i] for i in order]
             entry.wids = [entry.wids[i] for i in order]
@@ -258,7 +260,7 @@ class Stub:
             return
         try:
             head = parse_header(frames[1])
-            sock, ident = self._route(head[4], head[5], head[6])
+            sock, ident = self._route(head.dst_grp, head.dst_id, head.dst_kind)
             if sock is None:
                 parts = split(frames[1:])
         except MsgError as e:
@@ -270,9 +272,10 @@ class Stub:
         if sock is None:
             for fields, body in parts:
                 try:
-                    if fields[0] in _REPLIES and fields[6] == common_pb2.kStub and len(body) == 1:
+                    if fields.type in _REPLIES and fields.dst_kind == common_pb2.kStub and len(body) == 1:
                         # a server's fresh values: the hot path, no Msg built
-                        self._values_in(fields[4], fields[7], fields[8], fields[9], body[0])
+                        self._values_in(fields.dst_grp, fields.param, fields.slice, fields.version,
+                                        body[0])
                     else:
                         self.handle(Msg.from_parts(fields, body))
                 except Exception:
@@ -342,7 +345,7 @@ class Stub:
         for info, server in self.targets(entry):
             m = Msg(self._src(entry), server, common_pb2.kPut, entry.pid, info.id, msg.version)
             m.add_array(flat[info.offset:info.offset + info.size].copy())
-            m.add_bytes(PUT_META.pack(entry.num_total, p.lr_scale, p.wd_scale))
+            m.add_bytes(put_meta(entry.num_total, p.lr_scale, p.wd_scale))
             self.send(m)
 
     def _get(self, entry: ParamEntry, msg: Msg) -> None:
@@ -411,7 +414,7 @@ class StubChannel:
     def bind_params(self, params: list[Param], pids: Sequence[int] | None = None) -> None:
         """The ids of the worker's params (default: their positions)."""
         self.pids = {id(p): i for i, p in zip(range(len(params)) if pids is None else pids,
-                                              params)}
+                                              params, strict=False)}
 
     def _entry(self, p: Param) -> ParamEntry:
         return self.stub.entries[(self.addr.grp, self.pids[id(p)])]
@@ -466,7 +469,7 @@ class StubChannel:
             # Every other replica has reported and waits in collect: their
             # grads are final and no reply can come before these messages go.
             flat = self._grad(entry).reshape(-1)
-            meta = UPDATE_META.pack(entry.num_local, base)
+            meta = update_meta(entry.num_local, base)
             for sock, server, sid, lo, hi in targets:
                 frames = [pack_header(common_pb2.kUpdate, src, server, entry.pid, sid, step, 2),
                           flat[lo:hi], meta]

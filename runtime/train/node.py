@@ -352,25 +352,19 @@ def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume:
     current: list[Worker] = []
     link.step = lambda: current[0].step if current else 0
     link.start()
-    hook = Worker.__init__
 
-    def track(self, *a, **kw):  # the driver builds the worker; the link watches it
-        hook(self, *a, **kw)
-        self.on_report = metric_reporter(link, job, 0, 0)
-        current.append(self)
+    def track(worker: Worker) -> None:  # single builds the worker; the link watches it
+        worker.on_report = metric_reporter(link, job, 0, 0)
+        current.append(worker)
 
-    Worker.__init__ = track
     if not test:
         write_visualization(job)
-    try:
-        if test:
-            if resume:
-                single.setup_resume(job)
-            single.test(job, log=log_to_stdout)
-        else:
-            single.train(job, resume=resume, log=log_to_stdout)
-    finally:
-        Worker.__init__ = hook
+    if test:
+        if resume:
+            single.setup_resume(job)
+        single.test(job, log=log_to_stdout, on_worker=track)
+    else:
+        single.train(job, resume=resume, log=log_to_stdout, on_worker=track)
     link.done()
     zsock.recv(ctl)  # the master's kStop: every process is done
     return 0

@@ -48,9 +48,14 @@ def setup_resume(job: job_pb2.JobProto) -> dict | None:
 
 
 def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
-          threaded: bool | None = None) -> tuple[Worker, LocalServer]:
+          threaded: bool | None = None,
+          on_worker: Callable[[Worker], None] | None = None) -> tuple[Worker, LocalServer]:
     """The worker of a single-process job and its parameter service, set up
     (nets built, params registered) but not initialised.
+
+    `on_worker(worker)` is called with the worker as soon as it is built,
+    before its setup (the multi-process node uses it to report the worker's
+    metrics and step to the job master).
 
     `threaded`: whether updates run in a server thread, overlapping the
     backward pass. By default only when a core is left over by BLAS's
@@ -71,6 +76,8 @@ def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
         threaded = cores > blas_threads
     server = LocalServer(updater, threaded=threaded)
     worker = create_worker(job, server, log=log)
+    if on_worker is not None:
+        on_worker(worker)
     try:
         worker.setup()
     except BaseException:
@@ -81,11 +88,13 @@ def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
 
 
 def train(job: job_pb2.JobProto, resume: bool = False,
-          log: Callable[[str], None] | None = None) -> Worker:
-    """Train the job in this process; returns the finished worker."""
+          log: Callable[[str], None] | None = None,
+          on_worker: Callable[[Worker], None] | None = None) -> Worker:
+    """Train the job in this process; returns the finished worker.
+    `on_worker(worker)` is called once the worker is built (see `build`)."""
     prepare_workspace(job)
     resume_state = setup_resume(job) if resume else None
-    worker, server = build(job, log)
+    worker, server = build(job, log, on_worker=on_worker)
     try:
         worker.init_params(resume_state)
         if resume:
@@ -96,8 +105,10 @@ def train(job: job_pb2.JobProto, resume: bool = False,
     return worker
 
 
-def test(job: job_pb2.JobProto, log: Callable[[str], None] | None = None) -> dict:
-    """SINGA's -test mode: load `checkpoint_path`, run `test_steps` test batches."""
+def test(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
+         on_worker: Callable[[Worker], None] | None = None) -> dict:
+    """SINGA's -test mode: load `checkpoint_path`, run `test_steps` test batches.
+    `on_worker(worker)` is called once the worker is built, before its nets."""
     from runtime.neuralnet.net import NeuralNet
 
     if not job.checkpoint_path:
@@ -105,6 +116,8 @@ def test(job: job_pb2.JobProto, log: Callable[[str], None] | None = None) -> dic
     if job.test_steps <= 0:
         raise UserError(f"test mode needs test_steps > 0, got {job.test_steps}")
     worker = create_worker(job, LocalServer(None), log=log)
+    if on_worker is not None:
+        on_worker(worker)
     worker.test_net = NeuralNet.create(job.neuralnet, job_pb2.kTest)
     worker.test_net.set_rng(worker.test_rng)
     # params come from the checkpoint only: the test net owns them

@@ -1,9 +1,24 @@
 """Msg: header round trip, arrays without copies, foreign frames rejected."""
+import struct
+
 import numpy as np
 import pytest
 
 from conf import common_pb2 as c
-from runtime.comm.msg import HEADER_SIZE, Addr, Msg, MsgError
+from runtime.comm.msg import (
+    HEADER_SIZE,
+    Addr,
+    Header,
+    Msg,
+    MsgError,
+    aux_meta,
+    parse_header,
+    put_meta,
+    read_aux_meta,
+    read_put_meta,
+    read_update_meta,
+    update_meta,
+)
 
 
 def test_round_trip_and_repr():
@@ -90,3 +105,29 @@ def test_a_message_of_more_than_255_frames_counts_zero_and_takes_the_rest():
     assert len(back.frames) == 300 and back.array(299)[0] == 299
     with pytest.raises(ValueError, match="1 to 255 body frames"):
         envelope([m, _update(6, np.ones(1, np.float32))])
+
+
+def test_the_header_reads_by_name_and_its_bytes_are_the_v1_layout():
+    m = Msg(Addr.worker(1, 2), Addr.server(3, 4), c.kUpdate, param=5, slice=6, version=7).add_bytes(b"x")
+    head = m.header()
+    # magic, protocol, type, src (grp, id, kind), dst (grp, id, kind), body frames, param, slice, version
+    assert head == struct.pack("<2sBB hhB hhB B iii", b"SG", 1, c.kUpdate, 1, 2, c.kWorkerParam,
+                               3, 4, c.kServer, 1, 5, 6, 7)
+    h = parse_header(head)
+    assert isinstance(h, Header)
+    assert (h.type, h.src_grp, h.src_id, h.src_kind, h.dst_grp, h.dst_id, h.dst_kind,
+            h.param, h.slice, h.version, h.nbody) == (c.kUpdate, 1, 2, c.kWorkerParam, 3, 4,
+                                                      c.kServer, 5, 6, 7, 1)
+
+
+def test_meta_frames_round_trip():
+    assert put_meta(3, 0.5, 2.0) == struct.pack("<iff", 3, 0.5, 2.0)
+    assert read_put_meta(put_meta(3, 0.5, 2.0)) == (3, 0.5, 2.0)
+    assert update_meta(2, 9) == struct.pack("<ii", 2, 9)
+    assert read_update_meta(update_meta(2, 9)) == (2, 9)
+    assert read_update_meta(struct.pack("<i", 4)) == (4, None)  # num_update only: no staleness
+    with pytest.raises(struct.error):
+        read_update_meta(b"abc")
+    aux = np.arange(6, dtype=np.int32).reshape(2, 3)
+    assert aux_meta(aux) == b"<i4:2,3"
+    assert read_aux_meta(aux_meta(aux)) == (np.dtype(np.int32), (2, 3))
