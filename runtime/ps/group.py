@@ -40,6 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -49,6 +50,14 @@ from runtime.comm import socket as zsock
 from runtime.comm.msg import Addr, Msg, aux_meta, read_aux_meta
 from runtime.model.param import Param
 from runtime.neuralnet.partition import part_name
+
+# a bridge layer's delivery: (step version, data, aux or None)
+Delivery = tuple[int, np.ndarray, np.ndarray | None]
+
+if TYPE_CHECKING:
+    from runtime.cluster import Cluster
+    from runtime.neuralnet.net import NeuralNet
+    from runtime.ps.stub import Stub, StubChannel
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +70,10 @@ class BridgeHub:
     """The mailboxes of one process's bridge halves (any thread)."""
 
     def __init__(self) -> None:
-        self._boxes: dict[tuple[int, int, int], queue.SimpleQueue] = {}
+        self._boxes: dict[tuple[int, int, int], queue.SimpleQueue[Delivery]] = {}
         self._lock = threading.Lock()
 
-    def box(self, grp: int, bridge: int, direction: int) -> queue.SimpleQueue:
+    def box(self, grp: int, bridge: int, direction: int) -> queue.SimpleQueue[Delivery]:
         key = (grp, bridge, direction)
         b = self._boxes.get(key)
         if b is None:
@@ -87,13 +96,13 @@ class BridgeLink:
 
     def __init__(self, hub: BridgeHub, grp: int, wid: int, procs: int,
                  procs_of: Callable[[int, int], int],
-                 connect: Callable[[int, bytes], zmq.Socket] | None = None):
+                 connect: Callable[[int, bytes], zmq.Socket[bytes]] | None = None):
         self.hub = hub
         self.grp, self.wid, self.procs = grp, wid, procs
         self.addr = Addr.worker_layer(grp, wid)
         self._procs_of = procs_of       # (grp, wid) -> its process
         self._connect = connect         # (procs, identity) -> a DEALER to that process's stub
-        self._socks: dict[int, zmq.Socket] = {}
+        self._socks: dict[int, zmq.Socket[bytes]] = {}
         self._sent: dict[tuple[int, int], int] = {}
         self._received: dict[tuple[int, int], int] = {}
 
@@ -114,7 +123,7 @@ class BridgeLink:
             msg.add_bytes(aux_meta(a))
         zsock.send(self._socket(p), msg)
 
-    def _socket(self, procs: int) -> zmq.Socket:
+    def _socket(self, procs: int) -> zmq.Socket[bytes]:
         sock = self._socks.get(procs)
         if sock is None:
             if self._connect is None:
@@ -152,7 +161,7 @@ class WholeChannel:
     whole conf params (see the module docstring); everything else goes to
     the wrapped channel."""
 
-    def __init__(self, inner, stub, cluster, grp: int, wid: int):
+    def __init__(self, inner: StubChannel, stub: Stub, cluster: Cluster, grp: int, wid: int):
         self._inner = inner
         self.stub, self.cluster = stub, cluster
         self.grp, self.wid = grp, wid
@@ -161,10 +170,10 @@ class WholeChannel:
         self.others: dict[str, list[tuple[int, Param]]] = {}  # whole name -> (pid, part or mirror)
         self.mirrors: set[int] = set()              # id() of the mirrors among `others`
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def bind(self, net, pids: dict[str, int]) -> None:
+    def bind(self, net: NeuralNet, pids: dict[str, int]) -> None:
         """Learn the whole params of this worker's net and its own parts."""
         for name, whole in net.wholes.items():
             self.wholes[id(whole)] = whole
@@ -230,7 +239,8 @@ def _reached(part: Param, version: int | None) -> Callable[[], bool]:
     return lambda: part.version >= version
 
 
-def wire_wholes(stub, grp: int, net, channel: WholeChannel, local: dict[int, object],
+def wire_wholes(stub: Stub, grp: int, net: NeuralNet, channel: WholeChannel,
+                local: dict[int, NeuralNet],
                 pids: dict[str, int]) -> None:
     """Before any param is initialised: make the parts of the other local
     workers of group `grp` row views of worker 0's whole params (`local`:
@@ -239,6 +249,7 @@ def wire_wholes(stub, grp: int, net, channel: WholeChannel, local: dict[int, obj
     for name, whole in net.wholes.items():
         own = net.param(part_name(name, 0))
         part = net.part_of(own)
+        assert part is not None and whole.data is not None  # a whole param's part 0, allocated
         rows = part.hi - part.lo
         for k in range(1, part.count):
             view = whole.data[k * rows:(k + 1) * rows]

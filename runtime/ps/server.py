@@ -98,6 +98,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -212,7 +213,7 @@ class Server:
                 return []
         return self._dispatch(handler, msg)
 
-    def run(self, sock: zmq.Socket) -> None:
+    def run(self, sock: zmq.Socket[bytes]) -> None:
         """Serve messages from `sock` until kStop or `request_stop()`.
 
         `sock` is a DEALER (or PAIR) whose peer routes by `dst`, normally the
@@ -243,14 +244,14 @@ class Server:
                     break
         log.info("%r stopped: %s", self, self.stats())
 
-    def _serve_one(self, sock: zmq.Socket, router: bool, peers: dict[Addr, bytes]) -> None:
+    def _serve_one(self, sock: zmq.Socket[bytes], router: bool, peers: dict[Addr, bytes]) -> None:
         # A method of its own, so that no message or reply stays bound to a
         # variable of the loop: a reply still referenced would cost a copy
         # of its slice at the next update.
         frames = recv_frames(sock)
-        ident = None
+        ident = b""
         if router:
-            ident, frames = frames[0].bytes, frames[1:]
+            ident, frames = bytes(frames[0].bytes), frames[1:]
         try:
             msgs = Msg.all_from_frames(frames)  # a message, or an envelope of several
         except MsgError as e:
@@ -271,14 +272,14 @@ class Server:
         """Make `run` return within poll_time ms (any thread)."""
         self._halt.set()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters: updates applied, drops, syncs, held messages, staleness per worker group.
 
         {"updates", "dropped", "ignored_puts", "sync_sent", "sync_served",
          "sync_applied", "held", "slices",
          "groups": {worker group: {"updates", "mean_staleness", "max_staleness"}}}
         """
-        out: dict = dict(self._counts)
+        out: dict[str, Any] = dict(self._counts)
         out["slices"] = len(self._slices)
         out["held"] = (sum(len(v) for v in list(self._early.values()))
                        + sum(len(e.gets) for e in list(self._slices.values())))
@@ -512,7 +513,7 @@ class Server:
         return [Msg(self.addr, msg.src, pb.kStop)]
 
     # --------------------------------------------------------- internals ---
-    def _dispatch(self, handler, msg: Msg) -> list[Msg]:
+    def _dispatch(self, handler: Callable[[Msg], list[Msg]], msg: Msg) -> list[Msg]:
         try:
             return handler(msg)
         except (MsgError, struct.error, IndexError) as e:
@@ -567,7 +568,7 @@ class Server:
         if lent is not None and sys.getrefcount(lent) > 2:
             e.data = e.data.copy()
 
-    def _send(self, sock: zmq.Socket, msgs: list[Msg], peers: dict[Addr, bytes] | None) -> None:
+    def _send(self, sock: zmq.Socket[bytes], msgs: list[Msg], peers: dict[Addr, bytes] | None) -> None:
         """Send messages to one destination, as one envelope."""
         frames = envelope(msgs)
         dst = msgs[0].dst

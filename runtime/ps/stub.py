@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -58,6 +59,9 @@ from runtime.comm.msg import (
 )
 from runtime.model.param import Param
 from runtime.ps.param_slice import SliceInfo, SlicePlan
+
+if TYPE_CHECKING:
+    from runtime.comm.security import JobKeys
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +106,9 @@ class ParamEntry:
 class Stub:
     """The stub of process `procs`: routing and aggregation (see the module doc)."""
 
-    def __init__(self, ctx: zmq.Context, cluster: Cluster, procs: int,
-                 transport: str = "ipc", host: str = "127.0.0.1", keys=None):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, procs: int,
+                 transport: str = "ipc", host: str = "127.0.0.1",
+                 keys: JobKeys | None = None):
         self.ctx = ctx
         self.keys = keys  # the job's JobKeys across hosts (CURVE), None on one host
         self.cluster = cluster
@@ -113,22 +118,22 @@ class Stub:
         self.inproc = zsock.bind(self.router, "inproc", name=f"stub{procs}")
         self.endpoint = zsock.bind(self.router, transport, host=host, name=f"stub{procs}")
         self.peers: dict[int, str] = {}            # procs -> endpoint (the address book)
-        self._dealers: dict[int, zmq.Socket] = {}  # lazily connected to other stubs
+        self._dealers: dict[int, zmq.Socket[bytes]] = {}  # lazily connected to other stubs
         self.entries: dict[tuple[int, int], ParamEntry] = {}
-        self._routes: dict[tuple[int, int, int], tuple[zmq.Socket | None, bytes | None]] = {}
+        self._routes: dict[tuple[int, int, int], tuple[zmq.Socket[bytes] | None, bytes | None]] = {}
         self._reg_lock = threading.Lock()
         self.plan: SlicePlan | None = None
         self.local_workers = list(cluster.workers_of_procs(procs))
         self.local_servers = list(cluster.servers_of_procs(procs))
         self._stopped_workers: set[Addr] = set()
-        self.on_workers_done = None   # callback when every local worker has sent kStop
+        self.on_workers_done: Callable[[], None] | None = None  # every local worker sent kStop
         self.running = False
         self.stopping = False
         self._stopped_servers = 0
         # other sockets the loop serves: (socket, handler(msg))
-        self.watch: list[tuple[zmq.Socket, object]] = []
+        self.watch: list[tuple[zmq.Socket[bytes], Callable[[Msg], None]]] = []
         # kData for a local worker's bridge layers (runtime.ps.group.BridgeHub.deliver)
-        self.on_data = None
+        self.on_data: Callable[[Msg], None] | None = None
 
     # ------------------------------------------------------------ setup ---
     def register(self, grp: int, wid: int, params: list[Param], num_total: int | Sequence[int],
@@ -179,13 +184,13 @@ class Stub:
             return self.cluster.procs_of_server(addr.grp, addr.id)
         return self.cluster.procs_of_worker(addr.grp, addr.id)
 
-    def _remote(self, procs: int) -> zmq.Socket:
+    def _remote(self, procs: int) -> zmq.Socket[bytes]:
         d = self._dealers.get(procs)
         if d is None:
             d = self._dealers[procs] = self.dealer_to(procs, identity(self.addr))
         return d
 
-    def dealer_to(self, procs: int, ident: bytes) -> zmq.Socket:
+    def dealer_to(self, procs: int, ident: bytes) -> zmq.Socket[bytes]:
         """A new DEALER connected to the stub of process `procs`, with
         `ident` as its identity (unique among that stub's peers), for the
         calling thread only: the stub's own, and each worker channel's for
@@ -194,7 +199,7 @@ class Stub:
         d.connect(self.peers[procs])
         return d
 
-    def _route(self, grp: int, id: int, kind: int) -> tuple[zmq.Socket | None, bytes | None]:
+    def _route(self, grp: int, id: int, kind: int) -> tuple[zmq.Socket[bytes] | None, bytes | None]:
         """Where a message to (grp, id, kind) goes: (socket, ROUTER identity
         or None); (None, None) for this stub or a local worker. Raises
         ValueError/KeyError for an address of no process of the job."""
@@ -252,7 +257,7 @@ class Stub:
                 except Exception:  # one bad message must not end the process
                     log.exception("stub %d: cannot handle %r", self.procs, msg)
 
-    def _from_router(self, frames: list) -> None:
+    def _from_router(self, frames: list[Any]) -> None:
         """One frame list from the ROUTER (a message or an envelope of
         messages to one destination): forward it as it is, or handle it here."""
         if len(frames) < 2:
@@ -335,12 +340,14 @@ class Stub:
         entry's worker group's server group (any thread: computed once)."""
         if entry.targets is None:
             sgrp = self.cluster.server_group_of(entry.grp)
+            assert self.plan is not None  # set by the node before any worker starts
             entry.targets = [(info, Addr.server(sgrp, info.server))
                              for info in self.plan.slices_of(entry.pid)]
         return entry.targets
 
     def _put(self, entry: ParamEntry, msg: Msg) -> None:
         p = entry.owner
+        assert p.data is not None  # allocated when the net was set up
         flat = p.data.reshape(-1)
         for info, server in self.targets(entry):
             m = Msg(self._src(entry), server, common_pb2.kPut, entry.pid, info.id, msg.version)
@@ -358,11 +365,12 @@ class Stub:
     def _response(self, msg: Msg) -> None:
         self._values_in(msg.dst.grp, msg.param, msg.slice, msg.version, msg.frames[0])
 
-    def _values_in(self, grp: int, pid: int, sid: int, version: int, frame) -> None:
+    def _values_in(self, grp: int, pid: int, sid: int, version: int, frame: Any) -> None:
         """A server's values of slice `sid` of param `pid` (of worker group
         `grp`) at `version`: copied into the local replicas' memory; the last
         slice of the param sets their version (which releases `collect`)."""
         entry = self.entries[(grp, pid)]
+        assert self.plan is not None and entry.owner.data is not None
         info = self.plan.slices[sid]  # indexed by global slice id
         if info.param != pid:
             raise MsgError(f"slice {sid} belongs to param {info.param}, not {pid}")
@@ -386,7 +394,7 @@ class Stub:
                 entry.cond.notify_all()
 
 
-def _describe(frames: list) -> str:
+def _describe(frames: list[Any]) -> str:
     try:
         return ", ".join(repr(m) for m in Msg.all_from_frames(frames))
     except MsgError:
@@ -408,8 +416,8 @@ class StubChannel:
         # GIL from the workers) for each of them. Puts and Gets still go
         # through the stub; an update never overtakes them, since a worker
         # updates a param only after the reply to its Get.
-        self._direct: dict[int, zmq.Socket] = {}
-        self._routes: dict[int, tuple] = {}  # id(param) -> what update_many needs of it
+        self._direct: dict[int, zmq.Socket[bytes]] = {}
+        self._routes: dict[int, tuple[Any, ...]] = {}  # id(param) -> what update_many needs
 
     def bind_params(self, params: list[Param], pids: Sequence[int] | None = None) -> None:
         """The ids of the worker's params (default: their positions)."""
@@ -450,7 +458,7 @@ class StubChannel:
     def update_many(self, step: int, params: Sequence[Param]) -> None:
         """`update` of several params (a layer's): their messages to one
         server go as one envelope."""
-        groups: dict[tuple[int, Addr], tuple[zmq.Socket, list]] = {}
+        groups: dict[tuple[int, Addr], tuple[zmq.Socket[bytes], list[Any]]] = {}
         for p in params:
             route = self._routes.get(id(p))
             if route is None:
@@ -484,16 +492,17 @@ class StubChannel:
     @staticmethod
     def _grad(entry: ParamEntry) -> np.ndarray:
         """The grad of the entry's param summed over its local replicas."""
+        assert entry.owner.grad is not None  # allocated when the net was set up
         if entry.num_local == 1:
             return entry.owner.grad
         if entry.grad_sum is None:
             entry.grad_sum = np.empty(entry.owner.shape, np.float32)
-        np.copyto(entry.grad_sum, entry.shares[0].grad)
+        np.copyto(entry.grad_sum, entry.owner.grad)  # shares[0] is the owner
         for q in entry.shares[1:]:
             entry.grad_sum += q.grad
         return entry.grad_sum
 
-    def _plan_of(self, p: Param) -> tuple[ParamEntry, Addr, list]:
+    def _plan_of(self, p: Param) -> tuple[ParamEntry, Addr, list[Any]]:
         """p's entry, the source address of its updates, and for each slice
         (socket, server, slice id, start, end)."""
         entry = self._entry(p)
@@ -501,7 +510,7 @@ class StubChannel:
                    for info, server in self.stub.targets(entry)]
         return entry, self.stub._src(entry), targets
 
-    def _socket_to(self, server: Addr) -> zmq.Socket:
+    def _socket_to(self, server: Addr) -> zmq.Socket[bytes]:
         p = self.stub.procs_of(server)
         if p == self.stub.procs:
             return self.sock
@@ -525,10 +534,10 @@ class StubChannel:
         self._direct.clear()
         self._routes.clear()
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:
         pass
 
     def close(self) -> None:

@@ -83,7 +83,7 @@ def partition_job(job: job_pb2.JobProto, cluster: Cluster, wid: int) -> job_pb2.
 
 
 class Node:
-    def __init__(self, job: job_pb2.JobProto, procs: int, link: MasterLink, ctl: zmq.Socket,
+    def __init__(self, job: job_pb2.JobProto, procs: int, link: MasterLink, ctl: zmq.Socket[bytes],
                  transport: str = "ipc", host: str = "127.0.0.1", keys=None):
         self.job = job
         self.procs = procs
@@ -225,7 +225,7 @@ class Node:
                               self.stub.dealer_to)
             attach(net.layers, link)
             self._nets[(g, w)] = net
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the main thread reports it (report_failure)
             self.errors.append(e)
             ready.abort()
             return
@@ -307,7 +307,7 @@ def report_failure(link: MasterLink | None, procs: int | None, e: BaseException,
         try:
             if not link.fail(reason):
                 log.warning("the job master did not acknowledge this process's failure")
-        except Exception:  # noqa: BLE001 - the log line above is the master's fallback
+        except Exception:  # the log line above is the master's fallback
             log.warning("could not tell the job master why this process fails", exc_info=True)
     return 2 if isinstance(e, UserError) else 1
 
@@ -342,7 +342,7 @@ def _redirect_output(path: str) -> None:
     os.close(fd)
 
 
-def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket, resume: bool, test: bool) -> int:
+def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket[bytes], resume: bool, test: bool) -> int:
     """A job of one process with one worker and one server: SINGA's Driver in
     this process (no stub, no sockets but the link to the master)."""
     from runtime.train import single
