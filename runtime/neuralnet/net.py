@@ -48,7 +48,7 @@ from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
 from runtime.model.param import Param
 from runtime.neuralnet import partition as partitioning
-from runtime.neuralnet.bridge import BridgeDstLayer, _Bridge
+from runtime.neuralnet.bridge import BridgeDstLayer, BridgeSrcLayer
 from runtime.neuralnet.connection_layer import ConcateLayer
 from runtime.neuralnet.layer import Layer, allocated, create_layer, kOneToOne
 from runtime.neuralnet.unroll import Locate, needs_unrolling, origin_name, unroll_protos
@@ -343,7 +343,7 @@ class NeuralNet:
             if node.bridge >= 0:
                 # only kBridgeSrc/kBridgeDst nodes have a bridge; the registry keeps those
                 # keys to bridge.py's classes (a key cannot be registered twice)
-                assert isinstance(layer, _Bridge)
+                assert isinstance(layer, (BridgeSrcLayer, BridgeDstLayer))
                 layer.bridge_id = node.bridge
                 layer.src_partition, layer.dst_partition = node.src_partition, node.dst_partition
                 layer.remote = self.partition is not None
