@@ -27,13 +27,16 @@ prints that dict as text, so `--json` and the text always say the same:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conf import job_pb2
 from runtime.cluster import Cluster
 from runtime.config.validate import PHASE_NAMES, phase_layers
+
+if TYPE_CHECKING:
+    from runtime.neuralnet.layer import Layer
 
 # A plan listing this many processes or more is shortened in the text output.
 MAX_PROCS_SHOWN = 64
@@ -81,7 +84,7 @@ def _type(layer: job_pb2.LayerProto) -> str:
 
 def _phase(job, phase: int) -> dict[str, Any]:
     net = job.nets.get(phase)
-    built = {}
+    built: dict[str, Layer] = {}
     if net is not None:
         for l in net.layers:  # an unrolled net: each conf layer by its first copy
             built.setdefault(net.origin(l), l)
@@ -184,7 +187,7 @@ def describe(job) -> dict[str, Any]:
     if alg.alg == job_pb2.kCD:
         alg_d["cd_k"] = alg.cd_conf.cd_k
     u = p.updater
-    upd: dict[str, Any] | None = {
+    upd_d: dict[str, Any] = {
         "type": u.user_type or job_pb2.UpdaterType.Name(u.type),
         "momentum": float(np.float32(u.momentum)),
         "weight_decay": float(np.float32(u.weight_decay)),
@@ -195,7 +198,8 @@ def describe(job) -> dict[str, Any]:
         },
     }
     if u.clip_high > u.clip_low:
-        upd["clip"] = [float(np.float32(u.clip_low)), float(np.float32(u.clip_high))]
+        upd_d["clip"] = [float(np.float32(u.clip_low)), float(np.float32(u.clip_high))]
+    upd: dict[str, Any] | None = upd_d
     if not p.HasField("updater"):
         upd = None  # a test-only job
     c = Cluster.from_proto(p.cluster)
@@ -330,7 +334,7 @@ def render(d: dict[str, Any]) -> str:
     if d.get("partitions"):
         out += _render_partitions(d["partitions"])
     out.append("")
-    main = d["phases"].get("train") or next(iter(d["phases"].values()), {})
+    main: dict[str, Any] = d["phases"].get("train") or next(iter(d["phases"].values()), {})
     nots = main.get("not_set_up", 0)
     out.append(f"params: {d['params']['count']:,} ({_mb(d['params']['bytes'])} as float32"
                + (f"; the {nots} layer(s) with shape ? are not counted" if nots else "") + ")")

@@ -150,10 +150,13 @@ def load_generated(path: str | os.PathLike, shown: str | None = None) -> ModuleT
     for mod in PLATFORM.values():
         sys.modules.setdefault(mod, sys.modules[f"conf.{mod}"])
     old = sys.modules.get(name)
-    if old is not None and getattr(old, "__file__", None):
-        if Path(old.__file__).resolve() == path:
+    old_file = getattr(old, "__file__", None) if old is not None else None
+    if old is not None and old_file:
+        if Path(old_file).resolve() == path:
             return old
     spec = importlib.util.spec_from_file_location(name, path)
+    # callers pass a `*_pb2.py` file: a .py suffix always gets a spec with the source loader
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

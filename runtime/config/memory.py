@@ -172,7 +172,7 @@ def estimate(job: job_pb2.JobProto, nets: dict[int, Any], partitioned: Any = Non
     held = {id(p) for p in served}
     plan = SlicePlan([(p.name, p.size) for p in served], c)
     # the conf layer owning each served param, to say which layer the servers' memory is for
-    owner_layer = {}
+    owner_layer: dict[str, str] = {}
     for l in group_net.layers:
         for p in l.params:
             owner_layer.setdefault(p.name, conf_name(l))

@@ -5,6 +5,7 @@ layer type where no layer class checks it, duplicate names, `share_from`,
 from __future__ import annotations
 
 from conf import common_pb2, job_pb2
+from runtime.config.validate_base import CheckerBase
 from runtime.config.validate_training import enum_names
 from runtime.model.param_init import init_registry
 from runtime.neuralnet import layer_registry
@@ -40,7 +41,7 @@ def phase_layers(net: job_pb2.NetProto, phase: int):
         yield i, lyr
 
 
-class ParamRules:
+class ParamRules(CheckerBase):
     # -------------------------------------------------------------- params ---
     def params(self, phases: list[int]) -> None:
         layer_reg = layer_registry

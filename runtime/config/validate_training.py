@@ -11,6 +11,7 @@ from typing import Any
 
 from conf import job_pb2
 from runtime.cluster import Cluster
+from runtime.config.validate_base import CheckerBase
 from runtime.errors import UserError
 from runtime.model.lr import create_lr, lr_registry
 from runtime.model.updater import create_updater, updater_registry
@@ -35,7 +36,7 @@ def enum_names(enum, skip: int) -> list[str]:
     return [enum.Name(v) for v in enum.values() if v != skip]
 
 
-class TrainingRules:
+class TrainingRules(CheckerBase):
     # ----------------------------------------------------------- algorithm ---
     def algorithm(self) -> None:
         alg = self.job.train_one_batch

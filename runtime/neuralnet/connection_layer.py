@@ -37,7 +37,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.conf_check import ConfProblem, positive
-from runtime.neuralnet.layer import Layer, kOneToMany, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, kOneToMany, layer_registry
 
 
 def aux_of(src: Layer, dst: Layer) -> np.ndarray | None:
@@ -96,14 +96,16 @@ class SplitLayer(_Fanout):
         if not self._grads:  # the first gradient of this backward pass
             self.grad = g.copy()
         elif k in self._grads:  # the same consumer again: replace its share
-            self.grad += g - self._grads[k]
+            total = allocated(self.grad)  # the first gradient made it; added in place
+            total += g - self._grads[k]
         else:
-            self.grad += g
+            total = allocated(self.grad)
+            total += g
         self._grads[k] = g
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         # Consumers without a gradient (output layers) simply add nothing.
-        total = self.grad if self._grads else np.zeros(self.shape, dtype=np.float32)
+        total = allocated(self.grad) if self._grads else np.zeros(self.shape, dtype=np.float32)
         self._grads.clear()
         srclayers[0].set_grad(self, total)
 
@@ -154,7 +156,7 @@ class SliceLayer(_Fanout):
         self.pieces = np.split(self.data, self.num, axis=self.dim)
         self.aux_data = aux_of(srclayers[0], self)
         if self.dim == 0 and self.aux_data is not None:
-            self._aux_pieces = np.split(np.asarray(self.aux_data), self.num)
+            self._aux_pieces = [*np.split(np.asarray(self.aux_data), self.num)]
         else:
             self._aux_pieces = [self.aux_data] * self.num
 
@@ -172,11 +174,11 @@ class SliceLayer(_Fanout):
         self._got.add(k)
         step = self.shape[self.dim]
         where = (slice(None),) * self.dim + (slice(k * step, (k + 1) * step),)
-        self.grad[where] = np.asarray(grad, dtype=np.float32).reshape(self.shape)
+        allocated(self.grad)[where] = np.asarray(grad, dtype=np.float32).reshape(self.shape)
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         # A piece whose consumer sent no gradient stays zero.
-        grad = self.grad if self._got else np.zeros(self.src_shape, dtype=np.float32)
+        grad = allocated(self.grad) if self._got else np.zeros(self.src_shape, dtype=np.float32)
         self._got.clear()
         srclayers[0].set_grad(self, grad)
 

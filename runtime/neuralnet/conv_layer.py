@@ -16,7 +16,7 @@ from runtime import blas
 from runtime.errors import LayerError
 from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
 from runtime.neuralnet.im2col import RowTaps, col2im, im2col, transpose_into
-from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import (
     NeuronLayer,
     as_f32,
@@ -177,7 +177,7 @@ class ConvolutionLayer(NeuronLayer):
         f, c, (kh, kw) = self.num_filters, self.c, self.kernel
         wr = self.buf.get("wr", (kh, f, c * kw + 1))
         np.copyto(wr[:, :, :-1].reshape(kh, f, c, kw),
-                  self.weight.data.reshape(f, c, kh, kw).transpose(2, 0, 1, 3))
+                  allocated(self.weight.data).reshape(f, c, kh, kw).transpose(2, 0, 1, 3))
         wr[0, :, -1] = 0 if self.bias is None else self.bias.data
         return wr
 
@@ -229,13 +229,13 @@ class ConvolutionLayer(NeuronLayer):
         # faster at this orientation of these long-and-thin products
         k = self.weight.shape[1]
         gwt = self.buf.get("gwt", (k + 1, f))
-        np.matmul(self.col, gt.T, out=gwt)
+        np.matmul(allocated(self.col), gt.T, out=gwt)
         set_param_grad(self.weight, gwt[:k].T, flag)
         if self.bias is not None:
             set_param_grad(self.bias, gwt[k], flag)
         if wants_grad(src):
             gcol = self.buf.get("gcol", (k, n * p))
-            np.matmul(self.weight.data.T, gt, out=gcol)
+            np.matmul(allocated(self.weight.data).T, gt, out=gcol)
             gx = col2im(gcol, (n, self.c, self.h, self.w), self.kernel, self.pad,
                         self.stride, self.buf, self.batch_inner)
             src.set_grad(self, gx.reshape(self.src_shape))
@@ -245,9 +245,9 @@ class ConvolutionLayer(NeuronLayer):
         rows, k = self.rows, self.c * self.kernel[1]
         # [gW_i | gbias] (transposed, as above) = window_i @ gt.T
         gwt = self.buf.get("gwt", (kh, k + 1, f))
-        blas.sgemm(rows.window(self.col, 0, bias=True), gt, gwt[0], trans_b=True)
+        blas.sgemm(rows.window(allocated(self.col), 0, bias=True), gt, gwt[0], trans_b=True)
         for i in range(1, kh):
-            blas.sgemm(rows.window(self.col, i), gt, gwt[i, :k], trans_b=True)
+            blas.sgemm(rows.window(allocated(self.col), i), gt, gwt[i, :k], trans_b=True)
         set_param_grad(self.weight, gwt[:, :k].reshape(kh, c, kw, f).transpose(3, 1, 0, 2), flag)
         if self.bias is not None:
             set_param_grad(self.bias, gwt[0, k], flag)

@@ -94,7 +94,9 @@ class StoreInputLayer(ReaderLayer):
         self.sample_shape = tuple(conf.shape)
         self.size = int(np.prod(self.sample_shape, dtype=np.int64))
         self.shape = (self.batchsize,) + self.sample_shape
-        self.mean = self.std = None
+        # per-pixel arrays (mean_file, std_file) or one value; None: not given
+        self.mean: np.ndarray | np.float32 | None = None
+        self.std: np.ndarray | np.float32 | None = None
 
     def prepare(self) -> None:
         conf = self.proto.store_conf

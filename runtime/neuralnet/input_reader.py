@@ -222,11 +222,16 @@ class ReaderLayer(InputLayer):
             return 0, 0
         return self.proto.partition_id * self.batchsize, (n - 1) * self.batchsize
 
+    def _open_reader(self) -> RecordReader:
+        """The reader `_start` opened: compute_feature starts it before any batch is read."""
+        assert self._reader is not None, f"layer '{self.name}': the reader is not open"
+        return self._reader
+
     def _next_batch(self, deploy: bool):
-        values, numbers = self._reader.read_n(self.batchsize)
+        values, numbers = self._open_reader().read_n(self.batchsize)
         data, labels = self.parse(values, numbers, deploy)
-        self._reader.skip(self._interleave()[1])
-        return data, labels, self._reader.pos
+        self._open_reader().skip(self._interleave()[1])
+        return data, labels, self._open_reader().pos
 
     # -- prefetching --
     def _start_prefetch(self, deploy: bool) -> None:
@@ -282,7 +287,7 @@ class ReaderLayer(InputLayer):
 
     def _restart_at(self, pos: int) -> None:
         self._stop_prefetch()
-        self._reader.seek(pos)
+        self._open_reader().seek(pos)
 
     # -- state --
     def state(self) -> dict:

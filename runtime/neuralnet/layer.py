@@ -43,9 +43,17 @@ layer_registry = Registry("layer type", job_pb2.LayerType,
 kOneToOne, kOneToAll, kOneToMany = 0, 1, 2
 
 
+def allocated(a: np.ndarray | None) -> np.ndarray:
+    """`a`, known to be set where it is read: a param's `data`/`grad` after the
+    net allocated them, a layer's `data`/`grad` after its compute."""
+    assert a is not None, "an array is read before it is allocated or computed"
+    return a
+
+
 class Layer:
-    #: params a layer of this type has, by position (None: any number, checked in setup)
-    num_params: int | None = 0
+    #: params a layer of this type has, by position (a tuple: any of those counts;
+    #: None: any number, checked in setup)
+    num_params: int | tuple[int, ...] | None = 0
     #: kOneToMany: many consumers read the same data (no split layer needed)
     dst_layer_connection = kOneToOne
     #: kOneToAll: each output neuron depends on every input neuron
@@ -54,6 +62,9 @@ class Layer:
     is_loss = False
     #: input layers read data from a store and have no gradient
     is_input = False
+    #: set by a partitioned net's builder on a feature partition's layers
+    #: (their params are rows of the conf param; see NeuralNet._partition_params)
+    _feature_params = False
 
     def __init__(self, proto: job_pb2.LayerProto):
         self.proto = proto
@@ -120,6 +131,7 @@ class Layer:
 
     # --- what consumers see ---------------------------------------------
     def data_for(self, dst: Layer) -> np.ndarray:
+        assert self.data is not None, f"layer '{self.name}' is read before it computed its data"
         return self.data
 
     def shape_for(self, dst: Layer) -> tuple[int, ...]:

@@ -48,7 +48,9 @@ from conf import job_pb2
 from runtime.errors import ConfigError, LayerError, Problem, UserError
 from runtime.model.param import Param
 from runtime.neuralnet import partition as partitioning
-from runtime.neuralnet.layer import Layer, create_layer, kOneToOne
+from runtime.neuralnet.bridge import BridgeDstLayer, BridgeSrcLayer
+from runtime.neuralnet.connection_layer import ConcateLayer
+from runtime.neuralnet.layer import Layer, allocated, create_layer, kOneToOne
 from runtime.neuralnet.unroll import Locate, needs_unrolling, origin_name, unroll_protos
 
 PHASE_NAMES = {job_pb2.kTrain: "train", job_pb2.kVal: "validation", job_pb2.kTest: "test"}
@@ -238,9 +240,10 @@ class NeuralNet:
         if self.npartitions > 1:
             if self.unrolled:  # a copy inherits the net's partition_dim as its conf layer does
                 inherited = {q.name for _, q in protos if origin_name(q.name) in inherited}
-            found = partitioning.check([lyr for lyr in sorted_layers if lyr.name not in failed], self._index,
-                            locate, self.npartitions, self.unrolled, inherited)
-            for name, problem in found:
+            part_found = partitioning.check([lyr for lyr in sorted_layers if lyr.name not in failed],
+                                            self._index, locate, self.npartitions, self.unrolled,
+                                            inherited)
+            for name, problem in part_found:
                 report(name, problem)
                 if problem.severity == "error":
                     failed.add(name)
@@ -301,7 +304,8 @@ class NeuralNet:
             for p in self.params:
                 part = self._parts.get(id(p))
                 if part is not None and part.whole is not None:
-                    p.data = part.whole.data[part.lo:part.hi]  # a view: the rows of the whole
+                    # a view: the rows of the whole (a param of this net, allocated above)
+                    p.data = allocated(part.whole.data)[part.lo:part.hi]
                     p.allocate()
                 elif p.owner is not None:
                     p.share_from(p.owner)
@@ -322,7 +326,9 @@ class NeuralNet:
         nodes = partitioning.expand(order, self._src, n)
         if self.partition is not None:
             nodes = partitioning.local_nodes(nodes, self.partition)
-        index, src, dst = {}, {}, {}
+        index: dict[str, int] = {}
+        src: dict[str, list[Layer]] = {}
+        dst: dict[str, list[Layer]] = {}
         by_name: dict[str, Layer] = {}
         out: list[Layer] = []
         bad: set[str] = set()
@@ -335,12 +341,17 @@ class NeuralNet:
                 bad.add(node.name)  # a partition of a failed layer (its connection
                 # layers are skipped when their own sources failed)
             if node.bridge >= 0:
+                # only kBridgeSrc/kBridgeDst nodes have a bridge; the registry keeps those
+                # keys to bridge.py's classes (a key cannot be registered twice)
+                assert isinstance(layer, (BridgeSrcLayer, BridgeDstLayer))
                 layer.bridge_id = node.bridge
                 layer.src_partition, layer.dst_partition = node.src_partition, node.dst_partition
                 layer.remote = self.partition is not None
                 if node.twin and not node.srcs:
+                    assert isinstance(layer, BridgeDstLayer)  # the twin is a bridge_dst's
                     layer.twin = by_name[node.twin]
             if node.grad_scale != 1.0:
+                assert isinstance(layer, ConcateLayer)  # expand() scales only its concates
                 layer.grad_scale = node.grad_scale
             if node.feature_params:
                 layer._feature_params = True  # read by _partition_params
@@ -392,10 +403,10 @@ class NeuralNet:
         if self.wholes:
             params, placed = [], set()
             for p in self.params:
-                part = self._parts.get(id(p))
-                if part is not None and part.whole is not None and part.name not in placed:
-                    placed.add(part.name)
-                    params.append(part.whole)
+                of = self._parts.get(id(p))
+                if of is not None and of.whole is not None and of.name not in placed:
+                    placed.add(of.name)
+                    params.append(of.whole)
                 params.append(p)
             self.params = params
 

@@ -23,7 +23,7 @@ from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.model.param import Param
 from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
-from runtime.neuralnet.layer import Layer, has, kOneToAll, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, has, kOneToAll, layer_registry
 
 F32 = np.float32
 
@@ -98,7 +98,10 @@ def wants_grad(src: Layer) -> bool:
     return not getattr(src, "is_input", False)
 
 
-def as_f32(x: np.ndarray) -> np.ndarray:
+def as_f32(x: np.ndarray | None) -> np.ndarray:
+    """`x` as float32; `x` is a layer's data or grad, set before it is read
+    (None failed here before too, on `.dtype`)."""
+    assert x is not None, "an array is read before it is set"
     return x if x.dtype == F32 else x.astype(F32)
 
 
@@ -181,21 +184,21 @@ class InnerProductLayer(NeuronLayer):
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         x = self.src_data(srclayers).reshape(self.batch, self.in_dim)
-        w = self.weight.data
+        w = allocated(self.weight.data)
         # y.T = W x.T: OpenBLAS is 10-20% faster at this orientation of these
         # products (the batch as the short side), and the transpose comes free
         # with the bias add
         yt = self.buf.get("yt", self.shape[::-1])
         np.matmul(w.T if self.transpose else w, x.T, out=yt)
         y = self.buf.get("y", self.shape)
-        np.add(yt.T, self.bias.data, out=y)
+        np.add(yt.T, allocated(self.bias.data), out=y)
         self.data = y
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:
         src = srclayers[0]
         x = self.src_data(srclayers).reshape(self.batch, self.in_dim)
         g = as_f32(self.grad).reshape(self.shape)
-        w = self.weight.data
+        w = allocated(self.weight.data)
         if self.transpose:
             matmul_param_grad(self.weight, x.T, g, flag)
         else:
@@ -328,14 +331,14 @@ class ReLULayer(ElementwiseLayer):
             # g where y > 0: a bool mask is cheaper to make than a float one
             g = as_f32(self.grad)
             mask = self.buf.get("mask", g.shape, dtype=np.bool_)
-            np.greater(self.data, 0, out=mask)
+            np.greater(allocated(self.data), 0, out=mask)
             gx = self.buf.get("gx", g.shape)
             np.multiply(g, mask, out=gx)
             src.set_grad(self, gx)
             return
         x = self.src_data(srclayers)
         gx = self.buf.get("gx", x.shape)
-        np.multiply(self.grad, np.where(x > 0, F32(1), F32(self.slope)), out=gx)
+        np.multiply(allocated(self.grad), np.where(x > 0, F32(1), F32(self.slope)), out=gx)
         src.set_grad(self, gx)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.conf_check import ConfProblem
-from runtime.neuralnet.layer import Layer, has, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, has, layer_registry
 from runtime.neuralnet.neuron_layer import (
     F32,
     NeuronLayer,
@@ -128,7 +128,7 @@ class LRNLayer(NeuronLayer):
         x = self.src_data(srclayers).reshape(self.dims)
         g = as_f32(self.grad).reshape(self.dims)
         norm, scale = self.buf.get("norm", self.dims), self.buf.get("scale", self.dims)
-        y = self.data.reshape(self.dims)
+        y = allocated(self.data).reshape(self.dims)
         gx = self.buf.get("gx", self.dims)
         # dy_c/dx_k = d_ck scale_c - 2 alpha beta / size * x_k * y_c / norm_c
         # for every c whose window holds k (the windows are symmetric)
@@ -160,7 +160,7 @@ class BatchNormLayer(NeuronLayer):
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
         if len(self.shape) == 4:
-            pshape = (1, self.shape[1], 1, 1)
+            pshape: tuple[int, ...] = (1, self.shape[1], 1, 1)
             self.axes: tuple[int, ...] = (0, 2, 3)
         elif len(self.shape) == 2:
             pshape = (1, self.shape[1])
@@ -183,10 +183,11 @@ class BatchNormLayer(NeuronLayer):
             var = x.var(axis=self.axes, keepdims=True, dtype=np.float64)
             m = self.count
             unbiased = var * (m / (m - 1)) if m > 1 else var
-            self.mean.data *= 1.0 - BN_MOMENTUM
-            self.mean.data += (BN_MOMENTUM * mean).astype(F32)
-            self.var.data *= 1.0 - BN_MOMENTUM
-            self.var.data += (BN_MOMENTUM * unbiased).astype(F32)
+            run_mean, run_var = allocated(self.mean.data), allocated(self.var.data)  # in place
+            run_mean *= 1.0 - BN_MOMENTUM
+            run_mean += (BN_MOMENTUM * mean).astype(F32)
+            run_var *= 1.0 - BN_MOMENTUM
+            run_var += (BN_MOMENTUM * unbiased).astype(F32)
         else:
             mean, var = self.mean.data, self.var.data
         self.inv_std = (1.0 / np.sqrt(np.asarray(var, np.float64) + BN_EPSILON)).astype(F32)
@@ -194,7 +195,7 @@ class BatchNormLayer(NeuronLayer):
         np.subtract(x, mean.astype(F32), out=xhat)
         xhat *= self.inv_std
         y = self.buf.get("y", self.shape)
-        np.multiply(xhat, self.scale.data, out=y)
+        np.multiply(xhat, allocated(self.scale.data), out=y)
         y += self.bias.data
         self.data = y
 
@@ -214,7 +215,7 @@ class BatchNormLayer(NeuronLayer):
         if not wants_grad(src):
             return
         gx = self.buf.get("gx", self.shape)
-        k = self.scale.data * self.inv_std
+        k = allocated(self.scale.data) * self.inv_std
         if self.batch_stats:
             # d/dx of the batch statistics: subtract the mean of g and the
             # part of g along xhat, per channel

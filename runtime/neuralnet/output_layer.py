@@ -12,6 +12,7 @@ instance number ("0", "1", ...), flush after every batch and close in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive, st
 from runtime.neuralnet.connection_layer import aux_of
 from runtime.neuralnet.layer import Layer, layer_registry
 from runtime.neuralnet.loss_layer import MetricLayer, labels_for, topk_hits
+
+if TYPE_CHECKING:
+    from runtime.io.store import Store
 
 
 class _NoGradient:
@@ -33,7 +37,7 @@ def _flat(src: Layer, dst: Layer) -> np.ndarray:
     return data.reshape(data.shape[0], -1)
 
 
-def _setup_topk(layer: Layer, src: Layer) -> None:
+def _setup_topk(layer: ArgSortLayer | AccuracyLayer, src: Layer) -> None:
     shape = tuple(src.shape_for(layer))
     layer.batch = shape[0]
     layer.dim = int(np.prod(shape[1:], dtype=np.int64))
@@ -53,6 +57,10 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
 class ArgSortLayer(_NoGradient, Layer):
     """data = [B, topk] indices (as float32) of the largest scores, descending;
     the source's labels pass through."""
+
+    batch: int  # set by setup (_setup_topk)
+    dim: int
+    topk: int
 
     @classmethod
     def check_conf(cls, proto: job_pb2.LayerProto, submit: bool = False) -> list[ConfProblem]:
@@ -82,6 +90,9 @@ class AccuracyLayer(_NoGradient, MetricLayer):
 
 
     metric_names = ("accuracy",)
+    batch: int  # set by setup (_setup_topk)
+    dim: int
+    topk: int
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         self.check_srclayers(srclayers, 2)
@@ -122,7 +133,7 @@ class _StoreOutput(_NoGradient, Layer):
         self.backend = conf.backend or self.default_backend
         self.path = conf.path
         self.shape = tuple(srclayers[0].shape_for(self))
-        self.store = None
+        self.store: Store | None = None
         self.count = 0  # instances written: the next key
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:

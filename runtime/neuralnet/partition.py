@@ -54,6 +54,7 @@ same names and values as an unpartitioned net's.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from conf import job_pb2
@@ -247,7 +248,7 @@ Locate = Callable[[int, str], str]
 
 
 def check(layers: Sequence[Layer], index: dict[str, int], locate: Locate, n: int,
-          unrolled: bool, inherited: set[str] = frozenset()) -> list[tuple[str, Problem]]:
+          unrolled: bool, inherited: AbstractSet[str] = frozenset()) -> list[tuple[str, Problem]]:
     """What SINGA would run wrongly (or not at all) when `layers` (one
     partition, topological order) are partitioned over n workers:
 

@@ -210,8 +210,8 @@ class PoolingLayer(NeuronLayer):
                 plane = planes[a, b, :m].reshape(np_, rows, cols)
                 plane[:, rs.lo:rs.hi, cs.lo:cs.hi] = self._phase_view(x[p0:p0 + np_], rs, cs)
             # width pass, all row phases at once
-            rowmax = planes[:, 0] if kw == 1 else mw
-            if kw > 1:
+            rowmax = planes[:, 0] if mw is None else mw  # mw is None iff kw == 1
+            if mw is not None:
                 srcs = [planes[:, b, off:off + m] for b, off in self.taps_w]
                 if is_max:
                     self._max(srcs, mw[:, :m], argw[:, at])
@@ -300,9 +300,9 @@ class PoolingLayer(NeuronLayer):
                 else:
                     np.multiply(g3[p0:p0 + np_], self.inv_size, out=view)
             # adjoint of the height pass, then of the width pass (all row phases at once)
-            dst = gplanes[:, 0] if kw == 1 else gmw
+            dst = gplanes[:, 0] if gmw is None else gmw  # gmw is None iff kw == 1
             self._spread(gb, argh[at] if is_max else None, list(dst), self.taps_h, m)
-            if kw > 1:
+            if gmw is not None:
                 self._spread(gmw[:, :m], argw[:, at] if is_max else None,
                              [gplanes[:, b] for b in range(self.nphase[1])], self.taps_w, m)
             # back from the phases to the input

@@ -55,7 +55,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
-from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, has, kOneToAll, kOneToMany, layer_registry
 from runtime.neuralnet.neuron_layer import (
     ACTIVATIONS,
     Scratch,
@@ -148,7 +148,7 @@ class RBMVisLayer(RBMLayer):
             raise LayerError(f"kRBMVis '{self.name}': a negative pass before a positive pass")
         h = self.hid_layer.sample(flag)
         v = self.buf.get("neg", self.shape)
-        np.matmul(h, self.weight.data, out=v)
+        np.matmul(h, allocated(self.weight.data), out=v)
         v += self.bias.data
         _sigmoid(v, v)
         self.neg_data = v
@@ -172,7 +172,7 @@ class RBMVisLayer(RBMLayer):
         V = self.buf.get("V", (2 * B, self.vdim))
         H[:B], H[B:] = hid.neg_data, hid.pos_data
         np.multiply(self.neg_data, F32(1.0 / B), out=V[:B])
-        np.multiply(self.pos_data, F32(-1.0 / B), out=V[B:])
+        np.multiply(allocated(self.pos_data), F32(-1.0 / B), out=V[B:])
         matmul_param_grad(self.weight, H.T, V, flag)
         set_param_grad(self.bias, V.sum(axis=0, dtype=np.float64).astype(F32), flag)
 
@@ -237,7 +237,7 @@ class RBMHidLayer(RBMLayer):
             raise LayerError(f"kRBMHid '{self.name}': its kRBMVis '{vis.name}' has no data "
                              "for this phase yet")
         h = self.buf.get(name, self.shape)
-        np.matmul(src, self.weight.data.T, out=h)
+        np.matmul(src, allocated(self.weight.data).T, out=h)
         h += self.bias.data
         if not self.gaussian:
             _sigmoid(h, h)

@@ -42,7 +42,7 @@ def crop_mirror_scale(x: np.ndarray, cropsize: int, mirror: bool, scale: float,
     b, c, h, w = x.shape
     ch, cw = (cropsize, cropsize) if cropsize else (h, w)
     random_crop = train and cropsize and (h > ch or w > cw)
-    flip = rng.random(b) < 0.5 if (mirror and train) else None
+    flip = rng.random(int(b)) < 0.5 if (mirror and train) else None  # int(b): typed as an array size
     if not random_crop and flip is None:
         out = x[:, :, :ch, :cw]
     else:

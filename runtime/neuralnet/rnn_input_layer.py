@@ -15,6 +15,7 @@ are the indices (a repeated character keeps its first index).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -170,6 +171,7 @@ class CharRNNInputLayer(InputLayer):
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         if self._text is None:
             self.prepare()
+        assert self._text is not None  # prepare() read it
         self.offset = read_streams(self._text, self._starts, self.offset, self.unroll_len,
                                    self.stride, self._blobs)
         self.data = self._blobs[0]
@@ -186,6 +188,13 @@ class CharRNNInputLayer(InputLayer):
 
 
 # --------------------------------------------------------------- RNNLabel --
+@runtime_checkable
+class MultiStep(Protocol):
+    """A source that holds every step (e.g. kCharRNN): step k by `data_at(k)`."""
+
+    def data_at(self, k: int) -> np.ndarray: ...
+
+
 @layer_registry.register(job_pb2.kRNNLabel)
 class RNNLabelLayer(InputLayer):
     """The labels of unrolled copy i: step i + 1 of its multi-step source
@@ -210,7 +219,9 @@ class RNNLabelLayer(InputLayer):
         self.shape = (tuple(src.shape_for(self))[0],)
 
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
-        labels = srclayers[0].data_at(self.proto.unroll_index + 1)
+        src = srclayers[0]
+        assert isinstance(src, MultiStep)  # setup checked that it has data_at
+        labels = src.data_at(self.proto.unroll_index + 1)
         self.data = labels
         self.aux_data = labels.astype(np.int32)
 

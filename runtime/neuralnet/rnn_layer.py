@@ -20,7 +20,7 @@ from conf import job_pb2
 from runtime import blas
 from runtime.errors import LayerError, UserError
 from runtime.neuralnet.conf_check import ConfProblem, conf_missing, positive
-from runtime.neuralnet.layer import Layer, has, kOneToAll, kOneToMany, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, has, kOneToAll, kOneToMany, layer_registry
 from runtime.neuralnet.neuron_layer import (
     F32,
     NeuronLayer,
@@ -162,8 +162,8 @@ class GRULayer(NeuronLayer):
             if np.shares_memory(h, out):
                 # the state fed back from this layer's own last output (sampling)
                 h = h.copy()
-        wz, wr, wc = (p.data for p in self.w_x)
-        uz, ur, uc = (p.data for p in self.w_h)
+        wz, wr, wc = (allocated(p.data) for p in self.w_x)
+        uz, ur, uc = (allocated(p.data) for p in self.w_h)
         z = self.buf.get("z", (b, hd))
         r = self.buf.get("r", (b, hd))
         c = self.buf.get("c", (b, hd))
@@ -213,6 +213,8 @@ class GRULayer(NeuronLayer):
         np.subtract(1, z, out=dc)
         dc *= g
         dc *= 1 - c * c
+        drc: np.ndarray | None
+        dr: np.ndarray | None
         if h is not None:
             drc = self.buf.get("drc", (b, hd))  # dL/d(h U_c^T)
             np.multiply(dc, r, out=drc)
@@ -227,9 +229,9 @@ class GRULayer(NeuronLayer):
                         (self.w_h[0], dz, h), (self.w_h[1], dr, h), (self.w_h[2], drc, h)):
             if d is None or a is None:
                 if not acc:
-                    p.grad.fill(0)
+                    allocated(p.grad).fill(0)
             else:
-                _gemm(d, a, p.grad, acc, trans_a=True)
+                _gemm(d, a, allocated(p.grad), acc, trans_a=True)
         if self.b is not None:
             set_param_grad(self.b[0], dz.sum(axis=0), flag)
             set_param_grad(self.b[1], dr.sum(axis=0) if dr is not None
@@ -239,19 +241,20 @@ class GRULayer(NeuronLayer):
         src = srclayers[0]
         if wants_grad(src):
             gx = self.buf.get("gx", (b, self.vdim))
-            _gemm(dz, self.w_x[0].data, gx, False)
-            _gemm(dc, self.w_x[2].data, gx, True)
+            _gemm(dz, allocated(self.w_x[0].data), gx, False)
+            _gemm(dc, allocated(self.w_x[2].data), gx, True)
             if dr is not None:
-                _gemm(dr, self.w_x[1].data, gx, True)
+                _gemm(dr, allocated(self.w_x[1].data), gx, True)
             src.set_grad(self, gx.reshape(src.shape_for(self)))
         # the previous state's gradient
         if h is not None and len(srclayers) > 1 and wants_grad(srclayers[1]) \
                 and srclayers[1] is not self:
             gh = self.buf.get("gh", (b, hd))
             np.multiply(g, z, out=gh)
-            _gemm(dz, self.w_h[0].data, gh, True)
-            _gemm(dr, self.w_h[1].data, gh, True)
-            _gemm(drc, self.w_h[2].data, gh, True)
+            assert dr is not None and drc is not None  # made above, as h is not None
+            _gemm(dz, allocated(self.w_h[0].data), gh, True)
+            _gemm(dr, allocated(self.w_h[1].data), gh, True)
+            _gemm(drc, allocated(self.w_h[2].data), gh, True)
             srclayers[1].set_grad(self, gh)
 
 
@@ -329,7 +332,7 @@ class EmbeddingLayer(NeuronLayer):
     def compute_feature(self, flag: int, srclayers: Sequence[Layer]) -> None:
         self._idx = indices_of(self, srclayers[0], self.vocab_size, "embedding_conf.vocab_size")
         out = self.buf.get("y", self.shape)
-        np.take(self.weight.data, self._idx, axis=0, out=out)
+        np.take(allocated(self.weight.data), self._idx, axis=0, out=out)
         self.data = out
 
     def compute_gradient(self, flag: int, srclayers: Sequence[Layer]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from conf import job_pb2
 from runtime.errors import LayerError
 from runtime.neuralnet.conf_check import ConfProblem, positive
-from runtime.neuralnet.layer import Layer, kOneToAll, layer_registry
+from runtime.neuralnet.layer import Layer, allocated, kOneToAll, layer_registry
 from runtime.neuralnet.neuron_layer import NeuronLayer, as_f32, type_name, wants_grad
 
 
@@ -60,7 +60,7 @@ class SoftmaxLayer(NeuronLayer):
         src = srclayers[0]
         if not wants_grad(src):
             return
-        y = self.data.reshape(self.dims)
+        y = allocated(self.data).reshape(self.dims)
         g = as_f32(self.grad).reshape(self.dims)
         gx = self.buf.get("gx", self.dims)
         np.multiply(g, y, out=gx)

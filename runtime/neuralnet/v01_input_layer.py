@@ -109,7 +109,8 @@ class ParserLayer(InputLayer):
         self.batchsize = src.shape_for(self)[0]
 
     def records(self, srclayers: Sequence[Layer]) -> list[common_pb2.RecordProto]:
-        return srclayers[0].data_for(self)
+        # a kShardData's data is not an array but its batch's records, a list
+        return list(srclayers[0].data_for(self))
 
     def decode(self, srclayers: Sequence[Layer], size: int) -> np.ndarray:
         src = srclayers[0]
@@ -133,6 +134,7 @@ class MnistLayer(ParserLayer):
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
+        assert self.sample is not None  # ParserLayer.setup raised otherwise
         shape = list(self.sample.shape)
         if len(shape) < 2 or shape[-1] != shape[-2]:
             raise LayerError(f"kMnist needs square images (record shape [.., s, s]); the first "
@@ -177,6 +179,7 @@ class RGBImageLayer(ParserLayer):
 
     def setup(self, srclayers: Sequence[Layer]) -> None:
         super().setup(srclayers)
+        assert self.sample is not None  # ParserLayer.setup raised otherwise
         shape = tuple(self.sample.shape)
         if len(shape) != 3:
             raise LayerError(f"kRGBImage needs [C, H, W] records; the first record of "
@@ -184,7 +187,7 @@ class RGBImageLayer(ParserLayer):
         conf = self.proto.rgbimage_conf
         self.image_shape = shape
         self.shape = cropped_shape((self.batchsize,) + shape, conf.cropsize)
-        self.mean = None
+        self.mean: np.ndarray | None = None
 
     def _load_mean(self) -> np.ndarray:
         path = self.proto.rgbimage_conf.meanfile
