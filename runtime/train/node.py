@@ -342,7 +342,8 @@ def _redirect_output(path: str) -> None:
     os.close(fd)
 
 
-def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket[bytes], resume: bool, test: bool) -> int:
+def run_single(job: job_pb2.JobProto, link: MasterLink, ctl: zmq.Socket[bytes], resume: bool,
+               test: bool) -> int:
     """A job of one process with one worker and one server: SINGA's Driver in
     this process (no stub, no sockets but the link to the master)."""
     from runtime.train import single
