@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import UserError
-from runtime.jobs import jobdb_errors as registry_errors
-from runtime.jobs import jobdb_schema, lockholder
+from runtime.jobs import jobdb_errors, jobdb_schema, lockholder
 from runtime.jobs.jobdb_errors import show_path as show_path  # re-exported: the CLI's paths
 from runtime.jobs.jobdb_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
@@ -172,7 +171,7 @@ def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
         try:
             r[i] = json.loads(r[i] or empty)
         except (ValueError, TypeError) as e:
-            raise registry_errors.bad_row(path, r[0], JOB_COLUMNS[i], e) from None
+            raise jobdb_errors.bad_row(path, r[0], JOB_COLUMNS[i], e) from None
     r[_I_LOG_DIR] = r[_I_LOG_DIR] or ""
     return Job(*r)
 
@@ -195,7 +194,7 @@ def _private_dir(path: Path) -> None:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
         except OSError as e:
-            raise registry_errors.explain_dir(path, e) from None
+            raise jobdb_errors.explain_dir(path, e) from None
 
 
 def describe_exit(exit_code: int | None, signal: int | None, *, running: bool = False) -> str:
@@ -232,14 +231,14 @@ class JobDB:
 
     # -- connection and schema ---------------------------------------------------------------
 
-    def _connect(self) -> registry_errors.GuardedConnection:
+    def _connect(self) -> jobdb_errors.GuardedConnection:
         # A registry that cannot be opened (damaged, foreign, read-only) is one line
         # for the user, and so is any later failure of a statement (the guard).
-        with registry_errors.translate(self.path):
-            return registry_errors.GuardedConnection(jobdb_schema.connect(self.path), self.path)
+        with jobdb_errors.translate(self.path):
+            return jobdb_errors.GuardedConnection(jobdb_schema.connect(self.path), self.path)
 
     @contextmanager
-    def _write(self) -> Iterator[registry_errors.GuardedConnection]:
+    def _write(self) -> Iterator[jobdb_errors.GuardedConnection]:
         """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
         self._begin()
         try:
@@ -255,10 +254,10 @@ class JobDB:
         registry's own rule) is killed so that the lock passes on
         (`runtime.jobs.lockholder`): one stopped master must not stop every
         singa command and every other job."""
-        deadline = time.monotonic() + registry_errors.BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + jobdb_errors.BUSY_TIMEOUT_MS / 1000
         while not self._db.begin_immediate(min(1.0, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
-                raise registry_errors.explain(self.path, sqlite3.OperationalError("database is locked"))
+                raise jobdb_errors.explain(self.path, sqlite3.OperationalError("database is locked"))
             lock_files = [self.path, self.path.with_name(self.path.name + "-shm")]
             lockholder.release_from_frozen_masters(lock_files, self._silent_master)
 

@@ -20,7 +20,6 @@ distributed runtime it is the stub.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -178,7 +177,6 @@ class Worker:
         checkpoint_now = checkpoint.due(job)  # the servers save theirs at the same steps
         display_now = Trigger(job.disp_freq, job.disp_after)
         step = self.step
-        last_disp = (step, time.perf_counter())
         while step < job.train_steps:
             if validate_now(step) and self.val_net is not None and job.validate_steps > 0:
                 self.test(step, job.validate_steps, job_pb2.kVal, self.val_net, "Validation")
@@ -196,10 +194,7 @@ class Worker:
                 debug.write(self.train_net, step, job.cluster.workspace, group=self.grp_id,
                             worker=self.id)
             if display_now(step) and self.displays:
-                now = time.perf_counter()
-                batches = step + 1 - last_disp[0]
-                self.display(step, batches / max(now - last_disp[1], 1e-9))
-                last_disp = (step + 1, now)
+                self.display(step)
             step += 1
         self.step = step
         # the last updates are applied before this worker reports done
@@ -230,7 +225,7 @@ class Worker:
         check_metrics(net, step, prefix.lower())
         return self._report(f"{prefix} @ step {step}", step, prefix.lower(), net)
 
-    def display(self, step: int, batches_per_s: float = 0.0) -> dict:
+    def display(self, step: int) -> dict:
         return self._report(f"Train @ step {step}", step, "train", self.train_net)
 
     def _report(self, prefix: str, step: int, phase: str, net: NeuralNet) -> dict:
