@@ -141,10 +141,10 @@ def debug_run(tmp_path, monkeypatch):
         setup(self)
         debug.watch(self.train_net)
 
-    def debug_display(self, step, batches_per_s=0.0):
+    def debug_display(self, step):
         debug.write(self.train_net, step, self.job.cluster.workspace, group=self.grp_id,
                     worker=self.id)
-        return display(self, step, batches_per_s)
+        return display(self, step)
 
     monkeypatch.setattr(Worker, "setup", debug_setup)
     monkeypatch.setattr(Worker, "display", debug_display)
