@@ -105,14 +105,19 @@ def decode(data: bytes, path: str = "<bytes>") -> dict[str, tuple[int, np.ndarra
     return out
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    """`data` in the file `path`, on disk when this returns."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _replace(path: Path, data: bytes) -> None:
     """`path` holds `data` afterwards, whole and on disk, or is unchanged."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -175,10 +180,7 @@ def write_checked(path: Path, data: bytes) -> None:
     side = checksum_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         _replace(side, json.dumps({**new, "previous": kept} if kept else new).encode())
         _fsync_dir(path.parent)
         os.replace(tmp, path)

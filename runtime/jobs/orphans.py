@@ -8,7 +8,8 @@ its log. On the path of `singa view`: the standard library and psutil only.
 """
 from __future__ import annotations
 
-import os
+from runtime.errors import UserError
+from runtime.jobs import logfile
 
 #: The exit code and the words with which a process stops itself for want of its master.
 ORPHAN_EXIT = 3
@@ -38,10 +39,9 @@ def fate(host: str | None, pgid: int | None, start_time: float | None,
 
 
 def _last_line(path: str) -> str:
+    """The last non-blank line of the log at `path` ("" if there is none)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 1024))
-            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-    except OSError:
+        lines = [s for s in (line.strip() for line in logfile.tail(path, 5)) if s]
+    except UserError:  # a missing or unreadable log says nothing
         return ""
-    return lines[-1].strip() if lines else ""
+    return lines[-1] if lines else ""
