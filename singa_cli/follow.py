@@ -40,8 +40,14 @@ def follow(reg: jobdb.JobDB, job_id: int, out: TextIO = sys.stdout, err: TextIO 
     try:
         attempt = 0
         reader = None
+        queued = ""
         while True:
             job = reg.reconcile(reg.job(job_id))
+            if job.state == jobdb.QUEUED and job.reason and job.reason != queued:
+                queued = job.reason  # said once per change: a queue may be long
+                if status is not None:
+                    status.clear()
+                print(f"singa: job {job_id} QUEUED: {job.reason}", file=err, flush=True)
             procs = reg.procs(job_id)
             if procs and procs[0].attempt != attempt:
                 attempt = procs[0].attempt

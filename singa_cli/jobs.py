@@ -47,11 +47,11 @@ def _list_row(j: jobdb.Job) -> list[str]:
 @click.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Every job, ended ones too.")
 @click.option("--state", "states", multiple=True, callback=_parse_states, metavar="STATE",
-              help="Only jobs in STATE (PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST); "
-                   "repeatable or comma-separated.")
+              help="Only jobs in STATE (" + ", ".join(jobdb.STATES) + "); repeatable or "
+                   "comma-separated. QUEUED jobs are listed in queue order.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
 def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
-    """List jobs: the active ones (PENDING, RUNNING) unless --all or --state."""
+    """List jobs: the active ones (QUEUED, PENDING, RUNNING) unless --all or --state."""
     with jobdb.JobDB() as reg:
         # Reconcile every job that claims to be active, so none shows a stale RUNNING.
         just_ended = []
@@ -80,7 +80,33 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
             click.echo("no active jobs; 'singa list --all' shows the ended ones too")
         return
     header = ["JOB ID", "NAME", "STATE", "PROCS", "HOSTS", "STEP", "STARTED", "ELAPSED"]
-    click.echo(fmt.table(header, [_list_row(j) for j in jobs]))
+    if states == [jobdb.QUEUED]:
+        # the queue's order: priority (higher first), then submission
+        jobs.sort(key=lambda j: (-j.priority, j.id))
+    rows = [_list_row(j) for j in jobs]
+    if any(j.state == jobdb.QUEUED for j in jobs):
+        header += ["PRIO", "WAITING FOR"]
+        for row, j in zip(rows, jobs):
+            queued = j.state == jobdb.QUEUED
+            row += [str(j.priority), _waiting(j.reason) if queued else ""]
+    click.echo(fmt.table(header, rows))
+
+
+def _waiting(reason: str) -> str:
+    return reason.removeprefix("waiting for ") or "-"
+
+
+def _asks(job: jobdb.Job) -> str:
+    """What the job holds (or asks for) on each host: "localhost: 2 cores, 1.2 GiB"."""
+    from runtime.units import human_bytes
+
+    parts = []
+    for host, d in job.demand.items():
+        mem = f", {human_bytes(d.get('mem', 0))}" if d.get("mem") else ""
+        parts.append(f"{host}: {d.get('cores', 0)} core{'s' if d.get('cores') != 1 else ''}{mem} "
+                     f"({d.get('procs', 0)} proc{'s' if d.get('procs') != 1 else ''}, "
+                     f"{d.get('threads', 1)} thread{'s' if d.get('threads') != 1 else ''} each)")
+    return "; ".join(parts) or "- (the engine's resource manager decides)"
 
 
 # -- singa view / status -------------------------------------------------------------------
@@ -179,8 +205,15 @@ def _render_view(job: jobdb.Job, procs: list[jobdb.Proc], now: float) -> str:
         ("log dir", jobdb.show_path(job.log_dir) if job.log_dir else "-"),
         ("launcher", job.launcher or "-"),
         ("hosts", _host_counts(job.hosts)),
+        ("resources", _asks(job)),
+        ("priority", str(job.priority)),
         ("progress", _progress(job)),
     ]
+    if job.after:
+        fields.insert(1, ("after", ", ".join(f"{p}:{m}" for p, m in job.after)))
+    if job.array_id is not None:
+        point = " ".join(f"{k}={v}" for k, v in job.settings.items())
+        fields.insert(1, ("array", f"{job.array_id}[{job.array_index}]" + (f": {point}" if point else "")))
     if job.master_pid is not None:
         fields.append(("master", f"pid {job.master_pid}"))
     if job.external_id:

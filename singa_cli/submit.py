@@ -72,6 +72,14 @@ _COMMON = [
                       "--module, so the classes it registers are known there; its "
                       "`if __name__ == '__main__':` part does not run there."),
     click.option("--name", default=None, help="The job's name in singa list (default: the conf's name)."),
+    click.option("--cores", "-c", type=click.IntRange(1), default=None, metavar="N",
+                 help="Cores (BLAS threads) per process; default: the conf's "
+                      "num_openblas_threads when set, else 1 (see the README's Queue)."),
+    click.option("--priority", type=int, default=0, show_default=True,
+                 help="Queue priority: higher starts first; FIFO within a priority."),
+    click.option("--after", multiple=True, metavar="JOB[:ok|:any]",
+                 help="Start once JOB has SUCCEEDED (:ok, the default) or ended at all (:any); "
+                      "repeatable. If it cannot hold, the job is CANCELLED and never starts."),
     click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted."),
     click.option("--grace", type=float, default=5.0, show_default=True,
                  help="Seconds between TERM and KILL when the job's processes are stopped."),

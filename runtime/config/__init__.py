@@ -13,6 +13,7 @@ summary `singa validate` prints).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,8 @@ def read_text(path: str) -> str:
         raise UserError(f"{path}: cannot read the job.conf ({e.strerror or e})") from None
 
 
-def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobConf:
+def load_job(path: str, *, strict: bool = False, submit: bool = False,
+             overrides: Sequence[tuple[str, str]] = (), later_checkpoints: bool = False) -> JobConf:
     """Parse and validate the job.conf at `path`.
 
     Raises `ConfigError` listing every error (syntax errors stop at the
@@ -68,18 +70,30 @@ def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobCon
     warnings unless `strict` or `submit`; layer types, algorithms and
     updaters that are not implemented yet are warnings unless `submit`.
     An `[ext] { }` block that no loaded `.proto` defines is an error.
+    `overrides` ((field path, value) pairs, `runtime.config.override`) are
+    applied to the parsed job before anything is checked. With
+    `later_checkpoints` (a job submitted `--after` another) a missing
+    checkpoint file is a warning: the job before it is to write it.
     """
-    return load_text(read_text(path), path, strict=strict, submit=submit)
+    return load_text(read_text(path), path, strict=strict, submit=submit, overrides=overrides,
+                     later_checkpoints=later_checkpoints)
 
 
 def load_text(text: str, path: str, *, strict: bool = False, submit: bool = False,
-              base: str | None = None) -> JobConf:
+              base: str | None = None, overrides: Sequence[tuple[str, str]] = (),
+              later_checkpoints: bool = False) -> JobConf:
     """`load_job` for job.conf text that is not (or not yet) in a file:
     problems are located as `path:LINE:COL`; relative paths in the job are
     resolved against the directory of `base` (default: `path`)."""
     proto, locator = parse_text(text, path)
+    if overrides:
+        from runtime.config import override
+
+        for fpath, value in overrides:
+            override.apply(proto, fpath, value)
     report = resolve_paths(proto, base or path)
-    result = check(proto, locator, path, strict=strict, submit=submit, paths=report)
+    result = check(proto, locator, path, strict=strict, submit=submit, paths=report,
+                   later_checkpoints=later_checkpoints)
     # after the rules: a user's block the parser skipped must not hide the rest
     result.problems.extend(unknown_extensions(locator, severity="error"))
     if result.errors:

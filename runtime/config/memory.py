@@ -60,6 +60,7 @@ from typing import Any
 from conf import job_pb2
 from runtime.cluster import Cluster
 from runtime.errors import Problem
+from runtime.units import human_bytes as human
 
 F32 = 4
 RUNTIME_BYTES = 64 * 2 ** 20
@@ -98,17 +99,6 @@ class ProcessMemory:
     def as_dict(self) -> dict[str, Any]:
         return {"procs": self.procs, "workers": [list(w) for w in self.workers],
                 "servers": [list(s) for s in self.servers], **self.parts(), "total": self.total}
-
-
-def human(n: float) -> str:
-    """Bytes in binary units: '512 B', '11.6 MiB', '1.4 TiB'."""
-    if abs(n) < 1024:
-        return f"{n:.0f} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if abs(n) < 1024:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1024:.1f} PiB"
 
 
 def host_memory() -> tuple[str, int]:

@@ -92,9 +92,13 @@ def validate(job: job_pb2.JobProto, locator: Locator | None = None, path: str = 
 
 def check(job: job_pb2.JobProto, locator: Locator | None = None, path: str = "<job>",
           *, strict: bool = False, submit: bool = False,
-          paths: PathReport | None = None) -> Validation:
-    """Run every rule; see the module docstring. Never raises for a bad conf."""
-    return _Checker(job, locator, path, strict, submit, paths).run()
+          paths: PathReport | None = None, later_checkpoints: bool = False) -> Validation:
+    """Run every rule; see the module docstring. Never raises for a bad conf.
+    `later_checkpoints`: a missing checkpoint file is a warning (a job that
+    runs before this one is to write it)."""
+    checker = _Checker(job, locator, path, strict, submit, paths)
+    checker.later_checkpoints = later_checkpoints
+    return checker.run()
 
 
 # ------------------------------------------------------------------ helpers ---
@@ -474,6 +478,10 @@ class _Checker(TrainingRules, ParamRules):
                 continue
             what = "checkpoint file" if issue.layer_index is None else "data file"
             w = self.where(issue.field_path, self.path)
+            if issue.layer_index is None and self.later_checkpoints:
+                self.add(w, issue.message(what) + "; the job this one runs after is to write it "
+                         "(checked again when this job starts)", "warning")
+                continue
             prefix = ""
             if issue.layer_index is not None:
                 self.where_to_layer.setdefault(w, issue.layer_index)

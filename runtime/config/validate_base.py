@@ -28,6 +28,7 @@ class CheckerBase:
         self.strict = strict
         self.submit = submit
         self.paths = paths
+        self.later_checkpoints = False  # a missing checkpoint file is a warning (--after)
         self.problems: list[Problem] = []
         self.bad_layers: set[int] = set()       # layers with a problem found here
         self.reported: set[str] = set()         # field paths already reported

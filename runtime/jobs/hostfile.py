@@ -8,14 +8,19 @@ from a peer system works as is (reference peers.md §2.12):
     node2 slots=4          # MPI / Horovod / DeepSpeed
     node3:2                # Horovod's inline `-H host:N`, one a line
     [fd00::5] slots=2      # IPv6 (brackets optional with `slots=`)
+    node4 slots=8 mem=32G  # singa: the memory jobs may use there
 
 `#` starts a comment (whole line or trailing); blank lines are skipped.
 Slots default to 1: this is the `--host h:N` convention of mpirun and
 Horovod, not the MPI hostfile's "one per core", because the hostfile is
 read on the submitting machine, which cannot know the cores of the others,
 and because one SINGA process already runs several worker threads.
-Any key other than `slots` is an error (a silently ignored `max_slots=`
-would give a placement the user did not ask for).
+A slot is a core: the cluster manager (`runtime.jobs.resources`) admits a
+job when its processes' BLAS threads fit in the slots of every host it
+spans, and its estimated memory in `mem=` (this host: its own memory;
+another host without `mem=`: not accounted). Any key other than `slots`
+and `mem` is an error (a silently ignored `max_slots=` would give a
+placement the user did not ask for).
 
 What this module is not: it does not start anything (see `ssh.py` and the
 launchers) and it does not read ranks from the environment (`envrank.py`).
@@ -50,6 +55,9 @@ class Host:
     name: str
     slots: int
     where: str
+    #: bytes of memory jobs may use on it (`mem=16G`); None: this host's own
+    #: memory when it is this host, else not accounted
+    mem: int | None = None
 
     def __str__(self) -> str:
         return f"{self.name}:{self.slots}"
@@ -73,6 +81,18 @@ def _slots(text: str, where: str, name: str) -> int:
     if not re.fullmatch(r"\d+", text) or int(text) < 1:
         raise UserError(f"{where}: host '{name}': slots must be {_SLOTS_HELP}, got '{text}'")
     return int(text)
+
+
+_MEM_UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_MEM_HELP = "a size such as 512M, 16G or 1T (binary units; a bare number is MiB, as in Slurm)"
+
+
+def parse_mem(text: str, where: str, name: str) -> int:
+    """Bytes of `mem=TEXT` ("16G", "512M", "1.5T", "4096" MiB)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?", text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(f"{where}: host '{name}': mem must be {_MEM_HELP}, got '{text}'")
+    return int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
 
 
 def _split_item(item: str, where: str, *, bare_ipv6: bool) -> tuple[str, str | None]:
@@ -106,19 +126,26 @@ def _parse_line(text: str, where: str) -> Host:
         raise UserError(f"{where}: '{tokens[0]}' where a host name was expected; "
                         "expected 'HOST' or 'HOST slots=N'")
     name, slots = _split_item(tokens[0], where, bare_ipv6=True)
+    mem = None
     for tok in tokens[1:]:
         key, eq, value = tok.partition("=")
         if not eq:
             raise UserError(f"{where}: unexpected '{tok}' after host '{name}'; "
                             "expected 'HOST' or 'HOST slots=N' (one host a line)")
+        if key == "mem":
+            if mem is not None:
+                raise UserError(f"{where}: host '{name}' gives its mem twice")
+            mem = parse_mem(value, where, name)
+            continue
         if key != "slots":
             raise UserError(f"{where}: unknown key '{key}' for host '{name}'; "
-                            "the only key is 'slots' (e.g. 'node1 slots=2')")
+                            "the keys are 'slots' and 'mem' (e.g. 'node1 slots=2 mem=16G')")
         if slots is not None:
             raise UserError(f"{where}: host '{name}' gives its slots twice; "
                             "give them once, as 'HOST slots=N' or 'HOST:N'")
         slots = value
-    return _host(name, slots, where)
+    host = _host(name, slots, where)
+    return host if mem is None else Host(host.name, host.slots, host.where, mem)
 
 
 def _duplicates(hosts: list[Host]) -> list[tuple[Host, Host]]:

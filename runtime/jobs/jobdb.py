@@ -36,22 +36,24 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import UserError
-from runtime.jobs import jobdb_errors, jobdb_schema, lockholder
+from runtime.jobs import jobdb_errors, jobdb_schema, lockholder, queue
 from runtime.jobs.jobdb_errors import show_path as show_path  # re-exported: the CLI's paths
 from runtime.jobs.jobdb_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
-PENDING = "PENDING"
+QUEUED = "QUEUED"        # waiting for resources or a dependency (runtime.jobs.scheduler)
+PENDING = "PENDING"      # admitted: its master is launching its processes
 RUNNING = "RUNNING"
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
 KILLED = "KILLED"
 LOST = "LOST"
+CANCELLED = "CANCELLED"  # a dependency that can no longer hold; it never started
 
-STATES: tuple[str, ...] = (PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST)
-TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST})
-ACTIVE: frozenset[str] = frozenset({PENDING, RUNNING})
+STATES: tuple[str, ...] = (QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST, CANCELLED)
+TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST, CANCELLED})
+ACTIVE: frozenset[str] = frozenset({QUEUED, PENDING, RUNNING})
 
-#: A PENDING job whose master has not registered after this many seconds is LOST.
+#: A PENDING or QUEUED job whose master has not registered after this many seconds is LOST.
 MASTER_START_TIMEOUT = 30.0
 #: A master whose pid's start time differs from the recorded one by more is a reused pid.
 START_TIME_SLACK = 0.5
@@ -98,6 +100,16 @@ class Job:
     secret: dict[str, Any] = field(repr=False)
     external_id: str | None
     master_heartbeat: float | None = None
+    priority: int = 0
+    #: host -> {"cores", "mem", "procs", "threads"}: what it holds once admitted
+    demand: dict[str, Any] = field(default_factory=dict)
+    #: [[parent job id, "ok" | "any"]]: `--after`
+    after: list[Any] = field(default_factory=list)
+    array_id: int | None = None
+    array_index: int | None = None
+    #: the sweep point of an array's job: field path -> value
+    settings: dict[str, Any] = field(default_factory=dict)
+    admitted: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -151,15 +163,19 @@ JOB_COLUMNS: tuple[str, ...] = (
     "id", "name", "conf_path", "conf_text", "conf_hash", "user", "state", "reason", "attempts",
     "max_restarts", "submitted", "started", "ended", "workspace", "log_dir", "launcher", "hosts",
     "nprocs", "train_steps", "step", "loss", "accuracy", "samples_per_s", "master_pid",
-    "master_start", "options", "secret", "external_id", "master_heartbeat")
+    "master_start", "options", "secret", "external_id", "master_heartbeat", "priority", "demand",
+    "after", "array_id", "array_index", "settings", "admitted")
 PROC_COLUMNS: tuple[str, ...] = (
     "job_id", "attempt", "procs_id", "host", "pid", "pgid", "start_time", "role", "endpoint",
     "state", "exit_code", "signal", "heartbeat", "step", "log_path")
 _PROC_UPDATABLE = frozenset(PROC_COLUMNS) - {"job_id", "attempt", "procs_id"}
 _JOB_SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 _PROC_SELECT = "SELECT " + ", ".join(PROC_COLUMNS) + " FROM procs"
-_I_HOSTS, _I_OPTIONS, _I_SECRET, _I_LOG_DIR = (
-    JOB_COLUMNS.index(c) for c in ("hosts", "options", "secret", "log_dir"))
+_JSON_COLUMNS: tuple[tuple[int, str], ...] = tuple(
+    (JOB_COLUMNS.index(c), empty) for c, empty in (
+        ("hosts", "[]"), ("options", "{}"), ("secret", "{}"), ("demand", "{}"), ("after", "[]"),
+        ("settings", "{}")))
+_I_LOG_DIR = JOB_COLUMNS.index("log_dir")
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
@@ -167,7 +183,7 @@ def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
     """The Job of a `jobs` row; a JSON column that does not decode is a JobDBError
     naming the registry file `path`, the job and the column."""
     r = list(row)
-    for i, empty in ((_I_HOSTS, "[]"), (_I_OPTIONS, "{}"), (_I_SECRET, "{}")):
+    for i, empty in _JSON_COLUMNS:
         try:
             r[i] = json.loads(r[i] or empty)
         except (ValueError, TypeError) as e:
@@ -238,8 +254,9 @@ class JobDB:
             return jobdb_errors.GuardedConnection(jobdb_schema.connect(self.path), self.path)
 
     @contextmanager
-    def _write(self) -> Iterator[jobdb_errors.GuardedConnection]:
-        """One short write transaction, taken with the write lock up front (no upgrade deadlock)."""
+    def write(self) -> Iterator[jobdb_errors.GuardedConnection]:
+        """One short write transaction, taken with the write lock up front (no
+        upgrade deadlock); the only way anything writes the registry."""
         self._begin()
         try:
             yield self._db
@@ -289,10 +306,18 @@ class JobDB:
                    workspace: str | None, launcher: str, hosts: list[str], nprocs: int,
                    train_steps: int | None, max_restarts: int = 0,
                    options: dict[str, Any] | None = None, secret: dict[str, Any] | None = None,
-                   user: str | None = None) -> Job:
-        """Record a new job in state PENDING; its log dir `home/jobs/ID` is created 0700.
+                   user: str | None = None, priority: int = 0,
+                   demand: dict[str, Any] | None = None, after: list[Any] | None = None,
+                   array_id: int | None = None, array_index: int | None = None,
+                   settings: dict[str, Any] | None = None) -> Job:
+        """Record a new job; its log dir `home/jobs/ID` is created 0700.
 
-        A job holds its workspace while it is active (PENDING or RUNNING): a job
+        The job enters the queue (`runtime.jobs.queue`) in the same
+        transaction: it is PENDING if admitted at once, else QUEUED with the
+        reason it waits, or CANCELLED when a dependency can no longer hold.
+        An `after` parent that is not in the registry is a UserError.
+
+        A job holds its workspace while it is active (QUEUED, PENDING or RUNNING): a job
         whose workspace is the same directory as an active job's is refused with
         a UserError naming that job, and nothing is recorded. The check and the
         insert are one transaction, so of two concurrent submits one is refused.
@@ -309,22 +334,66 @@ class JobDB:
         jobs_dir = self.home / "jobs"
         _private_dir(jobs_dir)
         self.check_workspace(workspace)  # and a stale holder (master gone) becomes LOST
-        with self._write() as db:
+        with self.write() as db:
             self._refuse_held(db, workspace)  # again, under the write lock: the registry is the lock
+            for parent, _ in after or ():
+                if db.execute("SELECT 1 FROM jobs WHERE id = ?", (int(parent),)).fetchone() is None:
+                    raise UserError(f"--after {parent}: no job {parent} in the registry "
+                                    f"({show_path(self.path)}); 'singa list --all' shows every job")
             cur = db.execute(
                 "INSERT INTO jobs(name, conf_path, conf_text, conf_hash, user, state, reason, "
                 "max_restarts, submitted, workspace, launcher, hosts, nprocs, train_steps, "
-                "options, secret) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, conf_path, conf_text, conf_hash, user, PENDING, int(max_restarts),
+                "options, secret, priority, demand, after, array_id, array_index, settings) "
+                "VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, conf_path, conf_text, conf_hash, user, QUEUED, int(max_restarts),
                  time.time(), workspace, launcher, json.dumps(list(hosts)), nprocs, train_steps,
-                 json.dumps(options or {}), json.dumps(secret or {})))
+                 json.dumps(options or {}), json.dumps(secret or {}), int(priority),
+                 json.dumps(demand or {}), json.dumps([list(a) for a in after or ()]),
+                 array_id, array_index, json.dumps(settings or {})))
             job_id = cur.lastrowid
             assert job_id is not None  # an INSERT always sets it
             log_dir = jobs_dir / str(job_id)
             log_dir.mkdir(mode=0o700, exist_ok=True)
             os.chmod(log_dir, 0o700)
             db.execute("UPDATE jobs SET log_dir = ? WHERE id = ?", (str(log_dir), job_id))
+            queue.run_pass(db)
         return self.job(job_id)
+
+    def schedule(self) -> bool:
+        """Run a queue pass if it would change anything (checked first without
+        the write lock, so many waiting masters do not serialise on it); True
+        if one ran."""
+        if not queue.stale(self._db):
+            return False
+        with self.write() as db:
+            queue.run_pass(db)
+        return True
+
+    def create_array(self, name: str, conf_path: str | None, spec: dict[str, Any]) -> int:
+        """Record a job array (a sweep) and return its id; its jobs are created
+        with `create_job(array_id=...)`."""
+        with self.write() as db:
+            cur = db.execute("INSERT INTO arrays(name, conf_path, spec, submitted) "
+                             "VALUES (?, ?, ?, ?)", (name, conf_path, json.dumps(spec), time.time()))
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def array(self, array_id: int) -> dict[str, Any]:
+        """The array `array_id` as a dict (id, name, conf_path, spec, submitted);
+        an unknown id is a UserError."""
+        row = self._db.execute("SELECT id, name, conf_path, spec, submitted FROM arrays "
+                               "WHERE id = ?", (int(array_id),)).fetchone()
+        if row is None:
+            raise UserError(f"no job array {array_id} in the registry ({show_path(self.path)}); "
+                            "'singa list --all' shows the arrays with their jobs")
+        return {"id": row[0], "name": row[1], "conf_path": row[2], "spec": json.loads(row[3]),
+                "submitted": row[4]}
+
+    def array_jobs(self, array_id: int) -> list[Job]:
+        """The jobs of an array, by index."""
+        rows = self._db.execute(_JOB_SELECT + " WHERE array_id = ? ORDER BY array_index, id",
+                                (int(array_id),)).fetchall()
+        return [_job_from_row(r, self.path) for r in rows]
 
     def check_workspace(self, workspace: str | None) -> None:
         """Refuse (UserError naming the job) a workspace an active job holds.
@@ -357,6 +426,13 @@ class JobDB:
             raise self._unknown(job_id)
         return _job_from_row(row, self.path)
 
+    def state(self, job_id: int) -> str:
+        """The job's state alone (a cheap read, for the masters waiting in the queue)."""
+        row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise self._unknown(job_id)
+        return str(row[0])
+
     def jobs(self, states: Iterable[str] | None = None) -> list[Job]:
         """Every job (or those in `states`), ordered by id."""
         if states is None:
@@ -380,11 +456,12 @@ class JobDB:
         """Move the job to `state` unless it has already ended; True if it moved.
 
         A terminal state is final: the update is refused (False, nothing changed).
-        The first RUNNING sets `started`; a terminal state sets `ended`.
+        The first RUNNING sets `started`; a terminal state sets `ended` and
+        passes the job's resources on (a queue pass, same transaction).
         """
         self._check_state(state)
         now = time.time()
-        with self._write() as db:
+        with self.write() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, reason = ?, "
                 "started = CASE WHEN ? = 'RUNNING' AND started IS NULL THEN ? ELSE started END, "
@@ -394,12 +471,14 @@ class JobDB:
             if cur.rowcount == 0 and db.execute("SELECT 1 FROM jobs WHERE id = ?",
                                                 (int(job_id),)).fetchone() is None:
                 raise self._unknown(job_id)
+            if cur.rowcount and state in TERMINAL:
+                queue.run_pass(db)  # its slots pass to the next job at once
             return cur.rowcount > 0
 
     def note(self, job_id: int, reason: str) -> bool:
         """Set the job's reason without changing its state (e.g. "attempt 1 failed:
         ...; restarting"); refused (False) once the job has ended, like `transition`."""
-        with self._write() as db:
+        with self.write() as db:
             cur = db.execute(f"UPDATE jobs SET reason = ? WHERE id = ? AND state NOT IN "
                              f"{_TERMINAL_SQL}", (reason, int(job_id)))
             if cur.rowcount == 0 and db.execute("SELECT 1 FROM jobs WHERE id = ?",
@@ -408,7 +487,7 @@ class JobDB:
             return cur.rowcount > 0
 
     def _set(self, job_id: int, sql: str, args: tuple[Any, ...]) -> None:
-        with self._write() as db:
+        with self.write() as db:
             if db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", (*args, int(job_id))).rowcount == 0:
                 raise self._unknown(job_id)
 
@@ -422,7 +501,7 @@ class JobDB:
     def master_beat(self, job_id: int) -> str:
         """The job master's heartbeat: record that it is alive now; returns the
         job's state (a master that finds its job ended must stop)."""
-        with self._write() as db:
+        with self.write() as db:
             row = db.execute("UPDATE jobs SET master_heartbeat = ? WHERE id = ? RETURNING state",
                              (time.time(), int(job_id))).fetchone()
             if row is None:
@@ -442,7 +521,7 @@ class JobDB:
 
     def begin_attempt(self, job_id: int) -> int:
         """Count one more attempt at running the job and return its number (the first is 1)."""
-        with self._write() as db:
+        with self.write() as db:
             row = db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ? "
                              "RETURNING attempts", (int(job_id),)).fetchone()
             if row is None:
@@ -454,7 +533,7 @@ class JobDB:
     def add_proc(self, job_id: int, attempt: int, procs_id: int, *, host: str, role: str,
                  log_path: str) -> None:
         """Record process `procs_id` of attempt `attempt`, in state PENDING."""
-        with self._write() as db:
+        with self.write() as db:
             try:
                 db.execute("INSERT INTO procs(job_id, attempt, procs_id, host, role, state, "
                            "log_path) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -481,7 +560,7 @@ class JobDB:
         if not fields:
             return
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._write() as db:
+        with self.write() as db:
             cur = db.execute(f"UPDATE procs SET {sets} WHERE job_id = ? AND attempt = ? AND "
                              "procs_id = ?", (*fields.values(), int(job_id), int(attempt),
                                               int(procs_id)))
@@ -528,7 +607,7 @@ class JobDB:
         silent = None if job.master_heartbeat is None else now - job.master_heartbeat
         if job.master_pid is not None:
             alive = _alive(job.master_pid, job.master_start)
-            if alive and silent is None and job.state == PENDING \
+            if alive and silent is None and job.state in (PENDING, QUEUED) \
                     and now - job.submitted > MASTER_START_TIMEOUT:
                 silent = now - job.submitted
             # silence first: a frozen master killed for holding the registry's
@@ -538,16 +617,18 @@ class JobDB:
             elif not alive:
                 reason = (f"the job master (pid {job.master_pid}) is gone; "
                           "the job's processes may still be running")
-        elif job.state == PENDING and now - job.submitted > MASTER_START_TIMEOUT:
+        elif job.state in (PENDING, QUEUED) and now - job.submitted > MASTER_START_TIMEOUT:
             reason = "the job master never started"
         if reason is None:
             return job
-        with self._write() as db:
+        with self.write() as db:
             # a master that beat (or a pid recorded) since the row was read is not LOST
             moved = db.execute(
                 f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND state NOT IN "
                 f"{_TERMINAL_SQL} AND master_pid IS ? AND master_heartbeat IS ?",
                 (LOST, reason, now, job.id, job.master_pid, job.master_heartbeat)).rowcount
+            if moved:
+                queue.run_pass(db)  # a LOST master's slots are free again
         if moved:
             self._settle_procs(job.id)
         return self.job(job.id)
@@ -560,7 +641,7 @@ class JobDB:
                 ends.append((p, end))
         if not ends:
             return
-        with self._write() as db:
+        with self.write() as db:
             for p, end in ends:
                 sets = ", ".join(f"{k} = ?" for k in end)
                 db.execute(f"UPDATE procs SET {sets} WHERE job_id = ? AND attempt = ? AND "

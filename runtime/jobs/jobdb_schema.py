@@ -20,10 +20,18 @@ from runtime.errors import UserError
 from runtime.jobs import jobdb_errors
 from runtime.jobs.jobdb_errors import show_path
 
-SCHEMA_VERSION = 2
-#: What each version adds to the one before (version 2: the master's own heartbeat).
+SCHEMA_VERSION = 3
+#: What each version adds to the one before (version 2: the master's own
+#: heartbeat; 3: the queue: priority, resources asked, dependencies, arrays).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE jobs ADD COLUMN master_heartbeat REAL",),
+    3: ("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN demand TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN after TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN array_id INTEGER",
+        "ALTER TABLE jobs ADD COLUMN array_index INTEGER",
+        "ALTER TABLE jobs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE jobs ADD COLUMN admitted REAL"),
 }
 
 _SCHEMA = """
@@ -56,9 +64,23 @@ CREATE TABLE IF NOT EXISTS jobs(
     options TEXT NOT NULL DEFAULT '{}',
     secret TEXT NOT NULL DEFAULT '{}',
     external_id TEXT,
-    master_heartbeat REAL
+    master_heartbeat REAL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    demand TEXT NOT NULL DEFAULT '{}',
+    after TEXT NOT NULL DEFAULT '[]',
+    array_id INTEGER,
+    array_index INTEGER,
+    settings TEXT NOT NULL DEFAULT '{}',
+    admitted REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS arrays(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    conf_path TEXT,
+    spec TEXT NOT NULL DEFAULT '{}',
+    submitted REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS procs(
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     attempt INTEGER NOT NULL,

@@ -24,6 +24,8 @@ def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,
     job = reg.job(job_id)
     if job.terminal:
         return []
+    if job.state == jobdb.QUEUED:
+        reason += " while queued; it never started"
     reg.transition(job_id, jobdb.KILLED, reason)
     if pgroup.alive(job.master_pid, job.master_start):
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGTERM)

@@ -3,7 +3,10 @@
     python -m runtime.jobs.master JOB_ID      (started by `singa submit`)
 
 It is the only writer of a running job's registry rows besides `singa kill`.
-For each attempt it:
+A job that was queued (QUEUED) has its master wait on the registry first
+(`wait_for_admission`): it beats, runs queue passes now and then, and goes
+on once a pass has admitted the job (PENDING), or stops if the job was
+killed or cancelled meanwhile. Then, for each attempt, it:
 
 1. binds its ROUTER where the OS picks (ipc:// when every process is on this
    host; tcp:// on the advertised address, with CurveZMQ, across hosts),
@@ -88,6 +91,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("singa.master")
 
 GRACE_S = 5.0
+#: Seconds between the queue passes a waiting master runs itself.
+QUEUE_PASS_S = 1.0
 
 
 def batch_size(job: job_pb2.JobProto) -> int:
@@ -127,6 +132,13 @@ class JobMaster:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the submitting terminal may go
         resume = bool(self.opts.get("resume"))
+        if not self.wait_for_admission():
+            return 1
+        missing = [p for p in self.job.checkpoint_path if not os.path.exists(p)]
+        if missing:  # a job run --after another: that one was to write them
+            self.reg.transition(self.id, jobdb.FAILED, f"checkpoint_path {missing[0]} does not "
+                                "exist; the job this one ran after did not write it")
+            return 1
         try:
             while True:
                 attempt = self.reg.begin_attempt(self.id)
@@ -142,6 +154,32 @@ class JobMaster:
         finally:
             # the job's ipc sockets (zsock.ipc_dir, handed down in _env), whatever the end
             zsock.remove_ipc_dir()
+
+    def wait_for_admission(self) -> bool:
+        """Wait while the job is QUEUED; True once it is admitted, False if it
+        ended meanwhile (killed, cancelled, found LOST). A signal (Ctrl-C on
+        the submitting terminal, `singa kill`) withdraws it."""
+        last_beat = last_pass = 0.0
+        while True:
+            if self.stop_signal is not None:
+                self.reg.transition(self.id, jobdb.KILLED, "withdrawn while queued (the job master "
+                                    f"got {signal.Signals(self.stop_signal).name})")
+                return False
+            now = time.monotonic()
+            if now - last_beat >= 1.0:
+                last_beat = now
+                state = self.reg.master_beat(self.id)
+            else:
+                state = self.reg.state(self.id)
+            if state != jobdb.QUEUED:
+                return state not in jobdb.TERMINAL
+            if now - last_pass >= QUEUE_PASS_S:
+                last_pass = now
+                # whoever ended a job ran a pass; this one covers a master that died
+                for j in self.reg.jobs([jobdb.PENDING, jobdb.RUNNING]):
+                    self.reg.reconcile(j)
+                self.reg.schedule()
+            time.sleep(0.1)
 
     def _settle(self, attempt: int, out: Outcome) -> Outcome:
         """Record how the attempt ended: the job's final state, or (a failure
@@ -229,7 +267,7 @@ class JobMaster:
                 argv.append("--test")
             for m in self.opts.get("modules", []):
                 argv += ["--module", m]
-            specs.append(ProcSpec(p, host, argv, self._env(per_host[host]), data, log_path,
+            specs.append(ProcSpec(p, host, argv, self._env(host, per_host[host]), data, log_path,
                                   adir / f"procs-{p}.launch.log",
                                   cwd=self.opts.get("cwd") or os.getcwd()))
         if isinstance(launcher, EngineLauncher):
@@ -272,11 +310,16 @@ class JobMaster:
         launcher: Launcher = cls.from_options(self.row, self.opts)
         return launcher
 
-    def _env(self, procs_on_host: int) -> dict[str, str]:
-        threads = max(1, self.job.num_openblas_threads)
-        if self.opts.get("cores"):
-            threads = max(1, min(threads, int(self.opts["cores"]) // procs_on_host))
+    def _env(self, host: str, procs_on_host: int) -> dict[str, str]:
+        """A process's environment: its BLAS threads are the cores the job
+        holds on its host (`demand`), so jobs sharing a host never
+        oversubscribe it; with no demand (an engine's job) the conf's."""
+        from runtime.jobs.resources import host_key
+
+        held = self.row.demand.get(host_key(host))
+        threads = int(held["threads"]) if held else max(1, self.job.num_openblas_threads)
         env = {k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        env["SINGA_CORES"] = str(threads)  # the node's own threads (runtime.train.single) fit in them
         if all(_is_local(h) for h in self.hosts):  # the processes bind ipc:// sockets
             env[zsock.IPC_DIR_ENV] = zsock.ipc_dir()
         for k, v in os.environ.items():

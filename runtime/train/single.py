@@ -63,16 +63,21 @@ def build(job: job_pb2.JobProto, log: Callable[[str], None] | None = None,
     cores, and a BLAS thread that waits for its core stalls the others
     (measured on 2 cores: 10-15% slower steps for the MLP and LeNet).
     """
+    import os
+
     updater = create_updater(job.updater)
-    blas_threads = max(1, job.num_openblas_threads)
+    # a process of a submitted job runs with the cores it was given (SINGA_CORES,
+    # set by its master with OPENBLAS_NUM_THREADS), not the conf's number
+    blas_threads = max(1, int(os.environ.get("SINGA_CORES") or job.num_openblas_threads))
     # the updater's elementwise work uses as many threads as BLAS does
     updater.threads = blas_threads
     if threaded is None:
-        import os
         try:
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cores = os.cpu_count() or 1
+        # a process of a submitted job has the cores it was given, not the host's
+        cores = int(os.environ.get("SINGA_CORES") or cores)
         threaded = cores > blas_threads
     server = LocalServer(updater, threaded=threaded)
     worker = create_worker(job, server, log=log)

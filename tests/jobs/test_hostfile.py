@@ -59,7 +59,7 @@ def test_duplicates_name_both_lines(tmp_path):
     ("a slots=2.5", "got '2.5'"),
     ("a slots=", "got ''"),
     ("a:0", "got '0'"),
-    ("a max_slots=4", "unknown key 'max_slots' for host 'a'; the only key is 'slots'"),
+    ("a max_slots=4", "unknown key 'max_slots' for host 'a'; the keys are 'slots' and 'mem'"),
     ("a slots=1 slots=2", "gives its slots twice"),
     ("a:2 slots=2", "gives its slots twice"),
     ("a b", "unexpected 'b' after host 'a'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -83,7 +84,7 @@ def test_home_comes_from_singa_home(tmp_path, monkeypatch):
 def test_wal_busy_timeout_and_schema_version(reg):
     db = sqlite3.connect(reg.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION == 3
     cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)")]
     assert tuple(cols) == jobdb.JOB_COLUMNS
     cols = [r[1] for r in db.execute("PRAGMA table_info(procs)")]
@@ -490,8 +491,10 @@ def test_a_version_1_registry_is_migrated_and_keeps_its_jobs(tmp_path):
     home = tmp_path / "h"
     home.mkdir()
     db = sqlite3.connect(home / "jobs.db")
-    v1 = jobdb_schema._SCHEMA.replace(",\n    master_heartbeat REAL", "")
-    assert "master_heartbeat" not in v1
+    # version 1: the columns from master_heartbeat on (versions 2 and 3) and the arrays table were not there
+    v1 = re.sub(r",\n    master_heartbeat REAL.*?\n\);", "\n);", jobdb_schema._SCHEMA, flags=re.S)
+    v1 = v1[:v1.index("CREATE TABLE IF NOT EXISTS arrays")]
+    assert "master_heartbeat" not in v1 and "priority" not in v1
     db.executescript(v1)
     db.execute("INSERT INTO jobs(name, state, submitted) VALUES ('old', 'SUCCEEDED', 1.0)")
     db.execute("PRAGMA user_version = 1")

@@ -1,0 +1,120 @@
+"""The cluster's resources: which hosts there are, what each has, and what a
+job asks of them.
+
+- **Hosts.** With no configuration the cluster is this host: its cores (the
+  CPUs this process may run on) and its memory (psutil). A file
+  `$SINGA_HOME/hosts`, in any hostfile dialect (`runtime.jobs.hostfile`,
+  `slots=` cores and `mem=` memory), names the default hosts instead;
+  `-H`/`--hosts` still choose a job's hosts. A host's slots are its cores.
+- **Asks.** Each process of a job needs the cores its BLAS threads will run
+  on, at least one: `--cores`, else the conf's `num_openblas_threads` when
+  it sets one, else `DEFAULT_CORES_PER_PROC`; and its estimated memory
+  (validate's, `runtime.config.memory`). On each host the job asks for
+  what its processes there need, but never more than the host has: a job
+  bigger than a host (more processes than cores) takes the whole host and
+  its processes share it, one thread each; it never oversubscribes others.
+
+Host names are keyed as the registry accounts them: this host, under any
+of its names, is `localhost`; others by their lower-case name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from runtime.jobs import hostfile
+
+LOCAL = "localhost"
+
+#: Cores a process gets when neither `--cores` nor the conf says: one.
+#: Measured by bench/concurrent.py on 2 cores (4 LeNet jobs at once, see
+#: the README's "Queue"): one core each packs two jobs side by side and
+#: finishes the four in about 0.7x the time of running them one after
+#: another with both cores each, because a small net's BLAS calls gain
+#: only ~1.3x from a second thread; giving each job the whole host makes
+#: the queue run them one at a time (1.0x).
+DEFAULT_CORES_PER_PROC = 1
+
+HOSTS_FILE = "hosts"
+
+
+def host_key(name: str) -> str:
+    """The registry's name for `name`: `localhost` for this host, else lower case."""
+    return LOCAL if hostfile.is_local(name) else name.lower()
+
+
+def local_cores() -> int:
+    """The CPUs this process may run on (its affinity, so a cgroup or taskset counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def local_memory() -> int:
+    """Bytes of memory of this host."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def this_host() -> hostfile.Host:
+    """This host with its own cores and memory."""
+    return hostfile.Host(LOCAL, local_cores(), "this host", local_memory())
+
+
+def hosts_file(home: Path) -> Path:
+    return Path(home) / HOSTS_FILE
+
+
+def default_hosts(home: Path) -> list[hostfile.Host]:
+    """The cluster when a job names no hosts: `$SINGA_HOME/hosts`, else this host."""
+    path = hosts_file(home)
+    if path.exists():
+        return hostfile.parse_hostfile(str(path))
+    return [this_host()]
+
+
+def capacity(hosts: list[hostfile.Host]) -> dict[str, dict[str, Any]]:
+    """host key -> {"cores", "mem"} (mem None: not accounted) of `hosts`. This
+    host's memory is its own unless `mem=` says less."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in hosts:
+        key = host_key(h.name)
+        mem = h.mem
+        if key == LOCAL:
+            mem = local_memory() if mem is None else min(mem, local_memory())
+        out[key] = {"cores": int(h.slots), "mem": mem}
+    return out
+
+
+def cores_per_proc(job: Any, requested: int | None) -> int:
+    """Cores (BLAS threads) each process asks for (module docstring)."""
+    if requested is not None:
+        return max(1, int(requested))
+    if job.HasField("num_openblas_threads"):
+        return max(1, int(job.num_openblas_threads))
+    return DEFAULT_CORES_PER_PROC
+
+
+def demand(placement: list[str], cores: int, mem_per_proc: list[int],
+           caps: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """host key -> {"cores", "mem", "procs", "threads"}: what the job holds on
+    each host once admitted. `placement[p]` is process p's host,
+    `mem_per_proc[p]` its estimated bytes (missing: 0), `caps` the capacity
+    the job sees (a host missing from it is not limited)."""
+    out: dict[str, dict[str, int]] = {}
+    for p, host in enumerate(placement):
+        d = out.setdefault(host_key(host), {"cores": 0, "mem": 0, "procs": 0, "threads": 0})
+        d["procs"] += 1
+        d["cores"] += cores
+        d["mem"] += mem_per_proc[p] if p < len(mem_per_proc) else 0
+    for key, d in out.items():
+        cap = caps.get(key)
+        if cap is not None:
+            d["cores"] = min(d["cores"], int(cap["cores"]))
+            if cap.get("mem") is not None:
+                d["mem"] = min(d["mem"], int(cap["mem"]))
+        d["threads"] = max(1, d["cores"] // d["procs"])
+    return out
