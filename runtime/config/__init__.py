@@ -8,16 +8,18 @@
 `parse_text` only parses (syntax errors as `PATH:LINE:COL: message`).
 Modules: `parse` (text -> JobProto), `locate` (field path -> LINE:COL),
 `paths` (relative path resolution), `validate` (the rules), `describe` (the
-summary `singa validate` prints).
+summary `singa validate` prints), `override` (field-path overrides, `--set`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from conf import job_pb2
 from runtime.config.locate import Locator
+from runtime.config.override import apply_all, note_overrides
 from runtime.config.parse import parse_text, unknown_extensions
 from runtime.config.paths import PathReport, resolve_paths
 from runtime.config.validate import Validation, check
@@ -59,7 +61,8 @@ def read_text(path: str) -> str:
         raise UserError(f"{path}: cannot read the job.conf ({e.strerror or e})") from None
 
 
-def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobConf:
+def load_job(path: str, *, strict: bool = False, submit: bool = False,
+             overrides: Sequence[tuple[str, str]] = ()) -> JobConf:
     """Parse and validate the job.conf at `path`.
 
     Raises `ConfigError` listing every error (syntax errors stop at the
@@ -68,18 +71,34 @@ def load_job(path: str, *, strict: bool = False, submit: bool = False) -> JobCon
     warnings unless `strict` or `submit`; layer types, algorithms and
     updaters that are not implemented yet are warnings unless `submit`.
     An `[ext] { }` block that no loaded `.proto` defines is an error.
+
+    `overrides` are (field path, value) pairs set in the parsed job before
+    anything else sees it (see runtime.config.override); a bad one is a
+    UserError (not a ConfigError) listing every bad one. A problem that
+    validation then finds at a field an override set says so.
     """
-    return load_text(read_text(path), path, strict=strict, submit=submit)
+    return load_text(read_text(path), path, strict=strict, submit=submit, overrides=overrides)
 
 
 def load_text(text: str, path: str, *, strict: bool = False, submit: bool = False,
-              base: str | None = None) -> JobConf:
+              base: str | None = None, overrides: Sequence[tuple[str, str]] = ()) -> JobConf:
     """`load_job` for job.conf text that is not (or not yet) in a file:
     problems are located as `path:LINE:COL`; relative paths in the job are
-    resolved against the directory of `base` (default: `path`)."""
+    resolved against the directory of `base` (default: `path`); `overrides`
+    as in `load_job`."""
     proto, locator = parse_text(text, path)
+    notes: dict[str, str] = {}
+    if overrides:
+        # before paths and rules, so that both see the job that will run
+        try:
+            notes = apply_all(proto, overrides, locator)
+        except UserError as e:
+            raise UserError(f"{path}: bad override(s):\n{e}") from None
     report = resolve_paths(proto, base or path)
     result = check(proto, locator, path, strict=strict, submit=submit, paths=report)
+    if notes:
+        # the text at those places holds the value the override replaced
+        result.problems = note_overrides(result.problems, notes)
     # after the rules: a user's block the parser skipped must not hide the rest
     result.problems.extend(unknown_extensions(locator, severity="error"))
     if result.errors:
