@@ -8,7 +8,7 @@
 `parse_text` only parses (syntax errors as `PATH:LINE:COL: message`).
 Modules: `parse` (text -> JobProto), `locate` (field path -> LINE:COL),
 `paths` (relative path resolution), `validate` (the rules), `describe` (the
-summary `singa validate` prints).
+summary `singa validate` prints), `override` (field-path overrides, `--set`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from conf import job_pb2
 from runtime.config.locate import Locator
+from runtime.config.override import apply_all, note_overrides
 from runtime.config.parse import parse_text, unknown_extensions
 from runtime.config.paths import PathReport, resolve_paths
 from runtime.config.validate import Validation, check
@@ -70,8 +71,11 @@ def load_job(path: str, *, strict: bool = False, submit: bool = False,
     warnings unless `strict` or `submit`; layer types, algorithms and
     updaters that are not implemented yet are warnings unless `submit`.
     An `[ext] { }` block that no loaded `.proto` defines is an error.
-    `overrides` ((field path, value) pairs, `runtime.config.override`) are
-    applied to the parsed job before anything is checked. With
+
+    `overrides` are (field path, value) pairs set in the parsed job before
+    anything else sees it (see runtime.config.override); a bad one is a
+    UserError (not a ConfigError) listing every bad one. A problem that
+    validation then finds at a field an override set says so. With
     `later_checkpoints` (a job submitted `--after` another) a missing
     checkpoint file is a warning: the job before it is to write it.
     """
@@ -84,16 +88,22 @@ def load_text(text: str, path: str, *, strict: bool = False, submit: bool = Fals
               later_checkpoints: bool = False) -> JobConf:
     """`load_job` for job.conf text that is not (or not yet) in a file:
     problems are located as `path:LINE:COL`; relative paths in the job are
-    resolved against the directory of `base` (default: `path`)."""
+    resolved against the directory of `base` (default: `path`); `overrides`
+    as in `load_job`."""
     proto, locator = parse_text(text, path)
+    notes: dict[str, str] = {}
     if overrides:
-        from runtime.config import override
-
-        for fpath, value in overrides:
-            override.apply(proto, fpath, value)
+        # before paths and rules, so that both see the job that will run
+        try:
+            notes = apply_all(proto, overrides, locator)
+        except UserError as e:
+            raise UserError(f"{path}: bad override(s):\n{e}") from None
     report = resolve_paths(proto, base or path)
     result = check(proto, locator, path, strict=strict, submit=submit, paths=report,
                    later_checkpoints=later_checkpoints)
+    if notes:
+        # the text at those places holds the value the override replaced
+        result.problems = note_overrides(result.problems, notes)
     # after the rules: a user's block the parser skipped must not hide the rest
     result.problems.extend(unknown_extensions(locator, severity="error"))
     if result.errors:
