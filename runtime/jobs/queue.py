@@ -73,7 +73,7 @@ def entries(db: Any, now: float | None = None) -> tuple[list[scheduler.Entry],
         chunk = wanted[i:i + 500]
         marks = ", ".join("?" * len(chunk))
         for pid, state, name in db.execute(f"SELECT id, state, name FROM jobs WHERE id IN ({marks})",
-                                           chunk):
+                                           chunk).fetchall():
             parents[pid] = scheduler.Parent(state, name)
     return jobs, parents
 

@@ -24,8 +24,9 @@ The rules (the README's "Queue" section says them to users):
    core or a byte the head is waiting for: it cannot delay the head.
 4. **Dependencies.** A job with `--after P:ok` waits until job P has ended
    SUCCEEDED, with `--after P:any` until P has ended at all; it is not in
-   the line for resources before then. When P ends otherwise (`:ok`), or
-   P itself is CANCELLED, the job is CANCELLED and never starts.
+   the line for resources before then. When P ends otherwise (`:ok`; a
+   CANCELLED P too, so a chain is cancelled down to its end), the job is
+   CANCELLED and never starts.
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def _dependency(job: Entry, parents: dict[int, Parent],
         name = f"job {pid}" + (f" ({p.name})" if p and p.name else "")
         if state is None:
             return f"--after {pid}: no such job", None
-        if state == CANCELLED or (mode == "ok" and state in ENDED and state != SUCCEEDED):
+        if mode == "ok" and state in ENDED and state != SUCCEEDED:
             return (f"{name} ended {state}, so --after {pid}:{mode} can no longer hold"
                     f"{'' if mode == 'any' else ' (it needs SUCCEEDED)'}"), None
         if state not in ENDED:
