@@ -197,3 +197,27 @@ def test_a_lost_master_releases_its_slots(tmp_path, home, reg):
     job_a = reg.job(a)
     assert job_a.state == jobdb.LOST and "is gone" in job_a.reason
     assert job_b.admitted >= job_a.ended
+
+
+def test_the_rbm_example_submits_its_chain_with_after_and_returns_at_once(tmp_path, home, reg):
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "examples/mnist/train_data.bin").exists():
+        pytest.skip("Fashion-MNIST is not imported: run bin/setup (singa data fetch)")
+    (home / "hosts").write_text("localhost slots=2\n")
+    env = dict(os.environ, SINGA_HOME=str(home),
+               SINGA=str(Path(sys.executable).with_name("singa")))
+    r = subprocess.run([str(root / "examples/rbm/run.sh")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ids = [int(i) for i in re.findall(r"job (\d+)", r.stdout)]
+    jobs = [j for j in reg.jobs() if j.name in ("rbm1", "rbm2", "rbm3", "rbm4", "autoencoder")]
+    assert [j.name for j in jobs] == ["rbm1", "rbm2", "rbm3", "rbm4", "autoencoder"], r.stdout
+    assert ids[0] == jobs[0].id
+    for before, after in zip(jobs, jobs[1:]):
+        assert after.after == [[before.id, "ok"]]
+        assert after.state == jobdb.QUEUED
+        assert after.reason == f"waiting for job {before.id} ({before.name}) to succeed"
+    # stopping the first stage cancels the rest of the chain, none of which started
+    assert singa(home, "kill", str(jobs[0].id), cwd=tmp_path).returncode == 0
+    for j in jobs[1:]:
+        assert state(reg, j.id, jobdb.CANCELLED, timeout=10).attempts == 0
