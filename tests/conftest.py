@@ -20,7 +20,7 @@ def _singa_home(tmp_path_factory):
     from runtime.jobs.kill import kill_job
 
     with jobdb.JobDB() as reg:
-        for job in reg.jobs([jobdb.PENDING, jobdb.RUNNING]):
+        for job in reg.jobs(jobdb.ACTIVE):
             kill_job(reg, job.id, grace=1.0, reason="left running by the test session")
         # and a process of an ended job that outlived it (a bug the tests
         # report, which must not leave a process training on this machine)
