@@ -1,4 +1,18 @@
-"""`singa hosts check`: a dry run of the hosts a job would use, before launching it.
+"""`singa hosts`: the cluster's hosts with what is allocated on them; and
+`singa hosts check`, a dry run of the hosts a job would use, before launching it.
+
+    singa hosts [--json]
+
+One line per host: the default cluster (`$SINGA_HOME/hosts`, else this
+host) and every other host an active job holds or asks for; its slots
+(cores) and memory, what the admitted jobs (PENDING, RUNNING) hold there,
+and which jobs those are, the queued ones that ask for it too:
+
+    HOST       SLOTS  USED  MEMORY    USED MEM  JOBS
+    localhost  2      1     23.4 GiB  91 MiB    7 (conv, 1 core), 9 (queued: 2 cores)
+
+It reads the registry only (active jobs are reconciled first, as `singa
+list` does), so it is as light as `singa list`: no numpy, protobuf or zmq.
 
     singa hosts check hosts.txt [--conf job.conf]
     singa hosts check --hosts node1:2,node2:2 --ssh-port 2222
@@ -21,6 +35,7 @@ import os
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,17 +43,77 @@ from runtime.errors import UserError
 from runtime.jobs.hostfile import Host, parse_hostfile, parse_hosts, place, slurm_hosts
 from runtime.jobs.ssh import SshOptions, probe
 
+if TYPE_CHECKING:
+    from runtime.jobs.resources import HostUsage
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def hosts() -> None:
-    """Check the hosts a job runs on.
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as a JSON list.")
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool) -> None:
+    """Show the cluster's hosts: slots, memory, and what jobs hold there.
+
+    With no command: one line per host of the default cluster
+    ($SINGA_HOME/hosts, else this host) and of every active job, with its
+    slots (cores) and memory, what the running jobs hold there, and the
+    queued jobs that wait for it. `singa hosts check` probes a hostfile.
 
     \b
     Hostfile lines (dialects may be mixed; '#' starts a comment):
       node1            one slot (the `--host` convention)
       node2 slots=4    MPI / Horovod / DeepSpeed style
       node3:2          Horovod's inline style
+      node4 slots=8 mem=32G   with the memory jobs may use there
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        show(as_json)
+    except UserError as e:
+        # the `singa` group does this too; repeated so `hosts` also works on its own
+        click.echo(str(e) if "\n" in str(e) else f"singa: {e}", err=True)
+        sys.exit(2)
+
+
+def show(as_json: bool) -> None:
+    """Print the hosts and their allocation (`runtime.jobs.resources.usage`)."""
+    import json
+
+    from runtime.jobs import jobdb, resources
+
+    with jobdb.JobDB() as reg:
+        for j in reg.jobs(jobdb.ACTIVE):
+            reg.reconcile(j)  # a job whose master is gone holds nothing
+        active = reg.jobs(jobdb.ACTIVE)
+        cluster = resources.capacity(resources.default_hosts(reg.home))
+    rows = resources.usage(cluster, active)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    click.echo(render(rows))
+
+
+def render(rows: list[HostUsage]) -> str:
+    """The table of `singa hosts` for `resources.usage` rows, and a line on the
+    queue when jobs wait."""
+    from singa_cli import fmt
+
+    table = [[r.host, "-" if r.cores is None else str(r.cores), str(r.used_cores),
+              "-" if r.mem is None else fmt.mem(r.mem), fmt.mem(r.used_mem),
+              ", ".join([f"{j['id']} ({j['name']}, {_cores(j['cores'])})" for j in r.jobs]
+                        + [f"{j['id']} (queued: {_cores(j['cores'])})" for j in r.waiting])
+              or "-"]
+             for r in rows]
+    out = fmt.table(["HOST", "SLOTS", "USED", "MEMORY", "USED MEM", "JOBS"], table)
+    queued = sorted({j["id"] for r in rows for j in r.waiting})
+    if queued:
+        out += (f"\n{len(queued)} job{'s' if len(queued) != 1 else ''} queued; "
+                "'singa list --state QUEUED' says what each waits for")
+    return out
+
+
+def _cores(n: int) -> str:
+    return f"{n} core{'s' if n != 1 else ''}"
 
 
 @hosts.command()

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("singa_cli.jobs:status", "Same as view: show a job and its processes."),
     "log": ("singa_cli.control:log", "Print or follow the log of one process of a job."),
     "kill": ("singa_cli.control:kill", "Stop a job: TERM to its process groups, then KILL."),
-    "hosts": ("singa_cli.hosts:hosts", "Check a hostfile and show the slots it gives."),
+    "hosts": ("singa_cli.hosts:hosts", "Show the hosts, their slots and what jobs hold; check a hostfile."),
     "plot": ("singa_cli.plot:plot", "Plot a job's training and test curves to a PNG or SVG."),
     "top": ("singa_cli.top:top", "A live table of a job's processes: speed, CPU, memory, stragglers."),
     "draw": ("singa_cli.draw:draw", "Draw a job's net graph or a checkpoint's filters as a PNG."),
