@@ -110,6 +110,8 @@ class Job:
     #: the sweep point of an array's job: field path -> value
     settings: dict[str, Any] = field(default_factory=dict)
     admitted: float | None = None
+    #: an ended job's processes may still be stopping: it holds its slots until then
+    held_until: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -164,7 +166,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_restarts", "submitted", "started", "ended", "workspace", "log_dir", "launcher", "hosts",
     "nprocs", "train_steps", "step", "loss", "accuracy", "samples_per_s", "master_pid",
     "master_start", "options", "secret", "external_id", "master_heartbeat", "priority", "demand",
-    "after", "array_id", "array_index", "settings", "admitted")
+    "after", "array_id", "array_index", "settings", "admitted", "held_until")
 PROC_COLUMNS: tuple[str, ...] = (
     "job_id", "attempt", "procs_id", "host", "pid", "pgid", "start_time", "role", "endpoint",
     "state", "exit_code", "signal", "heartbeat", "step", "log_path")
@@ -452,28 +454,38 @@ class JobDB:
             raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
         return state
 
-    def transition(self, job_id: int, state: str, reason: str = "") -> bool:
+    def transition(self, job_id: int, state: str, reason: str = "", hold: float = 0.0) -> bool:
         """Move the job to `state` unless it has already ended; True if it moved.
 
         A terminal state is final: the update is refused (False, nothing changed).
         The first RUNNING sets `started`; a terminal state sets `ended` and
-        passes the job's resources on (a queue pass, same transaction).
+        passes the job's resources on (a queue pass, same transaction) -- or,
+        with `hold` seconds, keeps holding them while its processes are
+        being stopped, until `release` (or `hold` runs out: never for ever).
         """
         self._check_state(state)
         now = time.time()
+        held = now + hold if hold > 0 and state in TERMINAL else None
         with self.write() as db:
             cur = db.execute(
-                "UPDATE jobs SET state = ?, reason = ?, "
+                "UPDATE jobs SET state = ?, reason = ?, held_until = ?, "
                 "started = CASE WHEN ? = 'RUNNING' AND started IS NULL THEN ? ELSE started END, "
                 "ended = CASE WHEN ? THEN ? ELSE ended END "
                 f"WHERE id = ? AND state NOT IN {_TERMINAL_SQL}",
-                (state, reason, state, now, state in TERMINAL, now, int(job_id)))
+                (state, reason, held, state, now, state in TERMINAL, now, int(job_id)))
             if cur.rowcount == 0 and db.execute("SELECT 1 FROM jobs WHERE id = ?",
                                                 (int(job_id),)).fetchone() is None:
                 raise self._unknown(job_id)
             if cur.rowcount and state in TERMINAL:
                 queue.run_pass(db)  # its slots pass to the next job at once
             return cur.rowcount > 0
+
+    def release(self, job_id: int) -> None:
+        """The ended job's processes have stopped: its held slots pass on now."""
+        with self.write() as db:
+            if db.execute("UPDATE jobs SET held_until = NULL WHERE id = ? AND held_until IS NOT "
+                          "NULL", (int(job_id),)).rowcount:
+                queue.run_pass(db)
 
     def note(self, job_id: int, reason: str) -> bool:
         """Set the job's reason without changing its state (e.g. "attempt 1 failed:
@@ -671,17 +683,8 @@ def _holders(db: Any, workspace: str) -> list[int]:
 
 
 def _alive(pid: int, start: float | None) -> bool:
-    """True if `pid` runs and (when `start` is known) is the process that started at `start`."""
-    import psutil  # only needed when some job is active
+    """True if `pid` runs and (when `start` is known) is the process that started at `start`;
+    one we may not look at counts as alive (someone else's: we cannot tell, so no LOST)."""
+    from runtime.jobs import pgroup  # psutil: only needed when some job is active
 
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if start is not None and abs(p.create_time() - start) > START_TIME_SLACK:
-            return False
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # someone else's process holds the pid? we cannot tell; do not guess LOST
-    return True
+    return pgroup.alive(pid, start, slack=START_TIME_SLACK, denied=True)

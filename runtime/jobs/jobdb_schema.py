@@ -31,7 +31,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN array_id INTEGER",
         "ALTER TABLE jobs ADD COLUMN array_index INTEGER",
         "ALTER TABLE jobs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE jobs ADD COLUMN admitted REAL"),
+        "ALTER TABLE jobs ADD COLUMN admitted REAL",
+        "ALTER TABLE jobs ADD COLUMN held_until REAL"),
 }
 
 _SCHEMA = """
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS jobs(
     array_id INTEGER,
     array_index INTEGER,
     settings TEXT NOT NULL DEFAULT '{}',
-    admitted REAL
+    admitted REAL,
+    held_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS arrays(

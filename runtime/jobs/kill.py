@@ -26,7 +26,9 @@ def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,
         return []
     if job.state == jobdb.QUEUED:
         reason += " while queued; it never started"
-    reg.transition(job_id, jobdb.KILLED, reason)
+    # its processes are stopped below (grace, then KILL): it holds its slots till then
+    reg.transition(job_id, jobdb.KILLED, reason,
+                   hold=0.0 if job.state == jobdb.QUEUED else grace + 10.0)
     if pgroup.alive(job.master_pid, job.master_start):
         pgroup.signal_group(job.master_pid, job.master_start, signal.SIGTERM)
     problems: list[str] = []
@@ -51,6 +53,7 @@ def kill_job(reg: jobdb.JobDB, job_id: int, grace: float = 10.0,
     for p in reg.procs(job_id):
         if not p.terminal:  # a row the master wrote (e.g. LOST with its host) stays
             reg.update_proc(job_id, p.attempt, p.procs_id, state=jobdb.KILLED)
+    reg.release(job_id)
     return problems
 
 

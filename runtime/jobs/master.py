@@ -189,7 +189,9 @@ class JobMaster:
             self.reg.note(self.id, f"attempt {attempt} failed: {out.reason}; restarting "
                           f"(attempt {attempt + 1} of {self.row.max_restarts + 1})")
             return Outcome("RESTART", out.reason)
-        self.reg.transition(self.id, out.state, out.reason)
+        # the others are stopped next (up to the grace): their slots are held till then
+        hold = 0.0 if out.state == "SUCCEEDED" else self.grace + 5.0
+        self.reg.transition(self.id, out.state, out.reason, hold=hold)
         return out
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -236,6 +238,7 @@ class JobMaster:
             return self._settle(attempt, out)
         finally:
             self._stop_all(attempt, handles)
+            self.reg.release(self.id)  # every process has stopped: the slots pass on
             router.close()
             if guard is not None:
                 guard.stop()

@@ -33,17 +33,22 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-def alive(pid: int | None, started: float | None) -> bool:
-    """Whether the process `pid` that started at `started` still runs (not a zombie)."""
+def alive(pid: int | None, started: float | None, *, slack: float = _SLACK_S,
+          denied: bool = False) -> bool:
+    """Whether the process `pid` that started at `started` (within `slack`
+    seconds; None: any) still runs, not a zombie. A process we may not look
+    at reads as `denied` (the registry passes True: it does not guess LOST)."""
     if not pid:
         return False
     try:
         p = psutil.Process(pid)
-        if started is not None and abs(p.create_time() - started) > _SLACK_S:
+        if started is not None and abs(p.create_time() - started) > slack:
             return False
         return bool(p.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return denied
 
 
 def members(pgid: int, started: float | None) -> list[int]:

@@ -9,7 +9,9 @@ which is the lock: no daemon, and two passes never hand out the same cores.
 
 The registry runs a pass whenever the set of held resources may have
 changed: a job submitted, a job ended (its slots pass on at once), a master
-found LOST. Waiting masters run one now and then as well (`JobDB.schedule`),
+found LOST, an ended job's processes stopped (`JobDB.release`). Waiting
+masters run one now and then as well (`JobDB.schedule`), which also covers
+a hold that ran out (`held_until`),
 so the queue moves even when whoever ended a job could not run it.
 
 What a job asks for is its `demand` column, `{host: {"cores", "mem",
@@ -60,8 +62,11 @@ def entries(db: Any, now: float | None = None) -> tuple[list[scheduler.Entry],
                                                         dict[int, scheduler.Parent]]:
     """Every active job as a scheduler Entry, and the jobs queued ones depend on."""
     now = time.time() if now is None else now
-    rows = db.execute("SELECT id, state, demand, options, priority, after, started, step, "
-                      f"train_steps FROM jobs WHERE state IN {_ACTIVE_SQL} ORDER BY id").fetchall()
+    # an ended job whose processes are still being stopped holds its slots (held_until)
+    rows = db.execute("SELECT id, CASE WHEN state IN " + _ACTIVE_SQL + " THEN state ELSE 'RUNNING' "
+                      "END, demand, options, priority, after, started, step, train_steps FROM jobs "
+                      f"WHERE state IN {_ACTIVE_SQL} OR held_until > ? ORDER BY id",
+                      (now,)).fetchall()
     jobs = [scheduler.Entry(id=r[0], state=r[1], demand=demand_of(r[2]), capacity=capacity_of(r[3]),
                             priority=int(r[4] or 0),
                             after=[(int(p), str(m)) for p, m in _json(r[5], [])],
