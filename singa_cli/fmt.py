@@ -84,6 +84,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      for r in [header, *rows])
 
 
+def counts(states: Sequence[str], order: Sequence[str]) -> str:
+    """"2 RUNNING, 4 QUEUED": how many of `states` are in each state, in `order`."""
+    return ", ".join(f"{states.count(s)} {s}" for s in order if s in states)
+
+
 def is_local(host: str | None) -> bool:
     """True if `host` names this machine (as the launcher wrote it in the hostfile);
     no host means this machine."""

@@ -51,7 +51,11 @@ def _list_row(j: jobdb.Job) -> list[str]:
                    "comma-separated. QUEUED jobs are listed in queue order.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
 def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
-    """List jobs: the active ones (QUEUED, PENDING, RUNNING) unless --all or --state."""
+    """List jobs: the active ones (QUEUED, PENDING, RUNNING) unless --all or --state.
+
+    The jobs of an array (singa sweep) are listed together under a line that
+    names the array and counts its jobs by state (all of them, listed or not).
+    """
     with jobdb.JobDB() as reg:
         # Reconcile every job that claims to be active, so none shows a stale RUNNING.
         just_ended = []
@@ -68,6 +72,8 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
             # this listing once, so the user sees what became of it.
             jobs = sorted(reg.jobs(jobdb.ACTIVE) + just_ended, key=lambda j: j.id)
         path = jobdb.show_path(reg.path)
+        arrays = {a: _array_line(reg, a) for a in dict.fromkeys(
+            j.array_id for j in jobs if j.array_id is not None)}
     if as_json:
         click.echo(json.dumps([j.public_dict() for j in jobs], indent=2))
         return
@@ -89,7 +95,33 @@ def list_jobs(show_all: bool, states: list[str], as_json: bool) -> None:
         for row, j in zip(rows, jobs):
             queued = j.state == jobdb.QUEUED
             row += [str(j.priority), _waiting(j.reason) if queued else ""]
-    click.echo(fmt.table(header, rows))
+    click.echo(_grouped(fmt.table(header, rows), jobs, arrays))
+
+
+def _array_line(reg: jobdb.JobDB, array_id: int) -> str:
+    """"array 3: conv (6 jobs: 2 RUNNING, 4 QUEUED)", counting every job of
+    the array, listed or not."""
+    states = [j.state for j in reg.array_jobs(array_id)]
+    return (f"array {array_id}: {reg.array(array_id)['name']} ({len(states)} "
+            f"job{'s' if len(states) != 1 else ''}: {fmt.counts(states, jobdb.STATES)})")
+
+
+def _grouped(table: str, jobs: list[jobdb.Job], arrays: dict[int, str]) -> str:
+    """The table with each array's jobs moved under a line naming the array,
+    where its first listed job was; standalone jobs stay where they were."""
+    header, *lines = table.split("\n")
+    if not arrays or len(lines) != len(jobs):  # a cell with a line break: kept as it is
+        return table
+    out = [header]
+    shown: set[int] = set()
+    for k, j in enumerate(jobs):
+        if j.array_id is None:
+            out.append(lines[k])
+        elif j.array_id not in shown:
+            shown.add(j.array_id)
+            out.append(arrays[j.array_id])
+            out += [lines[m] for m, o in enumerate(jobs) if o.array_id == j.array_id]
+    return "\n".join(out)
 
 
 def _waiting(reason: str) -> str:

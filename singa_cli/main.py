@@ -24,6 +24,8 @@ from runtime.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("singa_cli.submit:submit", "Validate JOB.conf and run it, streaming its progress."),
     "test": ("singa_cli.submit:test", "Test a trained model from its checkpoint."),
+    "sweep": ("singa_cli.sweep:sweep", "Submit a job per point of a sweep of conf fields; show "
+                                       "the results, best first."),
     "list": ("singa_cli.jobs:list_jobs", "List jobs: the active ones unless --all or --state."),
     "view": ("singa_cli.jobs:view", "Show a job, each of its processes, and why it failed."),
     "status": ("singa_cli.jobs:status", "Same as view: show a job and its processes."),

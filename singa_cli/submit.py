@@ -80,16 +80,26 @@ _COMMON = [
     click.option("--after", multiple=True, metavar="JOB[:ok|:any]",
                  help="Start once JOB has SUCCEEDED (:ok, the default) or ended at all (:any); "
                       "repeatable. If it cannot hold, the job is CANCELLED and never starts."),
-    click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted."),
     click.option("--grace", type=float, default=5.0, show_default=True,
                  help="Seconds between TERM and KILL when the job's processes are stopped."),
 ]
 
 
-def _with_common(f):
+_DETACH = click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted.")
+
+
+def submit_options(f):
+    """Apply `_COMMON`, the options of every verb that submits jobs (submit,
+    test, sweep): hosts, launcher, the user's code, name, cores, priority,
+    dependencies, grace."""
     for opt in reversed(_COMMON):
         f = opt(f)
     return f
+
+
+def _with_common(f):
+    # --detach last in the help, after the options every submitting verb shares
+    return submit_options(_DETACH(f))
 
 
 @click.command()

@@ -37,7 +37,7 @@ from runtime.errors import ConfigError, Problem, UserError
 from runtime.registry import did_you_mean
 
 __all__ = ["Setting", "parse_set", "apply", "apply_all", "check", "grid", "sample", "label",
-           "render", "note_overrides"]
+           "short_names", "render", "note_overrides"]
 
 _EXAMPLE = "e.g. updater.learning_rate.base_lr=0.1,0.01"
 _PART = re.compile(r"([A-Za-z_]\w*)(?:\[([^\[\]]*)\])?")
@@ -451,8 +451,15 @@ def label(point: dict[str, str]) -> str:
     Each path is shortened to its last field, after the name (or index) of
     the innermost selected element when there is one (`fc1.num_output`,
     `w1.std`, `layer[0].batchsize[0]`); paths that would read alike keep
-    more of their parts until they differ."""
-    keys = list(point)
+    more of their parts until they differ (`short_names`)."""
+    short = short_names(list(point))
+    return " ".join(f"{short[p]}={point[p]}" for p in point)
+
+
+def short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each field path's short name, as `label` writes it (for column
+    headers): distinct for distinct paths."""
+    keys = list(dict.fromkeys(paths))
     parts = {p: [f"{n}[{s}]" if s is not None else n for n, s in parse_path(p)] for p in keys}
     short = {p: _short(parts[p]) for p in keys}
     for _ in range(max((len(v) for v in parts.values()), default=0)):
@@ -462,7 +469,7 @@ def label(point: dict[str, str]) -> str:
         for p in clash:
             longer = ".".join(parts[p][-(short[p].count(".") + 2):])
             short[p] = longer if len(longer) > len(short[p]) else p
-    return " ".join(f"{short[p]}={point[p]}" for p in keys)
+    return short
 
 
 def _short(parts: list[str]) -> str:

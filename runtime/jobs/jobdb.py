@@ -397,6 +397,13 @@ class JobDB:
                                 (int(array_id),)).fetchall()
         return [_job_from_row(r, self.path) for r in rows]
 
+    def drop_array(self, array_id: int) -> bool:
+        """Remove an array that has no job (a sweep whose first submit failed);
+        True if it was removed. An array with jobs is kept: they are its record."""
+        with self.write() as db:
+            return db.execute("DELETE FROM arrays WHERE id = ? AND NOT EXISTS (SELECT 1 FROM "
+                              "jobs WHERE array_id = ?)", (int(array_id),) * 2).rowcount > 0
+
     def check_workspace(self, workspace: str | None) -> None:
         """Refuse (UserError naming the job) a workspace an active job holds.
 
