@@ -221,3 +221,30 @@ def test_the_rbm_example_submits_its_chain_with_after_and_returns_at_once(tmp_pa
     assert singa(home, "kill", str(jobs[0].id), cwd=tmp_path).returncode == 0
     for j in jobs[1:]:
         assert state(reg, j.id, jobdb.CANCELLED, timeout=10).attempts == 0
+
+
+def test_an_ended_job_holds_its_slots_until_its_processes_have_stopped(tmp_path):
+    from tests.jobs.test_registry import new_job
+
+    caps = {"capacity": {"localhost": {"cores": 2, "mem": None}}}
+    two = {"localhost": {"cores": 2, "mem": 0, "procs": 2, "threads": 1}}
+    with jobdb.JobDB(tmp_path / "h") as reg:
+        a = new_job(reg, demand=two, options=caps)
+        b = new_job(reg, demand=two, options=caps)
+        assert (reg.job(a.id).state, reg.job(b.id).state) == (jobdb.PENDING, jobdb.QUEUED)
+        # a failed; its other processes are being stopped (up to the grace)
+        reg.transition(a.id, jobdb.FAILED, "process 1 failed", hold=30.0)
+        assert reg.job(a.id).held_until is not None
+        assert not reg.schedule() and reg.job(b.id).state == jobdb.QUEUED
+        reg.release(a.id)
+        assert reg.job(b.id).state == jobdb.PENDING and reg.job(a.id).held_until is None
+        # a hold runs out by itself: a master that died while stopping holds nothing for ever
+        c = new_job(reg, demand=two, options=caps)
+        reg.transition(b.id, jobdb.KILLED, "killed", hold=0.2)
+        assert reg.job(c.id).state == jobdb.QUEUED
+        time.sleep(0.3)
+        assert reg.schedule() and reg.job(c.id).state == jobdb.PENDING
+        # a job that succeeded has no process left: its slots pass on at once
+        d = new_job(reg, demand=two, options=caps)
+        reg.transition(c.id, jobdb.SUCCEEDED)
+        assert reg.job(d.id).state == jobdb.PENDING
