@@ -37,17 +37,18 @@ unreliable (multi-threaded BLAS suffers most).
 
 What the numbers mean, and why one core per process by default
 (runtime/jobs/resources.py DEFAULT_CORES_PER_PROC). Measured on a quiet
-2-core host (AMD EPYC, numpy's OpenBLAS): a LeNet step (batch 64) takes
-22 ms with one BLAS thread and 19 ms with two (its small matmuls gain 1.13x
-from a second core), while two one-thread LeNet processes side by side keep
-22 ms each: 1.8x the throughput of one job on both cores. So four LeNet
-jobs submitted at once with a core each (two run, two queue) end in 0.61x
-the time of running them one after another with both cores each; with
-`--cores 2` each the queue runs them one at a time, 1.02x: the queue itself
-costs next to nothing. The MLP's large matmuls do gain from a second thread
-(72 -> 46 ms/step, 1.57x) and its conf asks for two, so twenty of them at
-once run one at a time like the sequential baseline (0.98x); with
-`--cores 1` they run two at a time in 0.65x, as two one-thread steps side by
+2-core host (AMD EPYC, numpy's OpenBLAS; ranges: two full runs): a LeNet
+step (batch 64) takes 22 ms with one BLAS thread and 19 ms with two (its
+small matmuls gain 1.13x from a second core), while two one-thread LeNet
+processes side by side keep 22 ms each: 1.8x the throughput of one job on
+both cores. So four LeNet jobs submitted at once with a core each (two run,
+two queue) end in 0.61x the time of running them one after another with both
+cores each; with `--cores 2` each the queue runs them one at a time,
+0.92-1.02x: the queue itself costs next to nothing (a makespan varies ~5%
+from run to run). The MLP's large matmuls do gain from a second thread (72
+-> 46 ms/step, 1.57x) and its conf asks for two, so twenty of them at once
+run one at a time like the sequential baseline (0.91-0.98x); with `--cores
+1` they run two at a time in 0.61-0.65x, as two one-thread steps side by
 side give 1.18x the throughput of one two-thread step and each job's
 single-threaded start-up (~1 s: Python, validation, the init of 12M params)
 overlaps the other's training. Hence a core per process: jobs pack side by
@@ -56,10 +57,10 @@ more BLAS threads than it has cores, and a job that gains from more threads
 says so (`num_openblas_threads`, `--cores`). The hand-over is quick: a
 queued job is admitted within a few ms of the end that frees its cores (the
 pass runs in the transaction that records the end) and its first process
-starts 50-100 ms later (its master polls the registry every 0.1 s). A submit
-with 20 jobs active takes ~0.7 s against ~0.35 s idle; its own CPU time is
-the same (~0.4 s): the rest is waiting for a core the two running jobs hold
-(the 18 waiting masters take ~0.25% of a core each).
+starts 20-110 ms later (its master polls the registry every 0.1 s). A submit
+with 20 jobs active takes 0.7-0.76 s against ~0.35 s idle; its own CPU time
+is the same (~0.4 s): the rest is waiting for a core the two running jobs
+hold (the 18 waiting masters take ~0.25% of a core each).
 """
 from __future__ import annotations
 
