@@ -40,9 +40,9 @@ LOCAL = "localhost"
 #: Cores a process gets when neither `--cores` nor the conf says: one.
 #: Measured by bench/concurrent.py on 2 cores (4 LeNet jobs at once, see
 #: the README's "Queue"): one core each packs two jobs side by side and
-#: finishes the four in about 0.7x the time of running them one after
+#: finishes the four in about 0.6x the time of running them one after
 #: another with both cores each, because a small net's BLAS calls gain
-#: only ~1.3x from a second thread; giving each job the whole host makes
+#: only ~1.1x from a second thread; giving each job the whole host makes
 #: the queue run them one at a time (1.0x).
 DEFAULT_CORES_PER_PROC = 1
 
