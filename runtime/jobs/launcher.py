@@ -17,10 +17,11 @@ builds itself from the job's registry row and options
   (`SshOptions.for_signals`): a host that cannot be reached is marked
   `unreachable` rather than holding up the stop of a job.
 - `mpi` and `slurm`, engines that start every process of an attempt at once
-  (`start_all`): `mpirun` (Open MPI's spelling, with the submitted hosts
-  as its hostfile) and `sbatch` + `srun` (Slurm chooses the hosts). Their
-  processes take their rank from the engine's environment and read the job
-  from a file on a filesystem every node shares (`JobFiles`).
+  (`start_all`): `mpirun` (Open MPI, over singa's placement; in
+  `runtime.jobs.mpi`, which registers itself when imported) and `sbatch` +
+  `srun` (Slurm chooses the hosts). Their processes take their rank from the
+  engine's environment and read the job from a file on a filesystem every
+  node shares (`JobFiles`).
 
 The job (binary JobProto) and the job's CURVE keys travel on the child's
 stdin (see `handoff`), or for an engine in a 0600 file, never on a command
@@ -78,6 +79,7 @@ class Handle:
     """A launched process as the master sees it."""
 
     unreachable = False  # its host did not answer a signal: the process is lost with its host
+    noun = "process"     # what a job's reason calls it ("rank" under mpirun)
 
     def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes]):
         self.spec = spec
@@ -331,69 +333,6 @@ def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
             continue
         argv.append(a)
     return argv + ["--job-file", str(files.job_file), "--log", str(files.log_pattern)]
-
-
-class MpirunEngine(Engine):
-    def __init__(self, popen: subprocess.Popen[bytes]):
-        self.popen = popen
-
-    def poll(self) -> int | None:
-        return self.popen.poll()
-
-    def signal(self, sig: int) -> None:
-        # mpirun forwards TERM to its ranks and KILLs what is left; it leads
-        # its own session, so its whole group gets the signal
-        pgroup.signal_group(self.popen.pid, pgroup.start_time(self.popen.pid), sig)
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait()
-
-
-@launcher_registry.register("mpi")
-class MpiLauncher(EngineLauncher):
-    """`mpirun -np N [--hostfile H] -x VAR ... python -m runtime.train.node ...`
-    (Open MPI's spelling); ZeroMQ stays the data plane, MPI only starts the
-    processes. Each process takes its rank from OMPI_COMM_WORLD_RANK or
-    PMI_RANK."""
-
-    name = "mpi"
-    tool = "mpirun"
-
-    @classmethod
-    def submit_options(cls, hosts: list[Any]) -> dict[str, Any]:
-        # mpirun reads MPI's dialect of a hostfile: written by the master from these
-        return {"mpi_hosts": [[h.name, h.slots] for h in hosts]}
-
-    def __init__(self, hostfile: str | None = None):
-        self.hostfile = hostfile
-
-    @classmethod
-    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
-        """With the submitted hosts (`mpi_hosts`: [name, slots] pairs) as an
-        MPI hostfile beside the job's logs; without, mpirun's own default."""
-        hosts = options.get("mpi_hosts")
-        if not hosts:
-            return cls(None)
-        path = Path(str(job.log_dir)) / "mpi-hostfile"
-        path.write_text("".join(f"{h} slots={n}\n" for h, n in hosts))
-        return cls(str(path))
-
-    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
-        spec = specs[0]
-        cmd = ["mpirun", "-np", str(len(specs))]
-        if self.hostfile:
-            cmd += ["--hostfile", self.hostfile]
-        for k in sorted(spec.env):
-            cmd += ["-x", k]
-        cmd += _engine_argv(spec.argv[0], files, spec)
-        with _open_log(spec.launch_log) as out:
-            popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                     env=dict(os.environ, **spec.env), cwd=spec.cwd,
-                                     start_new_session=True)
-        engine = MpirunEngine(popen)
-        return [EngineHandle(s, engine) for s in specs]
 
 
 class SlurmEngine(Engine):

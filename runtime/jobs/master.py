@@ -59,6 +59,7 @@ from runtime.comm import socket as zsock
 from runtime.comm.msg import Msg
 from runtime.errors import UserError
 from runtime.jobs import jobdb
+from runtime.jobs import mpi as _mpi  # noqa: F401 - registers --launcher mpi
 from runtime.jobs.launcher import (
     EngineHandle,
     EngineLauncher,
@@ -426,8 +427,8 @@ class JobMaster:
         and the last error line of its log."""
         pid = f", pid {h.pid}" if h.pid else ""
         if said:
-            return f"process {p} on {h.host}{pid} ({self._role(p)}): {said}"
-        why = f"process {p} on {h.host}{pid} ({self._role(p)}) {words}"
+            return f"{h.noun} {p} on {h.host}{pid} ({self._role(p)}): {said}"
+        why = f"{h.noun} {p} on {h.host}{pid} ({self._role(p)}) {words}"
         # an engine's logs are on the filesystem its nodes share with this host
         readable = _is_local(h.host) or isinstance(h, EngineHandle)
         last = _last_error(h.spec.log_path) if readable else ""

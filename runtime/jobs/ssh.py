@@ -97,6 +97,15 @@ def ssh_argv(host: str, remote_argv: list[str], opts: SshOptions, *,
     if not host or host.startswith("-"):
         raise UserError(f"'{host}' is not a host name (a leading '-' would read as an "
                         "ssh option)")
+    # `--` after the host: ssh parses options after the host name too
+    return [*client_argv(opts), host.strip("[]"), "--",
+            remote_command(remote_argv, env=env, cwd=cwd)]
+
+
+def client_argv(opts: SshOptions) -> list[str]:
+    """`ssh` and its options from `opts` (batch mode, timeouts, config, port,
+    identity, user), without a host: what `ssh_argv` starts with, and what
+    another program that runs ssh itself (mpirun's `plm_rsh_agent`) is given."""
     argv = ["ssh", "-o", "BatchMode=yes",
             "-o", f"ConnectTimeout={max(1, math.ceil(opts.connect_timeout))}"]
     if not opts.strict_host_keys:
@@ -112,8 +121,7 @@ def ssh_argv(host: str, remote_argv: list[str], opts: SshOptions, *,
         argv += ["-i", opts.identity]
     if opts.user:
         argv += ["-l", opts.user]
-    # `--` after the host: ssh parses options after the host name too
-    return argv + [host.strip("[]"), "--", remote_command(remote_argv, env=env, cwd=cwd)]
+    return argv
 
 
 def run(host: str, remote_argv: list[str], opts: SshOptions, *, timeout: float,

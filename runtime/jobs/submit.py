@@ -28,6 +28,7 @@ from typing import Any
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
+from runtime.jobs import mpi as _mpi  # noqa: F401 - registers --launcher mpi
 from runtime.jobs.launcher import launcher_registry
 
 

@@ -1,8 +1,7 @@
-"""Stand-ins for Slurm (sbatch, srun, squeue, sacct, scancel) and Open MPI's
-mpirun, for tests on a machine that has neither: they run every task on
-this host, but set the same environment the real tools set (SLURM_PROCID,
-SLURM_NTASKS, SLURM_JOB_ID; OMPI_COMM_WORLD_RANK/SIZE) and keep the same
-command-line contract singa relies on. State (job ids, pids, exit codes)
+"""Stand-ins for Slurm (sbatch, srun, squeue, sacct, scancel), for tests on
+a machine without it: they run every task on this host, but set the same
+environment the real tools set (SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_ID)
+and keep the same command-line contract singa relies on. State (job ids, pids, exit codes)
 lives in $FAKE_ENGINE_DIR.
 
     python fake_engine.py TOOL ARGS...
@@ -113,17 +112,7 @@ def scancel(args: list[str]) -> int:
     return 0
 
 
-def mpirun(args: list[str]) -> int:
-    n, i = 1, 0
-    while i < len(args) and args[i].startswith("-"):
-        if args[i] == "-np":
-            n = int(args[i + 1])
-        i += 2  # every option here takes a value (-np, --hostfile, -x)
-    return run_tasks(n, args[i:], lambda r: {"OMPI_COMM_WORLD_RANK": str(r),
-                                             "OMPI_COMM_WORLD_SIZE": str(n)})
-
-
-TOOLS = {f.__name__: f for f in (sbatch, srun, squeue, sacct, scancel, mpirun)}
+TOOLS = {f.__name__: f for f in (sbatch, srun, squeue, sacct, scancel)}
 
 if __name__ == "__main__":
     sys.exit(TOOLS[sys.argv[1]](sys.argv[2:]))

@@ -1,9 +1,9 @@
-"""Jobs started by an external engine: `--launcher slurm` (a batch script
-submitted with sbatch, processes started by srun) and `--launcher mpi`
-(mpirun), each process taking its rank from the environment the engine
-sets. Neither Slurm nor Open MPI is installed here: the tools on the PATH
-are tests/jobs/fake_engine.py, which runs the tasks on this host with the
-engines' environment and command-line contract."""
+"""Jobs started by Slurm (`--launcher slurm`: a batch script submitted with
+sbatch, processes started by srun), each process taking its rank from the
+environment the engine sets. The tools on the PATH are
+tests/jobs/fake_engine.py, which runs the tasks on this host with the
+engine's environment and command-line contract. `--launcher mpi` is tested
+against the real mpirun (tests/engines/test_mpi.py)."""
 from __future__ import annotations
 
 import os
@@ -24,7 +24,7 @@ FAKE = Path(__file__).with_name("fake_engine.py")
 def engines(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("sbatch", "srun", "squeue", "sacct", "scancel", "mpirun"):
+    for tool in ("sbatch", "srun", "squeue", "sacct", "scancel"):
         p = bin_dir / tool
         p.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {tool} "$@"\n')
         p.chmod(p.stat().st_mode | stat.S_IXUSR)
@@ -64,18 +64,6 @@ def test_slurm_job_is_killed_with_scancel(engines, tmp_path, reg):
     r = singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert reg.job(job_id).state == jobdb.KILLED
-    nothing_left(reg, job_id)
-
-
-def test_mpirun_job_takes_ranks_from_open_mpi(engines, tmp_path, reg):
-    conf = job_conf(tmp_path, "mpi", "nworker_groups: 2 nworkers_per_group: 2", steps=30)
-    job_id = submit_detached(conf, "--launcher", "mpi")
-    job = ended(reg, job_id)
-    assert job.state == jobdb.SUCCEEDED, job.reason
-    procs = reg.procs(job_id)
-    assert [p.procs_id for p in procs] == [0, 1, 2, 3]
-    assert len({p.pid for p in procs}) == 4
-    assert "Test @ step 30" in Path(procs[0].log_path).read_text()
     nothing_left(reg, job_id)
 
 

@@ -7,11 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs.launcher import LocalLauncher, MpiLauncher, SlurmLauncher, SshLauncher, launcher_registry
+from runtime.jobs.launcher import LocalLauncher, SlurmLauncher, SshLauncher, launcher_registry
+from runtime.jobs.mpi import MpiLauncher
 
 
-def build(name: str, options: dict, tmp_path):
-    row = SimpleNamespace(id=7, name="mnist", log_dir=str(tmp_path))
+def build(name: str, options: dict, tmp_path, hosts=("localhost",)):
+    row = SimpleNamespace(id=7, name="mnist", log_dir=str(tmp_path), hosts=list(hosts))
     return launcher_registry.get(name).from_options(row, {"launcher": name, **options})
 
 
@@ -21,10 +22,11 @@ def test_every_launcher_builds_itself_from_the_options(tmp_path):
     assert isinstance(ssh, SshLauncher) and (ssh.opts.port, ssh.opts.identity) == (2222, "/k")
     slurm = build("slurm", {}, tmp_path)
     assert isinstance(slurm, SlurmLauncher) and slurm.job_name == "singa-7-mnist"
-    assert build("mpi", {}, tmp_path).hostfile is None
-    mpi = build("mpi", {"mpi_hosts": [["a", 2], ["b", 1]]}, tmp_path)
-    assert isinstance(mpi, MpiLauncher) and mpi.hostfile == str(tmp_path / "mpi-hostfile")
-    assert (tmp_path / "mpi-hostfile").read_text() == "a slots=2\nb slots=1\n"
+    mpi = build("mpi", {"ssh": {"port": 2222}}, tmp_path, hosts=["a", "a", "b"])
+    assert isinstance(mpi, MpiLauncher) and mpi.hosts == ["a", "a", "b"]
+    assert mpi.opts.port == 2222 and mpi.hostfile_path == tmp_path / "mpi-hostfile"
+    # mpirun's sequential mapper: one line a rank, where singa placed it
+    assert mpi.write_hostfile(tmp_path / "hf").read_text() == "a\na\nb\n"
 
 
 def test_only_slurm_chooses_the_hosts():
