@@ -40,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -104,24 +105,29 @@ class MpirunEngine(Engine):
                     self._culprit = int(m.group(1)), int(m.group(2))
         return self._culprit
 
-    def message(self) -> str:
-        """mpirun's own account of a failed launch: the first lines of its
-        last boxed message (or its last line), joined."""
-        lines = _read(self.launch_log, 8192).splitlines()
-        boxes: list[list[str]] = []
-        inside = False
+    def message(self) -> tuple[str, str]:
+        """mpirun's own account of a failed launch: (what came before its
+        first boxed message, e.g. ssh's errors; the first lines of that box,
+        or its last line when it printed none)."""
+        lines = [ln for ln in _read(self.launch_log, 8192).splitlines()
+                 if not ln.startswith("singa: ")]  # the command start_all wrote first
+        before: list[str] = []
+        box: list[str] | None = None
         for line in lines:
             if _BANNER.match(line.strip()):
-                inside = not inside
-                if inside:
-                    boxes.append([])
-                continue
-            if inside and line.strip():
-                boxes[-1].append(line.strip())
-        if boxes and boxes[-1]:
-            return " ".join(boxes[-1][:4])
-        rest = [ln.strip() for ln in lines if ln.strip()]
-        return rest[-1] if rest else ""
+                if box is not None:
+                    break
+                box = []
+            elif box is not None:
+                if line.strip():
+                    box.append(line.strip())
+            elif line.strip():
+                before.append(line.strip())
+        if box:
+            # its first sentence (a box goes on with the usual causes)
+            end = next((i for i, ln in enumerate(box[:3]) if ln.endswith((".", ":"))), 2)
+            return "\n".join(before), " ".join(box[:end + 1]).rstrip(":")
+        return "\n".join(before[:-1]), before[-1] if before else ""
 
     def signal(self, sig: int) -> None:
         # every rank's handle passes the stop on: mpirun gets each signal once
@@ -147,6 +153,7 @@ class MpiHandle(EngineHandle):
         self.mpirun = engine
         self.opts = opts
         self.stopped = False
+        self._reaped = False
         self._named: str | None = None
 
     # The kConnect's host name, unless it is this host's own name while
@@ -166,6 +173,9 @@ class MpiHandle(EngineHandle):
         code = self.mpirun.poll()
         if code is None:
             return None
+        if not self._reaped:
+            self._reaped = True
+            self._reap()
         culprit = self.mpirun.culprit()
         if culprit is None or code == 0:
             return code
@@ -189,9 +199,27 @@ class MpiHandle(EngineHandle):
 
     def failure(self, code: int) -> str:
         if self.mpirun.culprit() is None and code != 0:
-            said = self.mpirun.message()
-            return f"ended with mpirun, which exited with code {code}" + (f": {said}" if said else "")
+            from runtime.jobs import ssh
+            from runtime.jobs.jobdb import describe_exit
+
+            before, said = self.mpirun.message()
+            m = re.search(r"^ssh: .*?host (\S+)|^(\S+): Permission denied|^Host key verification",
+                          before, re.M)
+            if m:  # its ssh launch failed: say why as for --launcher ssh
+                host = m.group(1) or m.group(2) or self.host
+                said = ssh.explain_failure(host, ssh.SSH_FAILED, before, opts=self.opts) \
+                    + (f" (mpirun: {said})" if said else "")
+            return (f"ended with mpirun, which {describe_exit(*self.exit_of(code))}"
+                    + (f": {said}" if said else ""))
         return super().failure(code)
+
+    def _reap(self) -> None:
+        """mpirun has exited: a local rank still alive was left behind by an
+        mpirun that was killed (a rank leads its own group, so it outlives
+        mpirun) and goes now. mpirun ends by itself only once its ranks
+        have. A remote rank's orted kills it when its link to mpirun breaks."""
+        if self.pgid is not None and hostfile.is_local(self.host):
+            pgroup.signal_group(self.pgid, self.start_time, signal.SIGKILL)
 
     def exit_of(self, code: int) -> tuple[int | None, int | None]:
         if 128 < code < 128 + 65 and self.mpirun.culprit() is None:
@@ -276,7 +304,9 @@ class MpiLauncher(EngineLauncher):
             from runtime.jobs import ssh
 
             self.opts.check()
-            agent = ssh.client_argv(self.opts)
+            # Open MPI 4 drops the agent's last word when it is one character
+            # long ("-p 2", "-l u" lose their value): a closing option it keeps
+            agent = [*ssh.client_argv(self.opts), "-o", "BatchMode=yes"]
             spaced = [a for a in agent if any(c.isspace() for c in a)]
             if spaced:
                 raise UserError(f"--launcher mpi: mpirun splits its ssh command at spaces, so "
@@ -295,6 +325,9 @@ class MpiLauncher(EngineLauncher):
         path = self.hostfile_path or files.log_pattern.parent / "mpi-hostfile"
         cmd = self.command(specs, files, path)
         with _open_log(spec.launch_log) as out:
+            # the command, for whoever reads why a launch failed (it holds
+            # paths and variable names only: the keys are in a 0600 file)
+            out.write(f"singa: {shlex.join(cmd)}\n".encode())
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      env=dict(os.environ, **spec.env), cwd=spec.cwd,
                                      start_new_session=True)
