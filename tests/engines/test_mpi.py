@@ -65,7 +65,7 @@ def final_test_accuracy(workspace: str) -> float:
 
 def mpirun_command(job: jobdb.Job, attempt: int = 1) -> str:
     """The mpirun command line the launcher wrote first in its launch log."""
-    log = Path(job.workspace) / f"singa-job-{job.id}" / f"attempt-{attempt}" / "procs-0.launch.log"
+    log = Path(str(job.workspace)) / f"singa-job-{job.id}" / f"attempt-{attempt}" / "procs-0.launch.log"
     first = log.read_text().splitlines()[0]
     assert first.startswith("singa: mpirun "), first
     return first
