@@ -269,6 +269,22 @@ class MpiLauncher(EngineLauncher):
         self.hostfile_path = hostfile_path
 
     @classmethod
+    def check_tool(cls) -> None:
+        """mpirun on the PATH, and Open MPI's: the options it is given are
+        Open MPI's (MPICH's mpiexec.hydra spells them otherwise)."""
+        super().check_tool()
+        try:
+            r = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30)
+            said = (r.stdout + r.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"--launcher mpi: `mpirun --version` failed: {e}") from None
+        if "Open MPI" not in said and "OpenRTE" not in said:
+            first = said.splitlines()[0] if said else "no output"
+            raise UserError(f"--launcher mpi: the mpirun on the PATH is not Open MPI's ({first}); "
+                            "install openmpi-bin, or select it with "
+                            "`update-alternatives --config mpirun`")
+
+    @classmethod
     def from_options(cls, job: Job, options: dict[str, Any]) -> MpiLauncher:
         """Over the job's placement (`job.hosts`, a host per process), with
         the ssh options and interface given to `singa submit`; the MPI

@@ -239,3 +239,18 @@ def test_a_framework_example_runs_under_mpirun(tmp_path, reg, example, nprocs):
     assert [p.state for p in reg.procs(job_id)] == [jobdb.SUCCEEDED] * nprocs
     assert "Test @ step 10  Loss = " in r.stdout
     nothing_left(reg, job_id)
+
+
+def test_an_mpirun_that_is_not_open_mpi_is_refused(tmp_path, monkeypatch):
+    """The options singa gives mpirun are Open MPI's: another mpirun (MPICH's
+    hydra) is refused at submit, naming what it is. A fake stands for it:
+    one MPI implementation is installed here."""
+    fake = tmp_path / "bin" / "mpirun"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'HYDRA build details:'\necho '    Version: 4.0.2'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    conf = csv_mlp(tmp_path, "hydra")
+    r = singa("submit", str(conf), "--module", "lion.py", "--launcher", "mpi", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--launcher mpi: the mpirun on the PATH is not Open MPI's (HYDRA build details:)" in r.stderr
