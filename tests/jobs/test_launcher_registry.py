@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs.launcher import LocalLauncher, MpiLauncher, SlurmLauncher, SshLauncher, launcher_registry
+from runtime.jobs.launcher import LocalLauncher, MpiLauncher, SshLauncher
+from runtime.jobs.launchers import launcher_registry
+from runtime.jobs.slurm import SlurmLauncher
 
 
 def build(name: str, options: dict, tmp_path):
