@@ -144,13 +144,16 @@ def check(ntasks: int, threads: int, opts: list[str],
           environ: Mapping[str, str] = os.environ) -> None:
     """At submit: a UserError (exit 2) with sbatch's own words when sbatch
     would refuse the job (`sbatch --test-only` with the layout and the
-    user's options). Inside an allocation the options go to srun, which has
+    user's options): a bad option, an unknown partition. Inside an allocation the options go to srun, which has
     no dry run: they are checked when the step starts."""
     if allocation(environ) is not None:
         return
     r = _run(["sbatch", "--test-only", *layout(ntasks, threads, opts), *opts, "--wrap", "true"])
-    if r.returncode != 0:
-        said = (r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}")
+    said = r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}"
+    # "allocation failure": not now (nodes DOWN, drained), which a real
+    # submission may wait out in Slurm's queue; if sbatch refuses it then,
+    # the job FAILS with sbatch's words
+    if r.returncode != 0 and "allocation failure" not in said:
         given = f" with --slurm-opt {shlex.join(opts)!r}" if opts else ""
         raise UserError(f"sbatch refuses the job{given}: {said}")
 

@@ -111,7 +111,7 @@ class Node:
     name: str
     addr: str
     netns: str | None = None  # run its slurmd in this network namespace
-    cpus: int = 2
+    cpus: int = 2             # what it tells Slurm it has (more than the machine's is allowed)
 
 
 class SlurmCluster:
@@ -155,7 +155,9 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
             "JobAcctGatherType=jobacct_gather/none",
             # ended jobs stay known to squeue/scontrol long enough for a test to look
-            "MinJobAge=600", "KillWait=3", "InactiveLimit=0", "SchedulerParameters=sched_interval=1",
+            "MinJobAge=600", "KillWait=3", "InactiveLimit=0",
+            # a node may claim more CPUs than the machine has (Node.cpus)
+            "SlurmdParameters=config_overrides",
         ]
         lines += [f"NodeName={n.name} NodeAddr={n.addr} CPUs={n.cpus} RealMemory=2000 State=UNKNOWN"
                   for n in self.nodes]

@@ -27,7 +27,9 @@ def skip_unless_available() -> None:
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     skip_unless_available()
     host = socket.gethostname()
-    with SlurmCluster(tmp_path_factory.mktemp("slurm1"), [Node(host, "127.0.0.1")]) as cluster:
+    # 8 CPUs on this 2-core machine, so the framework examples' 4 and 6
+    # processes (one BLAS thread each) fit in one allocation
+    with SlurmCluster(tmp_path_factory.mktemp("slurm1"), [Node(host, "127.0.0.1", cpus=8)]) as cluster:
         old = os.environ.get("SLURM_CONF")
         os.environ["SLURM_CONF"] = str(cluster.conf)
         try:

@@ -69,3 +69,111 @@ def test_csv_mlp_succeeds_under_slurm(clean_slurm, tmp_path, reg):
     assert log.returncode == 0 and "Test @ step 300" in log.stdout
     view = singa("view", str(job_id), cwd=tmp_path).stdout
     assert f"external id:  {job.external_id}" in view or job.external_id in view
+
+
+def squeue(slurm, slurm_id: str) -> str:
+    return slurm.run("squeue", "-h", "-j", slurm_id, "-o", "%T").stdout.strip()
+
+
+def running(reg, job_id: int, steps: int = 5) -> jobdb.Job:
+    wait_for(lambda: reg.job(job_id).state == jobdb.RUNNING and (reg.job(job_id).step or 0) >= steps,
+             90, f"job {job_id} to train")
+    return reg.job(job_id)
+
+
+def test_slurm_opt_reaches_sbatch_and_kill_cancels_the_job(clean_slurm, tmp_path, reg):
+    conf = csv_mlp(tmp_path, steps=10**6)
+    job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py",
+                             "--slurm-opt", "--time=7 --comment='singa test'")
+    job = running(reg, job_id)
+    assert job.options["slurm"]["opts"] == ["--time=7", "--comment=singa test"]
+    show = clean_slurm.run("scontrol", "show", "job", job.external_id).stdout
+    assert "TimeLimit=00:07:00" in show and "Comment=singa test" in show
+    r = singa("kill", str(job_id), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert reg.job(job_id).state == jobdb.KILLED
+    wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15,
+             f"Slurm job {job.external_id} to leave squeue")
+
+
+def test_a_bad_slurm_opt_is_sbatchs_error_before_anything_runs(clean_slurm, tmp_path, reg):
+    conf = csv_mlp(tmp_path, steps=10)
+    before = len(reg.jobs())
+    for opt, said in (("--bogus-option", "unrecognized option"),
+                      ("--partition=nosuch", "invalid partition")):
+        r = singa("submit", str(conf), "--launcher", "slurm", "--module", "lion.py",
+                  "--slurm-opt", opt, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert "sbatch refuses the job" in r.stderr and said in r.stderr.lower(), r.stderr
+    assert len(reg.jobs()) == before and clean_slurm.jobs() == []
+
+
+def test_sigkill_of_a_task_fails_the_job_naming_node_and_task(clean_slurm, tmp_path, reg):
+    conf = csv_mlp(tmp_path, steps=10**6)
+    job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py")
+    running(reg, job_id)
+    victim = next(p for p in reg.procs(job_id) if p.procs_id == 1)
+    os.kill(victim.pid, signal.SIGKILL)
+    job = ended(reg, job_id, timeout=30)
+    node = clean_slurm.nodes[0].name
+    assert job.state == jobdb.FAILED
+    assert re.match(rf"task 1 on {node}, pid {victim.pid} \(worker 0/1\) was killed by SIGKILL",
+                    job.reason), job.reason
+    wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to end")
+
+
+def test_a_job_slurm_cannot_place_is_queued_with_slurms_reason(clean_slurm, tmp_path, reg):
+    node = clean_slurm.nodes[0].name
+    r = clean_slurm.run("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=test")
+    assert r.returncode == 0, r.stderr
+    conf = csv_mlp(tmp_path, steps=10)
+    job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py")
+    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED else None)(reg.job(job_id)),
+                   30, "the job to show QUEUED")
+    # Slurm's words for it change with its scheduling passes
+    why = r"Slurm: (Nodes required for job are DOWN|ReqNodeNotAvail, UnavailableNodes:)"
+    assert re.match(why, job.reason), job.reason
+    assert job.external_id and squeue(clean_slurm, job.external_id) == "PENDING"
+    view = singa("view", str(job_id), cwd=tmp_path).stdout
+    assert re.search("state: +QUEUED: " + why, view), view
+    listing = singa("list", cwd=tmp_path).stdout
+    assert re.search(rf"^{job_id}\s.*QUEUED.*{why}", listing, re.M), listing
+    # well past the master's connect timeout would be too long to wait for;
+    # the job is still QUEUED (the registry's queue leaves it alone) until killed
+    assert singa("kill", str(job_id), cwd=tmp_path).returncode == 0
+    assert reg.job(job_id).state == jobdb.KILLED
+    wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to leave squeue")
+
+
+def test_inside_an_allocation_the_processes_are_a_step_of_it(clean_slurm, tmp_path, reg):
+    conf = csv_mlp(tmp_path, steps=100)
+    r = subprocess.run(["salloc", "-N1", "-n2", sys.executable, "-m", "singa_cli.main", "submit",
+                        str(conf), "--launcher", "slurm", "--module", "lion.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    alloc = re.search(r"Granted job allocation (\d+)", r.stderr).group(1)
+    job = reg.jobs()[-1]
+    assert job.state == jobdb.SUCCEEDED, job.reason
+    assert job.options["slurm"]["allocation"] == alloc
+    assert re.fullmatch(rf"{alloc}\.\d+", job.external_id or ""), job.external_id
+    # no batch job of its own: the allocation is the only Slurm job there was
+    assert not list((tmp_path / "workspace").glob("singa-job-*/attempt-1/job.sbatch"))
+
+
+@pytest.mark.parametrize("framework", ["sandblaster", "downpour"])
+def test_framework_examples_run_under_slurm(clean_slurm, tmp_path, reg, framework):
+    src = ROOT / "examples" / "frameworks" / f"{framework}.conf"
+    if not (ROOT / "examples" / "mnist" / "train_data.bin").exists():
+        pytest.skip("Fashion-MNIST is not imported (bin/setup does)")
+    text = src.read_text()
+    text = re.sub(r"train_steps: \d+", "train_steps: 6", text)
+    text = re.sub(r"test_steps: \d+", "test_steps: 2", text)
+    text = re.sub(r"test_freq: \d+", "test_freq: 6", text)
+    text = text.replace("../mnist/", str(ROOT / "examples" / "mnist") + "/")
+    text = re.sub(r'workspace: "[^"]*"', f'workspace: "{tmp_path}/ws"', text)
+    conf = tmp_path / f"{framework}.conf"
+    conf.write_text(text)
+    job_id = submit_detached(conf, "--launcher", "slurm")
+    job = ended(reg, job_id, timeout=180)
+    assert job.state == jobdb.SUCCEEDED, job.reason
+    assert len(reg.procs(job_id)) == job.nprocs
