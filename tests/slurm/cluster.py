@@ -175,8 +175,11 @@ class SlurmCluster:
         self._spawn(["slurmctld", "-D", "-i", "-f", str(self.conf)], "slurmctld.out")
         for n in self.nodes:
             argv = ["slurmd", "-D", "-N", n.name, "-f", str(self.conf)]
+            (self.workdir / "spool" / n.name).mkdir(parents=True, exist_ok=True)
             if n.netns:
-                argv = ["ip", "netns", "exec", n.netns, *argv]
+                # nsenter, not `ip netns exec`: that remounts /sys, without the
+                # cgroup filesystem slurmd looks at as it starts
+                argv = ["nsenter", f"--net=/run/netns/{n.netns}", *argv]
             self._spawn(argv, f"slurmd-{n.name}.out")
 
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
