@@ -144,8 +144,9 @@ def check(ntasks: int, threads: int, opts: list[str],
           environ: Mapping[str, str] = os.environ) -> None:
     """At submit: a UserError (exit 2) with sbatch's own words when sbatch
     would refuse the job (`sbatch --test-only` with the layout and the
-    user's options): a bad option, an unknown partition. Inside an allocation the options go to srun, which has
-    no dry run: they are checked when the step starts."""
+    user's options): a bad option, an unknown partition. Inside an
+    allocation the options go to srun, which has no dry run: they are
+    checked when the step starts."""
     if allocation(environ) is not None:
         return
     r = _run(["sbatch", "--test-only", *layout(ntasks, threads, opts), *opts, "--wrap", "true"])

@@ -1,21 +1,22 @@
-"""Jobs started by an external engine: `--launcher slurm` (a batch script
-submitted with sbatch, processes started by srun) and `--launcher mpi`
-(mpirun), each process taking its rank from the environment the engine
-sets. Neither Slurm nor Open MPI is installed here: the tools on the PATH
-are tests/jobs/fake_engine.py, which runs the tasks on this host with the
-engines' environment and command-line contract."""
+"""Jobs started by an external engine: `--launcher mpi` (mpirun), each
+process taking its rank from the environment the engine sets, against
+tests/jobs/fake_engine.py, which runs the tasks on this host with the
+engine's environment and command-line contract. Slurm is tested against a
+real Slurm in tests/slurm; what remains here for it is the error no real
+Slurm can give: not being installed."""
 from __future__ import annotations
 
 import os
 import re
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.jobs import jobdb
-from tests.jobs.test_supervision import ended, job_conf, nothing_left, singa, submit_detached, training
+from tests.jobs.test_supervision import ended, job_conf, nothing_left, submit_detached
 
 FAKE = Path(__file__).with_name("fake_engine.py")
 
@@ -24,7 +25,7 @@ FAKE = Path(__file__).with_name("fake_engine.py")
 def engines(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("sbatch", "srun", "squeue", "sacct", "scancel", "mpirun"):
+    for tool in ("mpirun",):
         p = bin_dir / tool
         p.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {tool} "$@"\n')
         p.chmod(p.stat().st_mode | stat.S_IXUSR)
@@ -37,34 +38,6 @@ def engines(tmp_path, monkeypatch):
 def reg():
     with jobdb.JobDB() as r:
         yield r
-
-
-def test_slurm_job_runs_from_a_batch_script(engines, tmp_path, reg):
-    conf = job_conf(tmp_path, "slurmy", "nworkers_per_group: 2", steps=30)
-    job_id = submit_detached(conf, "--launcher", "slurm")
-    job = ended(reg, job_id)
-    assert job.state == jobdb.SUCCEEDED, job.reason
-    assert job.external_id == "1001"  # the Slurm job id, mirrored
-    script = (tmp_path / "slurmy.ws" / f"singa-job-{job_id}" / "attempt-1" / "job.sbatch").read_text()
-    assert "#SBATCH --ntasks=2" in script and "srun --kill-on-bad-exit=1" in script
-    assert "--procs" not in script and "--job-file" in script  # ranks come from srun
-    procs = reg.procs(job_id)
-    assert [p.state for p in procs] == [jobdb.SUCCEEDED] * 2
-    assert "Test @ step 30  Loss = " in Path(procs[0].log_path).read_text()
-    keys = Path(tmp_path / "slurmy.ws" / f"singa-job-{job_id}" / "job.pb.keys")
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    log = singa("log", str(job_id), "--proc", "0", cwd=tmp_path)
-    assert "Test @ step 30" in log.stdout
-
-
-def test_slurm_job_is_killed_with_scancel(engines, tmp_path, reg):
-    conf = job_conf(tmp_path, "longslurm", "nworkers_per_group: 2")
-    job_id = submit_detached(conf, "--launcher", "slurm")
-    training(reg, job_id)
-    r = singa("kill", str(job_id), "--grace", "2", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert reg.job(job_id).state == jobdb.KILLED
-    nothing_left(reg, job_id)
 
 
 def test_mpirun_job_takes_ranks_from_open_mpi(engines, tmp_path, reg):
@@ -80,9 +53,10 @@ def test_mpirun_job_takes_ranks_from_open_mpi(engines, tmp_path, reg):
 
 
 def test_engine_missing_is_a_clear_error(tmp_path):
+    """Slurm not installed (a PATH without it): exit 2 before anything exists."""
     conf = job_conf(tmp_path, "nompi", "nworkers_per_group: 2", steps=3)
-    r = singa("submit", str(conf), "--launcher", "slurm", cwd=tmp_path)
-    if "sbatch is not on the PATH" not in r.stderr:
-        pytest.skip("a real sbatch is installed here")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))
+    r = subprocess.run([sys.executable, "-m", "singa_cli.main", "submit", str(conf), "--launcher",
+                        "slurm"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2
-    assert re.search(r"--launcher slurm: sbatch is not on the PATH", r.stderr)
+    assert re.search(r"--launcher slurm: srun is not on the PATH", r.stderr)

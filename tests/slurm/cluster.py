@@ -197,7 +197,7 @@ class SlurmCluster:
         while True:
             for p in self._daemons:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{p.args} exited with {p.returncode}:\n{self.logs()}")
+                    raise RuntimeError(f"{p.args!r} exited with {p.returncode}:\n{self.logs()}")
             st = self.states()
             if names <= set(st) and all(st[n] == "idle" for n in names):
                 return
