@@ -67,6 +67,8 @@ POLL_S = 1.0
 #: Slurm's job states after which nothing of the job runs any more.
 ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
+#: sbatch --test-only's words for a job the nodes cannot run now (or ever).
+NOT_NOW = "Requested node configuration is not available"
 #: srun's words for a signal (strsignal) -> the signal.
 _SIGNAL_WORDS = {signal.strsignal(s) or s.name: int(s) for s in signal.Signals}
 _TASK_LINE = re.compile(r"^srun: error: (?P<node>\S+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+)$",
@@ -151,10 +153,10 @@ def check(ntasks: int, threads: int, opts: list[str],
         return
     r = _run(["sbatch", "--test-only", *layout(ntasks, threads, opts), *opts, "--wrap", "true"])
     said = r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}"
-    # "allocation failure": not now (nodes DOWN, drained), which a real
-    # submission may wait out in Slurm's queue; if sbatch refuses it then,
-    # the job FAILS with sbatch's words
-    if r.returncode != 0 and "allocation failure" not in said:
+    # the nodes that could run it are not available now (DOWN, drained): a
+    # real submission waits that out in Slurm's queue (QUEUED here); if
+    # sbatch refuses it then, the job FAILS with sbatch's words
+    if r.returncode != 0 and said != "allocation failure: " + NOT_NOW:
         given = f" with --slurm-opt {shlex.join(opts)!r}" if opts else ""
         raise UserError(f"sbatch refuses the job{given}: {said}")
 

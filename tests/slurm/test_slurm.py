@@ -137,7 +137,7 @@ def test_a_job_slurm_cannot_place_is_queued_with_slurms_reason(clean_slurm, tmp_
     view = singa("view", str(job_id), cwd=tmp_path).stdout
     assert re.search("state: +QUEUED: " + why, view), view
     listing = singa("list", cwd=tmp_path).stdout
-    assert re.search(rf"^{job_id}\s.*QUEUED.*{why}", listing, re.M), listing
+    assert re.search(rf"^{job_id}\s.*QUEUED.*slurm:{job.external_id}\s.*{why}", listing, re.M), listing
     # well past the master's connect timeout would be too long to wait for;
     # the job is still QUEUED (the registry's queue leaves it alone) until killed
     assert singa("kill", str(job_id), cwd=tmp_path).returncode == 0
@@ -177,3 +177,32 @@ def test_framework_examples_run_under_slurm(clean_slurm, tmp_path, reg, framewor
     job = ended(reg, job_id, timeout=180)
     assert job.state == jobdb.SUCCEEDED, job.reason
     assert len(reg.procs(job_id)) == job.nprocs
+
+
+def test_slurm_words():
+    """What singa makes of Slurm's texts (pure functions; no Slurm needed)."""
+    from runtime.jobs import slurm
+
+    assert [slurm.duration(t) for t in ("10:00", "1:30:00", "2-00:00:00", "0:45", "UNLIMITED")] \
+        == ["10 min", "1 h 30 min", "2 d", "45 s", "UNLIMITED"]
+    out = ("task 0 on vm\nsrun: error: node2: task 1: Killed\n"
+           "srun: error: node1: tasks 0,2-3: Terminated\n")
+    assert slurm.task_failures(out) == [("node2", [1], "Killed"), ("node1", [0, 2, 3], "Terminated")]
+    assert slurm.task_status("Killed") == -signal.SIGKILL
+    assert slurm.task_status("Exited with exit code 3") == 3
+    assert slurm.split_opts("--partition=debug --comment='a b'") == ["--partition=debug",
+                                                                     "--comment=a b"]
+    assert slurm._opt_value(["-N", "2"], "--nodes", "-N") == "2"
+    assert slurm._opt_value(["--nodes=3", "-p", "x"], "--nodes", "-N") == "3"
+    assert slurm.layout(5, 1, ["--nodes=2"]) == ["--ntasks=5", "--cpus-per-task=1",
+                                                 "--ntasks-per-node=3"]
+
+
+def test_a_job_sbatch_refuses_at_launch_fails_with_sbatchs_words(clean_slurm, tmp_path, reg):
+    conf = csv_mlp(tmp_path, steps=10)
+    # more cores a task than any node has: nothing a queue could wait out
+    job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py", "--cores", "64")
+    job = ended(reg, job_id, timeout=60)
+    assert job.state == jobdb.FAILED
+    assert "sbatch" in job.reason and "Requested node configuration is not available" in job.reason, \
+        job.reason
