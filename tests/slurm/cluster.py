@@ -118,6 +118,7 @@ class SlurmCluster:
     def __init__(self, workdir: Path, nodes: list[Node], ctld_addr: str = "127.0.0.1",
                  name: str = "singatest"):
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.nodes = nodes
         self.conf = self.workdir / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))

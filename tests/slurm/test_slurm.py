@@ -198,11 +198,12 @@ def test_slurm_words():
                                                  "--ntasks-per-node=3"]
 
 
-def test_a_job_sbatch_refuses_at_launch_fails_with_sbatchs_words(clean_slurm, tmp_path, reg):
+def test_a_job_bigger_than_any_node_is_queued_with_slurms_reason(clean_slurm, tmp_path, reg):
     conf = csv_mlp(tmp_path, steps=10)
-    # more cores a task than any node has: nothing a queue could wait out
+    # more cores a task than any node has: sbatch takes it, Slurm keeps it pending
     job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py", "--cores", "64")
-    job = ended(reg, job_id, timeout=60)
-    assert job.state == jobdb.FAILED
-    assert "sbatch" in job.reason and "Requested node configuration is not available" in job.reason, \
-        job.reason
+    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED else None)(reg.job(job_id)),
+                   30, "the job to show QUEUED")
+    assert re.match(r"Slurm: \w+", job.reason), job.reason
+    assert singa("kill", str(job_id), cwd=tmp_path).returncode == 0
+    wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to leave squeue")
