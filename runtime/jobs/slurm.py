@@ -290,6 +290,7 @@ class SlurmBatch(SlurmEngine):
     def __init__(self, slurm_id: str, out: Path):
         super().__init__(out)
         self.id = slurm_id
+        self._closed = False
 
     def poll(self) -> int | None:
         if not self._due():
@@ -297,7 +298,9 @@ class SlurmBatch(SlurmEngine):
         q = _run(["squeue", "-h", "-t", "all", "-j", self.id, "-o", "%T|%r|%l"])
         state, _, rest = q.stdout.strip().partition("|")
         reason, _, limit = rest.partition("|")
-        self.reason = f"Slurm: {reason}" if state == "PENDING" else None
+        # "None": not looked at by Slurm's scheduler yet
+        self.reason = (f"Slurm: {reason if reason not in ('', 'None') else 'pending'}"
+                       if state == "PENDING" else None)
         if self._task_failed():
             return self._code
         if q.returncode == 0 and state and state not in ENDED:
@@ -316,6 +319,12 @@ class SlurmBatch(SlurmEngine):
         self._code = 0 if state == "COMPLETED" and not code and not sig else (-sig if sig else code or 1)
         return self._code
 
+    def close(self) -> None:
+        # whatever ended the attempt, nothing of it stays in Slurm (a no-op once it has ended)
+        if not self._closed:
+            self._closed = True
+            _run(["scancel", self.id])
+
     def signal(self, sig: int) -> None:
         if sig == signal.SIGKILL:
             _run(["scancel", self.id])
@@ -326,9 +335,10 @@ class SlurmBatch(SlurmEngine):
 class SlurmStep(SlurmEngine):
     """A step of the allocation singa runs in: an srun of the job master's."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], out: Path):
+    def __init__(self, popen: subprocess.Popen[bytes], out: Path, step: str | None = None):
         super().__init__(out)
         self.popen = popen
+        self.step = step  # ALLOC.STEP, when squeue showed it
 
     def poll(self) -> int | None:
         code = self.popen.poll()
@@ -355,7 +365,13 @@ class SlurmStep(SlurmEngine):
 
     def close(self) -> None:
         if self.popen.poll() is None:
-            self.popen.kill()
+            if self.step:  # an srun killed outright would leave its step's tasks behind
+                _run(["scancel", self.step])
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
         self.popen.wait()
 
 
@@ -471,7 +487,7 @@ class SlurmLauncher(EngineLauncher):
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      env=env, cwd=spec.cwd, start_new_session=True)
         self.external_id = self._find_step(popen)
-        engine = SlurmStep(popen, spec.launch_log)
+        engine = SlurmStep(popen, spec.launch_log, self.external_id)
         return [SlurmHandle(s, engine) for s in specs]
 
     def _find_step(self, popen: subprocess.Popen[bytes], timeout: float = 10.0) -> str | None:

@@ -128,11 +128,10 @@ def test_a_job_slurm_cannot_place_is_queued_with_slurms_reason(clean_slurm, tmp_
     assert r.returncode == 0, r.stderr
     conf = csv_mlp(tmp_path, steps=10)
     job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py")
-    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED else None)(reg.job(job_id)),
-                   30, "the job to show QUEUED")
     # Slurm's words for it change with its scheduling passes
     why = r"Slurm: (Nodes required for job are DOWN|ReqNodeNotAvail, UnavailableNodes:)"
-    assert re.match(why, job.reason), job.reason
+    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED and re.match(why, j.reason)
+                            else None)(reg.job(job_id)), 30, "the job to show QUEUED with why")
     assert job.external_id and squeue(clean_slurm, job.external_id) == "PENDING"
     view = singa("view", str(job_id), cwd=tmp_path).stdout
     assert re.search("state: +QUEUED: " + why, view), view
@@ -202,8 +201,8 @@ def test_a_job_bigger_than_any_node_is_queued_with_slurms_reason(clean_slurm, tm
     conf = csv_mlp(tmp_path, steps=10)
     # more cores a task than any node has: sbatch takes it, Slurm keeps it pending
     job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py", "--cores", "64")
-    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED else None)(reg.job(job_id)),
-                   30, "the job to show QUEUED")
+    job = wait_for(lambda: (lambda j: j if j.state == jobdb.QUEUED and j.reason != "Slurm: pending"
+                            else None)(reg.job(job_id)), 30, "the job to show QUEUED with why")
     assert re.match(r"Slurm: \w+", job.reason), job.reason
     assert singa("kill", str(job_id), cwd=tmp_path).returncode == 0
     wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to leave squeue")
