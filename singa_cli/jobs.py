@@ -40,8 +40,10 @@ def _parse_states(ctx: click.Context, param: click.Parameter, values: tuple[str,
 
 
 def _list_row(j: jobdb.Job) -> list[str]:
+    # Slurm chooses a job's nodes (`singa view` names them): its Slurm job id says more here
+    hosts = f"slurm:{j.external_id}" if j.launcher == "slurm" and j.external_id else fmt.hosts(j.hosts)
     return [str(j.id), j.name or "-", j.state, str(j.nprocs if j.nprocs is not None else "-"),
-            fmt.hosts(j.hosts), fmt.step(j.step, j.train_steps), fmt.ts(j.started), fmt.dur(j.elapsed)]
+            hosts, fmt.step(j.step, j.train_steps), fmt.ts(j.started), fmt.dur(j.elapsed)]
 
 
 @click.command("list")

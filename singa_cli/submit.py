@@ -54,6 +54,9 @@ _COMMON = [
     click.option("--launcher", type=click.Choice(["local", "ssh", "slurm", "mpi"]), default=None,
                  help="How processes start: local, ssh (default when a host is remote), "
                       "slurm (sbatch + srun), mpi (mpirun)."),
+    click.option("--slurm-opt", default=None, metavar="'OPTS'",
+                 help="sbatch options for --launcher slurm, one quoted string: "
+                      "'--partition=debug --time=10' (srun's inside an allocation)."),
     click.option("--oversubscribe", is_flag=True, help="Allow more processes than slots."),
     click.option("--ssh-port", type=int, default=None, help="sshd's port on the hosts."),
     click.option("--ssh-identity", type=click.Path(), default=None, help="ssh private key file."),

@@ -18,8 +18,9 @@ builds itself from the job's registry row and options
   `unreachable` rather than holding up the stop of a job.
 - `mpi` and `slurm`, engines that start every process of an attempt at once
   (`start_all`): `mpirun` (Open MPI, over singa's placement; in
-  `runtime.jobs.mpi`, which registers itself when imported) and `sbatch` +
-  `srun` (Slurm chooses the hosts). Their processes take their rank from the
+  `runtime.jobs.mpi`) and `sbatch` + `srun` (Slurm chooses the hosts; in
+  `runtime.jobs.slurm`); each registers itself when imported, and
+  `runtime.jobs.launchers` imports every launcher. Their processes take their rank from the
   engine's environment and read the job from a file on a filesystem every
   node shares (`JobFiles`).
 
@@ -79,7 +80,7 @@ class Handle:
     """A launched process as the master sees it."""
 
     unreachable = False  # its host did not answer a signal: the process is lost with its host
-    noun = "process"     # what a job's reason calls it ("rank" under mpirun)
+    noun = "process"     # what a job's reason calls it ("rank" under mpirun, "task" under Slurm)
 
     def __init__(self, spec: ProcSpec, popen: subprocess.Popen[bytes]):
         self.spec = spec
@@ -101,6 +102,11 @@ class Handle:
 
     def signal(self, sig: int) -> None:
         raise NotImplementedError
+
+    def waiting(self) -> str | None:
+        """Why the process is not started yet when an engine keeps it waiting
+        in its own queue (the master shows the job QUEUED with it); else None."""
+        return None
 
     def failure(self, code: int) -> str:
         """The exit in words, for the job's reason."""
@@ -285,6 +291,15 @@ class EngineLauncher(Launcher):
 
     external_id: str | None = None  # the engine's id of the launch (Slurm's job id), once started
 
+    def advertise(self, interface: str | None) -> str:
+        """The address the job master listens on, for processes on hosts the
+        engine chooses: by default the one this host routes to itself by name."""
+        import socket
+
+        from runtime.jobs import hostfile
+
+        return hostfile.advertise_address(peer=socket.gethostname(), interface=interface)
+
     def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
         raise NotImplementedError
 
@@ -333,81 +348,3 @@ def _engine_argv(python: str, files: JobFiles, spec: ProcSpec) -> list[str]:
             continue
         argv.append(a)
     return argv + ["--job-file", str(files.job_file), "--log", str(files.log_pattern)]
-
-
-class SlurmEngine(Engine):
-    """A batch job: its state from `squeue`, its exit from `sacct`."""
-
-    def __init__(self, slurm_id: str):
-        self.id = slurm_id
-        self._checked = 0.0
-        self._code: int | None = None
-
-    def poll(self) -> int | None:
-        import time
-
-        if self._code is not None or time.monotonic() - self._checked < 1.0:
-            return self._code
-        self._checked = time.monotonic()
-        q = subprocess.run(["squeue", "-h", "-j", self.id, "-o", "%T"], capture_output=True, text=True)
-        state = q.stdout.strip()
-        if q.returncode == 0 and state and state not in ("COMPLETED", "FAILED", "CANCELLED",
-                                                         "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return None
-        a = subprocess.run(["sacct", "-n", "-P", "-X", "-j", self.id, "-o", "ExitCode"],
-                           capture_output=True, text=True)
-        code, _, sig = (a.stdout.strip().splitlines() or ["1:0"])[0].partition(":")
-        self._code = -int(sig) if sig and int(sig) else int(code or 1)
-        return self._code
-
-    def signal(self, sig: int) -> None:
-        if sig == signal.SIGKILL:
-            subprocess.run(["scancel", self.id], capture_output=True)
-        else:
-            subprocess.run(["scancel", "--signal", signal.Signals(sig).name[3:], self.id],
-                           capture_output=True)
-
-
-@launcher_registry.register("slurm")
-class SlurmLauncher(EngineLauncher):
-    """Writes a batch script that runs the processes with `srun` and submits
-    it with `sbatch`; each process takes its rank from SLURM_PROCID. The
-    Slurm job id (`external_id`) is mirrored in the registry."""
-
-    name = "slurm"
-    chooses_hosts = True
-    hosts_hint = ("Slurm chooses the hosts; drop --hostfile/--hosts "
-                  "(ask sbatch for nodes in the batch script or its defaults)")
-    tool = "sbatch"
-
-    def __init__(self, job_name: str = "singa"):
-        self.job_name = job_name
-
-    @classmethod
-    def from_options(cls, job: Job, options: dict[str, Any]) -> Launcher:
-        """Named after the singa job, as squeue shows it."""
-        return cls(f"singa-{job.id}-{job.name}")
-
-    def script(self, specs: list[ProcSpec], files: JobFiles) -> str:
-        import shlex
-
-        spec = specs[0]
-        argv = _engine_argv(spec.argv[0], files, spec)
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
-        return (f"#!/bin/sh\n"
-                f"#SBATCH --job-name={shlex.quote(self.job_name)}\n"
-                f"#SBATCH --ntasks={len(specs)}\n"
-                f"#SBATCH --output={files.log_pattern.parent}/slurm-%j.out\n"
-                f"cd {shlex.quote(spec.cwd)} || exit 1\n"
-                f"exec env {env} srun --kill-on-bad-exit=1 {shlex.join(argv)}\n")
-
-    def start_all(self, specs: list[ProcSpec], files: JobFiles) -> list[Handle]:
-        path = files.log_pattern.parent / "job.sbatch"
-        path.write_text(self.script(specs, files))
-        r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
-                           cwd=specs[0].cwd)
-        if r.returncode != 0:
-            raise UserError(f"sbatch {path} failed: {r.stderr.strip() or r.stdout.strip()}")
-        self.external_id = r.stdout.strip().split(";")[0]
-        engine = SlurmEngine(self.external_id)
-        return [EngineHandle(s, engine) for s in specs]

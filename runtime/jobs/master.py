@@ -45,7 +45,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -59,7 +58,6 @@ from runtime.comm import socket as zsock
 from runtime.comm.msg import Msg
 from runtime.errors import UserError
 from runtime.jobs import jobdb
-from runtime.jobs import mpi as _mpi  # noqa: F401 - registers --launcher mpi
 from runtime.jobs.launcher import (
     EngineHandle,
     EngineLauncher,
@@ -69,8 +67,8 @@ from runtime.jobs.launcher import (
     ProcSpec,
     SshHandle,
     handoff,
-    launcher_registry,
 )
+from runtime.jobs.launchers import launcher_registry
 from runtime.jobs.metrics import MetricsWriter
 from runtime.jobs.ssh import SSH_FAILED
 from runtime.jobs.supervisor import (
@@ -220,10 +218,12 @@ class JobMaster:
         guard = Guard(ctx, keys) if keys is not None else None
         router = zsock.router(ctx, keys=keys)
         if remote:
-            # under Slurm the hosts are not known yet: advertise this host's own address
-            chooses = launcher_registry.get(self.opts.get("launcher", "local")).chooses_hosts
-            peer = socket.gethostname() if chooses else remote[0]
-            addr = hostfile.advertise_address(peer=peer, interface=self.opts.get("interface"))
+            launcher = self._launcher()
+            if isinstance(launcher, EngineLauncher) and launcher.chooses_hosts:
+                # the hosts are not known yet: the engine knows the network of its nodes
+                addr = launcher.advertise(self.opts.get("interface"))
+            else:
+                addr = hostfile.advertise_address(peer=remote[0], interface=self.opts.get("interface"))
             endpoint = zsock.bind(router, "tcp", host=addr, name="master")
         else:
             endpoint = zsock.bind(router, "ipc", name="master")
@@ -321,7 +321,9 @@ class JobMaster:
         from runtime.jobs.resources import host_key
 
         held = self.row.demand.get(host_key(host))
-        threads = int(held["threads"]) if held else max(1, self.job.num_openblas_threads)
+        # an engine's job: the cores its tasks were given (`--cpus-per-task`)
+        asked = self.opts.get("slurm", {}).get("threads")
+        threads = int(held["threads"]) if held else int(asked or max(1, self.job.num_openblas_threads))
         env = {k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env["SINGA_CORES"] = str(threads)  # the node's own threads (runtime.train.single) fit in them
         if all(_is_local(h) for h in self.hosts):  # the processes bind ipc:// sockets
@@ -347,7 +349,8 @@ class JobMaster:
         """Poll the ROUTER and the processes, feed a `Supervisor` and carry
         out its actions until it (or a signal, or the registry) ends the attempt."""
         sup = Supervisor(len(handles), time.monotonic(), self.samples_per_step)
-        last_check = 0.0
+        last_check = last_wait = 0.0
+        waiting: str | None = None
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         while True:
@@ -362,6 +365,11 @@ class JobMaster:
                     return Outcome("KILLED")
                 if state in jobdb.TERMINAL:  # found LOST (this master was frozen): make it true
                     return Outcome(state)
+            if handles and now - last_wait >= 1.0:
+                last_wait = now
+                waiting = self._waiting(handles[0], waiting)
+                if waiting is not None:  # in the engine's queue: the connect timeout waits too
+                    sup.started = now
             actions = []
             for p, h in enumerate(handles):
                 code = h.poll()
@@ -384,6 +392,18 @@ class JobMaster:
             out = self._act(attempt, router, handles, sup.on_message(ident, msg, time.monotonic()))
             if out is not None:
                 return out
+
+    def _waiting(self, h: Handle, before: str | None) -> str | None:
+        """Mirror an engine's queue (Slurm's pending job) in the job's state:
+        QUEUED with the engine's reason while it waits, PENDING again once it
+        starts. Returns the reason now (None: not waiting)."""
+        why = h.waiting()
+        if why != before:
+            if why is not None:
+                self.reg.transition(self.id, jobdb.QUEUED, why)
+            elif self.reg.state(self.id) == jobdb.QUEUED:
+                self.reg.transition(self.id, jobdb.PENDING)
+        return why
 
     def _act(self, attempt: int, router: zmq.Socket[bytes], handles: list[Handle],
              actions: list[Action]) -> Outcome | None:

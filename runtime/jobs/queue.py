@@ -14,6 +14,11 @@ masters run one now and then as well (`JobDB.schedule`), which also covers
 a hold that ran out (`held_until`),
 so the queue moves even when whoever ended a job could not run it.
 
+A QUEUED job with an `external_id` waits in another resource manager's
+queue (Slurm's: its master mirrors Slurm's pending state and reason, see
+`runtime.jobs.slurm`): the pass leaves it alone, as if held. It asks for
+nothing here, and neither its state nor its reason is the pass's to write.
+
 What a job asks for is its `demand` column, `{host: {"cores", "mem",
 "procs", "threads"}}`, written at submit (`runtime.jobs.resources`); the
 capacity it saw is `options["capacity"]`, `{host: {"cores", "mem"}}`.
@@ -65,7 +70,9 @@ def entries(db: Any, now: float | None = None) -> tuple[list[scheduler.Entry],
     # an ended job whose processes are still being stopped holds its slots (held_until)
     rows = db.execute("SELECT id, CASE WHEN state IN " + _ACTIVE_SQL + " THEN state ELSE 'RUNNING' "
                       "END, demand, options, priority, after, started, step, train_steps FROM jobs "
-                      f"WHERE state IN {_ACTIVE_SQL} OR held_until > ? ORDER BY id",
+                      f"WHERE (state IN {_ACTIVE_SQL} OR held_until > ?) "
+                      # queued in an engine's queue (Slurm), not in ours: left alone
+                      "AND NOT (state = 'QUEUED' AND external_id IS NOT NULL) ORDER BY id",
                       (now,)).fetchall()
     jobs = [scheduler.Entry(id=r[0], state=r[1], demand=demand_of(r[2]), capacity=capacity_of(r[3]),
                             priority=int(r[4] or 0),

@@ -28,8 +28,7 @@ from typing import Any
 
 from runtime.errors import UserError
 from runtime.jobs import jobdb
-from runtime.jobs import mpi as _mpi  # noqa: F401 - registers --launcher mpi
-from runtime.jobs.launcher import launcher_registry
+from runtime.jobs.launchers import launcher_registry
 
 
 @dataclass
@@ -46,6 +45,7 @@ class SubmitOptions:
     ssh_identity: str | None = None
     ssh_config: str | None = None
     interface: str | None = None
+    slurm_opt: str | None = None      # --slurm-opt: sbatch's options (srun's in an allocation)
     modules: tuple[str, ...] = ()
     ship_only: tuple[str, ...] = ()   # shipped to the processes, already loaded here
     grace: float = 5.0
@@ -127,7 +127,10 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
         chosen.check_tool()
         placement = [chosen.name] * nprocs
         remote = [chosen.name]
+        extra.update(_engine_options(chosen.name, job, opts, nprocs))
     else:
+        if opts.slurm_opt:
+            raise UserError("--slurm-opt goes with --launcher slurm")
         if opts.hostfile:
             hosts = hostfile.parse_hostfile(opts.hostfile)
         elif opts.hosts:
@@ -204,6 +207,23 @@ def submit(conf: str, opts: SubmitOptions, reg: jobdb.JobDB | None = None) -> in
         raise UserError(f"job {row.id}: could not start the job master: {e}") from None
     reg.set_master(row.id, master.pid, _start_time(master.pid))
     return row.id
+
+
+def _engine_options(name: str, job: Any, opts: SubmitOptions, nprocs: int) -> dict[str, Any]:
+    """What a launcher that chooses its hosts records in the job's options:
+    for Slurm, the user's --slurm-opt (checked by sbatch now: a refusal is
+    a UserError), the cores per task, and the allocation `singa submit`
+    runs in (its processes are then a step of it)."""
+    if name != "slurm":
+        if opts.slurm_opt:
+            raise UserError("--slurm-opt goes with --launcher slurm")
+        return {}
+    from runtime.jobs import resources, slurm
+
+    words = slurm.split_opts(opts.slurm_opt)
+    threads = resources.cores_per_proc(job, opts.cores)
+    slurm.check(nprocs, threads, words)
+    return {"slurm": {"opts": words, "threads": threads, "allocation": slurm.allocation()}}
 
 
 def _start_master(reg: jobdb.JobDB, row: jobdb.Job) -> subprocess.Popen[bytes]:

@@ -319,7 +319,10 @@ def process_info(procs: int, endpoint: str) -> dict:
     import psutil
 
     return {"procs": procs, "endpoint": endpoint, "pid": os.getpid(), "pgid": os.getpgid(0),
-            "start_time": psutil.Process().create_time(), "host": pysocket.gethostname()}
+            "start_time": psutil.Process().create_time(),
+            # under Slurm, the node's name in Slurm (namespaced or containerised nodes
+            # may all share one host name)
+            "host": os.environ.get("SLURMD_NODENAME") or pysocket.gethostname()}
 
 
 def _own_session() -> None:

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from runtime.errors import UserError
-from runtime.jobs.launcher import LocalLauncher, SlurmLauncher, SshLauncher, launcher_registry
+from runtime.jobs.launcher import LocalLauncher, SshLauncher
+from runtime.jobs.launchers import launcher_registry
 from runtime.jobs.mpi import MpiLauncher
+from runtime.jobs.slurm import SlurmLauncher
 
 
 def build(name: str, options: dict, tmp_path, hosts=("localhost",)):
