@@ -93,3 +93,34 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+# -- real jobs, submitted with the CLI ---------------------------------------------------------
+
+def conf(tmp: Path, name: str, steps: int, test_freq: int, disp: int = 5, ckpt: int = 0) -> Path:
+    from tests.test_training import make_conf
+
+    p = make_conf(tmp, f"{name}.conf", steps=steps, test_freq=test_freq, ckpt_freq=ckpt,
+                  workspace=str(tmp / f"{name}.ws"))
+    p.write_text(p.read_text().replace("disp_freq: 5", f"disp_freq: {disp}"))
+    return p
+
+
+def singa(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SINGA_HOME=str(home),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "singa_cli.main", *args], cwd=home.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def submit(home: Path, conf: Path) -> int:
+    r = singa(home, "submit", "--detach", str(conf))
+    assert r.returncode == 0, r.stderr
+    return int(re.search(r"Submitted job (\d+)", r.stdout).group(1))
+
+
+def state(home: Path, job_id: int, fresh: bool = True) -> str:
+    from runtime.jobs import jobdb
+
+    with jobdb.JobDB(home) as reg:
+        return reg.reconcile(reg.job(job_id)).state if fresh else reg.job(job_id).state
