@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 from runtime.jobs import jobdb
 
 TIMEOUT_S = 120.0
+#: answers kept (the oldest goes first): a summary and an SVG are tens of kB each
+CACHE_SIZE = 256
 _cache: dict[tuple[int, str], dict[str, Any]] = {}
 _lock = threading.Lock()
 
@@ -37,6 +38,8 @@ def summarize(job: jobdb.Job) -> dict[str, Any]:
         if key in _cache:
             return _cache[key]
         _cache[key] = out = _run(job)
+        while len(_cache) > CACHE_SIZE:
+            del _cache[next(iter(_cache))]
         return out
 
 
@@ -103,12 +106,16 @@ def _describe(req: dict[str, Any]) -> dict[str, Any]:
     phase = {job_pb2.kTrain: "train", job_pb2.kTest: "test"}.get(net.phase, "validation")
     g = graph.graph_of(net, job.proto.name or "job", phase,
                        {layer.name for layer in job.proto.neuralnet.layer})
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = graph.draw(g, Path(tmp) / "net.svg")
-            out["svg"] = path.read_text()
-        except Exception as e:  # noqa: BLE001 - no Graphviz: the summary still shows
-            out["error"] = f"the net could not be drawn: {e}"
+    try:
+        # dot's own SVG at 72 dpi: `graph.render` sets -Gdpi=96 (for PNG), which leaves an
+        # SVG whose viewBox does not match its size (browsers clip it)
+        r = subprocess.run([graph.dot_binary(), "-Tsvg"], input=graph.to_dot(g), capture_output=True,
+                           text=True, timeout=graph.DOT_TIMEOUT_S)
+        if r.returncode != 0:
+            raise RuntimeError(f"dot exited {r.returncode}: {r.stderr.strip()[:300]}")
+        out["svg"] = r.stdout
+    except Exception as e:  # noqa: BLE001 - no Graphviz: the summary still shows
+        out["error"] = f"the net could not be drawn: {e}"
     return out
 
 

@@ -21,7 +21,7 @@ const singaCharts = (() => {
       const group = r.group || 0;
       let key, name, x;
       if (phase === "server") {
-        key = `server ${r.server}`; name = `server ${r.server}` + (group ? ` (group ${group})` : "");
+        key = `server ${r.server}`; name = `server ${r.server}, updates of group ${group}`;
         x = typeof r.updates === "number" ? r.updates : null;
         key += ` g${group}`;
       } else if (PHASES.includes(phase) && typeof r.step === "number") {

@@ -62,7 +62,8 @@
       const v = val(r, k);
       if (k === "id") return `<td><a href="/jobs/${r.id}">${r.id}</a></td>`;
       if (k === "state") return `<td><span class="state st-${v}">${v}</span></td>`;
-      return `<td>${typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : singa.esc(v ?? "-")}</td>`;
+      if (k === "accuracy" || k === "loss") return `<td>${singa.num(v)}</td>`;
+      return `<td>${singa.esc(v ?? "-")}</td>`;
     }).join("") + "</tr>").join("");
   }
 

@@ -64,8 +64,10 @@
     if (names.length) $("no-metrics")?.remove();
     for (const m of names) {
       if (!charts[m]) charts[m] = new singaCharts.Chart(box, m, {hiddenPhases});
-      const series = Object.values(store[m]).filter((s) => xmode === "time" || s.pts.some((p) => p[0] != null));
-      charts[m].update(series, xmode);
+      const series = Object.values(store[m]);
+      // the servers' counters have no step: they are drawn against wall time
+      const servers = series.every((s) => s.phase === "server");
+      charts[m].update(series, servers ? "time" : xmode);
     }
   }
 

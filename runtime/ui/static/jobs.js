@@ -46,7 +46,7 @@
     if (j.state === "QUEUED") queue = `#${j.queue_position} ${j.reason ? "· " + j.reason : ""}`;
     else if (j.reason) queue = j.reason;
     const hosts = j.hosts.length > 3 ? `${j.hosts.slice(0, 3).join(", ")} +${j.hosts.length - 3}` : j.hosts.join(", ");
-    const name = inArray ? `↳ ${j.name} [${j.array_index}]` : j.name;
+    const name = inArray ? `↳ ${j.name}` : j.name;
     return `<tr data-id="${j.id}" data-state="${j.state}" class="${inArray ? "in-array" : ""}">` +
       `<td><input type="checkbox" data-pick="${j.id}"${picked.has(String(j.id)) ? " checked" : ""}></td>` +
       `<td><a href="/jobs/${j.id}">${j.id}</a></td><td>${singa.esc(name)}</td>` +
