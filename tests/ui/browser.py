@@ -58,7 +58,7 @@ class UiServer:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 30
         url = None
-        while url is None and time.monotonic() < deadline:
+        while not (url and self.banner[-1].startswith("Ctrl-C")) and time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError("singa ui exited: " + "".join(self.banner))

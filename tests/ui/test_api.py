@@ -295,3 +295,38 @@ def test_resume_and_resubmit_a_real_job(tmp_path):
         (tmp_path / "mlp.ws" / "checkpoint").rename(tmp_path / "gone")
         r = c.post(f"/jobs/{first}/resume", data={"token": TOKEN})
         assert r.status_code == 409 and "no checkpoint" in r.json()["error"]
+
+
+def test_singa_ui_off_loopback_asks_for_the_token_and_says_so(tmp_path):
+    import httpx
+
+    from tests.ui.browser import UiServer
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = UiServer(home, "--host", "0.0.0.0")
+    try:
+        banner = "".join(server.banner)
+        assert "every page asks for the token" in banner and "0.0.0.0" in server.url
+        url = server.url.replace("0.0.0.0", "127.0.0.1")
+        assert httpx.get(url + "/").status_code == 403
+        assert httpx.get(url + "/api/jobs").status_code == 403
+        r = httpx.get(url + "/", params={"token": server.token})
+        assert r.status_code == 200 and "actions enabled" in r.text
+    finally:
+        server.stop()
+
+
+def test_singa_ui_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    from tests.ui.browser import singa
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = singa(home, "ui", "--port", str(s.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "--port 0" in r.stderr
+    assert "Traceback" not in r.stderr
