@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kill": ("singa_cli.control:kill", "Stop a job: TERM to its process groups, then KILL."),
     "hosts": ("singa_cli.hosts:hosts", "Show the hosts, their slots and what jobs hold; check a hostfile."),
     "plot": ("singa_cli.plot:plot", "Plot a job's training and test curves to a PNG or SVG."),
+    "ui": ("singa_cli.ui:ui", "Serve the web dashboard: jobs, curves, logs, compare; prints its URL."),
     "top": ("singa_cli.top:top", "A live table of a job's processes: speed, CPU, memory, stragglers."),
     "draw": ("singa_cli.draw:draw", "Draw a job's net graph or a checkpoint's filters as a PNG."),
     "validate": ("singa_cli.validate:validate", "Check a job.conf and print what the job is."),
