@@ -269,8 +269,16 @@ class SlurmEngine(Engine):
         self._checked = now
         return True
 
-    def _task_failed(self) -> bool:
-        found = task_failures(_tail(self.out))
+    def _task_failed(self, limit: str = "") -> bool:
+        """True once the launch has ended badly: Slurm's time limit (its
+        tasks are then TERMinated, and none is to blame), or a task's death."""
+        text = _tail(self.out)
+        if _TIME_LIMIT.search(text):
+            self.words = f"Slurm time limit ({duration(limit)}) reached" if limit \
+                else "Slurm time limit reached"
+            self._code = -signal.SIGTERM
+            return True
+        found = task_failures(text)
         if not found:
             return False
         self.node, tasks, what = found[0]
@@ -301,7 +309,7 @@ class SlurmBatch(SlurmEngine):
         # "None": not looked at by Slurm's scheduler yet
         self.reason = (f"Slurm: {reason if reason not in ('', 'None') else 'pending'}"
                        if state == "PENDING" else None)
-        if self._task_failed():
+        if self._task_failed(limit):
             return self._code
         if q.returncode == 0 and state and state not in ENDED:
             return None
@@ -373,6 +381,10 @@ class SlurmStep(SlurmEngine):
             except subprocess.TimeoutExpired:
                 self.popen.kill()
         self.popen.wait()
+
+
+#: slurmstepd's line when Slurm ends a job or step at its time limit
+_TIME_LIMIT = re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ DUE TO TIME LIMIT \*\*\*")
 
 
 def _last_srun_error(text: str) -> str:

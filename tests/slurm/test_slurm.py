@@ -206,3 +206,15 @@ def test_a_job_bigger_than_any_node_is_queued_with_slurms_reason(clean_slurm, tm
     assert re.match(r"Slurm: \w+", job.reason), job.reason
     assert singa("kill", str(job_id), cwd=tmp_path).returncode == 0
     wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to leave squeue")
+
+
+def test_the_time_limit_fails_the_job_with_slurms_words(clean_slurm, tmp_path, reg):
+    """A real Slurm time limit: `--time=0:05` (5 s; slurmctld checks limits
+    every 30 s or so, so this takes up to a minute)."""
+    conf = csv_mlp(tmp_path, steps=10**6)
+    job_id = submit_detached(conf, "--launcher", "slurm", "--module", "lion.py",
+                             "--slurm-opt", "--time=0:05")
+    job = ended(reg, job_id, timeout=150)
+    assert job.state == jobdb.FAILED
+    assert re.search(r"Slurm time limit \(.+\) reached", job.reason), job.reason
+    wait_for(lambda: squeue(clean_slurm, job.external_id) == "", 15, "the Slurm job to end")
