@@ -164,13 +164,9 @@ class SshHandle(Handle):
 
 
 def _read(path: Path, limit: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
+    from runtime.jobs.logfile import tail_text
+
+    return tail_text(path, limit)
 
 
 def _open_log(path: Path) -> BinaryIO:

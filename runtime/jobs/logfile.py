@@ -23,6 +23,18 @@ def _decode(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
 
+def tail_text(path: str | os.PathLike[str], limit: int = 4096) -> str:
+    """The last `limit` bytes of the file `path` as text; "" when it is
+    missing or unreadable (for a reason built from a log: never an error)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return _decode(f.read())
+    except OSError:
+        return ""
+
+
 def tail(path: str | os.PathLike[str], n: int) -> list[str]:
     """The last `n` lines of the text file `path` (fewer if it has fewer).
 

@@ -523,13 +523,9 @@ def _last_error(path: Path) -> str:
     "singa: ..." line or the exception line of a traceback, whichever comes
     later (a traceback's exception need not say "Error": zipfile.BadZipFile),
     else the last line that mentions an error."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
+    from runtime.jobs.logfile import tail_text
+
+    lines = tail_text(path, 8192).splitlines()
     for i in range(len(lines) - 1, -1, -1):
         s = lines[i].strip()
         if s.startswith("singa:"):

@@ -234,13 +234,9 @@ def task_status(what: str) -> int:
 
 
 def _tail(path: Path, limit: int = 65536) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
+    from runtime.jobs.logfile import tail_text
+
+    return tail_text(path, limit)
 
 
 class SlurmEngine(Engine):

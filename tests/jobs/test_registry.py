@@ -364,6 +364,14 @@ def test_describe_exit(code, sig, running, words):
 
 # -- logfile --------------------------------------------------------------------------------
 
+def test_tail_text_is_the_last_bytes_as_text_and_never_an_error(tmp_path):
+    log = tmp_path / "w.log"
+    log.write_bytes(b"first\n" + b"z" * 5000 + b"\nbad \xff end\n")
+    assert logfile.tail_text(log, 12) == "bad \ufffd end\n"
+    assert logfile.tail_text(log, 10**6).startswith("first\n")
+    assert logfile.tail_text(tmp_path / "missing.log") == ""
+
+
 def test_tail_reads_the_last_lines_of_a_big_file(tmp_path):
     log = tmp_path / "w.log"
     lines = [f"line {i} " + "x" * (i % 300) for i in range(20000)]  # ~3 MB, many blocks
