@@ -20,9 +20,10 @@ from runtime.errors import UserError
 from runtime.jobs import jobdb_errors
 from runtime.jobs.jobdb_errors import show_path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What each version adds to the one before (version 2: the master's own
-#: heartbeat; 3: the queue: priority, resources asked, dependencies, arrays).
+#: heartbeat; 3: the queue: priority, resources asked, dependencies, arrays;
+#: 4: an ended job's hold on its slots while its processes stop).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE jobs ADD COLUMN master_heartbeat REAL",),
     3: ("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
@@ -31,8 +32,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN array_id INTEGER",
         "ALTER TABLE jobs ADD COLUMN array_index INTEGER",
         "ALTER TABLE jobs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE jobs ADD COLUMN admitted REAL",
-        "ALTER TABLE jobs ADD COLUMN held_until REAL"),
+        "ALTER TABLE jobs ADD COLUMN admitted REAL"),  # and the arrays table (_SCHEMA)
+    4: ("ALTER TABLE jobs ADD COLUMN held_until REAL",),
 }
 
 _SCHEMA = """

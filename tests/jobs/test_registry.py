@@ -84,7 +84,7 @@ def test_home_comes_from_singa_home(tmp_path, monkeypatch):
 def test_wal_busy_timeout_and_schema_version(reg):
     db = sqlite3.connect(reg.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION == 4
     cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)")]
     assert tuple(cols) == jobdb.JOB_COLUMNS
     cols = [r[1] for r in db.execute("PRAGMA table_info(procs)")]
@@ -512,6 +512,23 @@ def test_a_version_1_registry_is_migrated_and_keeps_its_jobs(tmp_path):
         job = reg.job(1)
         assert (job.name, job.state, job.master_heartbeat) == ("old", jobdb.SUCCEEDED, None)
         assert reg.master_beat(new_job(reg).id) == jobdb.PENDING
+    db = sqlite3.connect(home / "jobs.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION
+    assert tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)")) == jobdb.JOB_COLUMNS
+    db.close()
+
+
+def test_a_version_3_registry_gains_the_slot_hold(tmp_path):
+    home = tmp_path / "h"
+    home.mkdir()
+    db = sqlite3.connect(home / "jobs.db")
+    db.executescript(jobdb_schema._SCHEMA.replace(",\n    held_until REAL", ""))
+    db.execute("INSERT INTO jobs(name, state, submitted) VALUES ('queued', 'QUEUED', 1.0)")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with JobDB(home) as reg:
+        assert (reg.job(1).state, reg.job(1).held_until) == (jobdb.QUEUED, None)
     db = sqlite3.connect(home / "jobs.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == jobdb.SCHEMA_VERSION
     assert tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)")) == jobdb.JOB_COLUMNS
