@@ -256,9 +256,6 @@ class JobMaster:
 
         data = handoff(self.job.SerializeToString(), keys.to_dict() if keys is not None else None,
                        code.pack(Path(self.row.log_dir) / "code"))
-        per_host: dict[str, int] = {}
-        for host in self.hosts:
-            per_host[host] = per_host.get(host, 0) + 1
         specs = []
         for p, host in enumerate(self.hosts):
             log_path = adir / f"procs-{p}.log"
@@ -271,7 +268,7 @@ class JobMaster:
                 argv.append("--test")
             for m in self.opts.get("modules", []):
                 argv += ["--module", m]
-            specs.append(ProcSpec(p, host, argv, self._env(host, per_host[host]), data, log_path,
+            specs.append(ProcSpec(p, host, argv, self._env(host), data, log_path,
                                   adir / f"procs-{p}.launch.log",
                                   cwd=self.opts.get("cwd") or os.getcwd()))
         if isinstance(launcher, EngineLauncher):
@@ -314,7 +311,7 @@ class JobMaster:
         launcher: Launcher = cls.from_options(self.row, self.opts)
         return launcher
 
-    def _env(self, host: str, procs_on_host: int) -> dict[str, str]:
+    def _env(self, host: str) -> dict[str, str]:
         """A process's environment: its BLAS threads are the cores the job
         holds on its host (`demand`), so jobs sharing a host never
         oversubscribe it; with no demand (an engine's job) the conf's."""
