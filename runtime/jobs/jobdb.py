@@ -36,22 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import UserError
-from runtime.jobs import jobdb_errors, jobdb_schema, lockholder, queue
+from runtime.jobs import jobdb_errors, jobdb_schema, lockholder, queue, states
 from runtime.jobs.jobdb_errors import show_path as show_path  # re-exported: the CLI's paths
 from runtime.jobs.jobdb_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from runtime.jobs.states import sql_set
 
-QUEUED = "QUEUED"        # waiting for resources or a dependency (runtime.jobs.scheduler)
-PENDING = "PENDING"      # admitted: its master is launching its processes
-RUNNING = "RUNNING"
-SUCCEEDED = "SUCCEEDED"
-FAILED = "FAILED"
-KILLED = "KILLED"
-LOST = "LOST"
-CANCELLED = "CANCELLED"  # a dependency that can no longer hold; it never started
-
-STATES: tuple[str, ...] = (QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, KILLED, LOST, CANCELLED)
-TERMINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, KILLED, LOST, CANCELLED})
-ACTIVE: frozenset[str] = frozenset({QUEUED, PENDING, RUNNING})
+# the job's states (runtime.jobs.states), as the registry's words: jobdb.RUNNING etc.
+QUEUED, PENDING, RUNNING, SUCCEEDED = states.QUEUED, states.PENDING, states.RUNNING, states.SUCCEEDED
+FAILED, KILLED, LOST, CANCELLED = states.FAILED, states.KILLED, states.LOST, states.CANCELLED
+STATES, TERMINAL, ACTIVE = states.STATES, states.TERMINAL, states.ACTIVE
 
 #: A PENDING or QUEUED job whose master has not registered after this many seconds is LOST.
 MASTER_START_TIMEOUT = 30.0
@@ -178,7 +171,7 @@ _JSON_COLUMNS: tuple[tuple[int, str], ...] = tuple(
         ("hosts", "[]"), ("options", "{}"), ("secret", "{}"), ("demand", "{}"), ("after", "[]"),
         ("settings", "{}")))
 _I_LOG_DIR = JOB_COLUMNS.index("log_dir")
-_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+_TERMINAL_SQL = sql_set(TERMINAL)
 
 
 def _job_from_row(row: tuple[Any, ...], path: Path) -> Job:
@@ -684,8 +677,8 @@ def _proc_end(p: Proc) -> dict[str, Any] | None:
 def _holders(db: Any, workspace: str) -> list[int]:
     """Ids of the active jobs whose workspace is `workspace`, as real absolute paths."""
     want = os.path.realpath(workspace)
-    rows = db.execute("SELECT id, workspace FROM jobs WHERE workspace IS NOT NULL AND state IN ("
-                      + ", ".join(f"'{s}'" for s in sorted(ACTIVE)) + ") ORDER BY id").fetchall()
+    rows = db.execute("SELECT id, workspace FROM jobs WHERE workspace IS NOT NULL AND state IN "
+                      + sql_set(ACTIVE) + " ORDER BY id").fetchall()
     return [i for i, ws in rows if os.path.realpath(ws) == want]
 
 

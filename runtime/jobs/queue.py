@@ -30,9 +30,9 @@ import math
 import time
 from typing import Any
 
-from runtime.jobs import scheduler
+from runtime.jobs import scheduler, states
 
-_ACTIVE_SQL = "('PENDING', 'QUEUED', 'RUNNING')"
+_ACTIVE_SQL = states.sql_set(states.ACTIVE)
 
 
 def _json(text: str | None, empty: Any) -> Any:

@@ -34,13 +34,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from runtime.jobs.states import ADMITTED, CANCELLED, QUEUED, SUCCEEDED, TERMINAL
 from runtime.units import human_bytes
-
-QUEUED = "QUEUED"
-ADMITTED = frozenset({"PENDING", "RUNNING"})
-SUCCEEDED = "SUCCEEDED"
-CANCELLED = "CANCELLED"
-ENDED = frozenset({"SUCCEEDED", "FAILED", "KILLED", "LOST", "CANCELLED"})
 
 #: `--after` conditions: Slurm's afterok and afterany.
 AFTER_MODES = ("ok", "any")
@@ -172,10 +167,10 @@ def _dependency(job: Entry, parents: dict[int, Parent],
         name = f"job {pid}" + (f" ({p.name})" if p and p.name else "")
         if state is None:
             return f"--after {pid}: no such job", None
-        if mode == "ok" and state in ENDED and state != SUCCEEDED:
+        if mode == "ok" and state in TERMINAL and state != SUCCEEDED:
             return (f"{name} ended {state}, so --after {pid}:{mode} can no longer hold"
                     f"{'' if mode == 'any' else ' (it needs SUCCEEDED)'}"), None
-        if state not in ENDED:
+        if state not in TERMINAL:
             waits.append(f"{name} to {'succeed' if mode == 'ok' else 'end'}")
     return None, ("waiting for " + " and ".join(waits)) if waits else None
 

@@ -279,7 +279,7 @@ def test_view_of_a_failed_job_on_another_host_says_where_its_log_is(home):
 def test_list_and_view_import_nothing_heavy(home, jobs):
     heavy = re.compile(r"\| +(numpy|zmq|google|conf|runtime\.(?!errors|jobs\.jobdb$"
                        r"|jobs\.jobdb_errors$|jobs\.jobdb_schema$|jobs\.lockholder$|jobs\.logfile$"
-                       r"|jobs\.queue$|jobs\.scheduler$|jobs\.pgroup$|units$|jobs$)[\w.]+)\s*$")
+                       r"|jobs\.queue$|jobs\.scheduler$|jobs\.states$|jobs\.pgroup$|units$|jobs$)[\w.]+)\s*$")
     for args in (["list", "--all"], ["view", str(jobs["failed"])], ["--help"]):
         r = singa(home, *args, extra=["-X", "importtime"])
         assert r.returncode == 0, r.stderr
