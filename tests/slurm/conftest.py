@@ -8,7 +8,6 @@ Both skip, with the reason, without root or without slurm-wlm and munge.
 """
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 
@@ -29,16 +28,10 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     host = socket.gethostname()
     # 8 CPUs on this 2-core machine, so the framework examples' 4 and 6
     # processes (one BLAS thread each) fit in one allocation
-    with SlurmCluster(tmp_path_factory.mktemp("slurm1"), [Node(host, "127.0.0.1", cpus=8)]) as cluster:
-        old = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        try:
-            yield cluster
-        finally:
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old
+    with SlurmCluster(tmp_path_factory.mktemp("slurm1"), [Node(host, "127.0.0.1", cpus=8)]) as cluster, \
+            pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", str(cluster.conf))  # every singa command of the tests sees it
+        yield cluster
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ reached over the namespaces' bridge. The processes run on both nodes and
 `singa view` names them."""
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
@@ -31,16 +30,9 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         nodes = [Node(f"node{i + 1}", addr, ns)
                  for i, (addr, ns) in enumerate(zip(hosts.addresses, hosts.namespaces))]
         with SlurmCluster(tmp_path_factory.mktemp("slurm2"), nodes, ctld_addr=hosts.bridge_address,
-                          name="singatest2") as cluster:
-            old = os.environ.get("SLURM_CONF")
-            os.environ["SLURM_CONF"] = str(cluster.conf)
-            try:
-                yield cluster
-            finally:
-                if old is None:
-                    os.environ.pop("SLURM_CONF", None)
-                else:
-                    os.environ["SLURM_CONF"] = old
+                          name="singatest2") as cluster, pytest.MonkeyPatch.context() as env:
+            env.setenv("SLURM_CONF", str(cluster.conf))
+            yield cluster
 
 
 @pytest.fixture
